@@ -1,0 +1,156 @@
+"""PDU framing on a byte stream: AHS, padding and digests, both directions, no I/O.
+
+``encode_buffers`` turns a PDU into the buffers to write (scatter-gather, no joining of
+the data segment).  ``PDUReader`` is an incremental reader in the style of h11: feed it
+bytes, ask for complete PDUs, and use ``bytes_needed()`` as a hint for the next read.
+"""
+
+from __future__ import annotations
+
+from .constants import BHS_LENGTH, DIGEST_LENGTH, RejectReason
+from .digest import crc32c, digest_bytes
+from .errors import DigestError, PDUFormatError
+from .pdu import PDU, Buffer, ahs_length, data_segment_length, decode_pdu
+
+_PAD = (b"", b"\0\0\0", b"\0\0", b"\0")
+
+DEFAULT_MAX_DATA_SEGMENT = 16 * 1024 * 1024
+
+
+def padding(length: int) -> bytes:
+    return _PAD[length & 3]
+
+
+def encode_buffers(
+    pdu: PDU, *, header_digest: bool = False, data_digest: bool = False
+) -> list[Buffer]:
+    """The buffers that make up ``pdu`` on the wire, in order."""
+    header = pdu.encode_bhs()
+    ahs = pdu.ahs
+    if ahs:
+        header[4] = len(ahs) // 4
+        header += ahs
+    if header_digest:
+        header += digest_bytes(header)
+    data = pdu.data
+    n = len(data) if not isinstance(data, memoryview) else data.nbytes
+    if not n:
+        return [header]
+    pad = padding(n)
+    if data_digest:
+        tail = pad + digest_bytes(data, pad)
+        return [header, data, tail]
+    if n <= 4096 and not isinstance(data, memoryview):
+        header += data
+        header += pad
+        return [header]
+    return [header, data, pad] if pad else [header, data]
+
+
+def encode_bytes(pdu: PDU, *, header_digest: bool = False, data_digest: bool = False) -> bytes:
+    return b"".join(
+        bytes(b) for b in encode_buffers(pdu, header_digest=header_digest, data_digest=data_digest)
+    )
+
+
+class PDUReader:
+    """Incremental PDU parser.
+
+    ``feed()`` appends bytes; ``next_pdu()`` returns the next complete PDU or ``None``.
+    A data segment longer than ``max_data_segment_length`` is refused before it is read.
+    After an error the reader is unusable (the connection must be dropped).
+    """
+
+    def __init__(
+        self,
+        *,
+        header_digest: bool = False,
+        data_digest: bool = False,
+        max_data_segment_length: int = DEFAULT_MAX_DATA_SEGMENT,
+    ) -> None:
+        self.header_digest = header_digest
+        self.data_digest = data_digest
+        self.max_data_segment_length = max_data_segment_length
+        self._buf = bytearray()
+        self._pos = 0
+        self._failed: PDUFormatError | None = None
+
+    def feed(self, data: Buffer) -> None:
+        if self._pos and self._pos == len(self._buf):
+            self._buf.clear()
+            self._pos = 0
+        self._buf += data
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf) - self._pos
+
+    def _frame_lengths(self, bhs: Buffer) -> tuple[int, int, int]:
+        """(header length incl. AHS and digest, data length, padded data incl. digest)."""
+        alen = ahs_length(bhs)
+        dlen = data_segment_length(bhs)
+        if dlen > self.max_data_segment_length:
+            raise PDUFormatError(
+                f"data segment of {dlen} bytes exceeds the negotiated limit "
+                f"{self.max_data_segment_length}",
+                RejectReason.PROTOCOL_ERROR,
+            )
+        hlen = BHS_LENGTH + alen + (DIGEST_LENGTH if self.header_digest else 0)
+        plen = 0
+        if dlen:
+            plen = dlen + (-dlen & 3) + (DIGEST_LENGTH if self.data_digest else 0)
+        return hlen, dlen, plen
+
+    def bytes_needed(self) -> int:
+        """How many more bytes complete the next PDU (at least 1 when nothing is known)."""
+        avail = self.buffered
+        if avail < BHS_LENGTH:
+            return BHS_LENGTH - avail
+        hlen, _dlen, plen = self._frame_lengths(memoryview(self._buf)[self._pos : self._pos + 48])
+        return max(hlen + plen - avail, 0)
+
+    def next_pdu(self) -> PDU | None:
+        if self._failed is not None:
+            raise self._failed
+        try:
+            return self._next()
+        except PDUFormatError as exc:
+            self._failed = exc
+            raise
+
+    def _next(self) -> PDU | None:
+        avail = len(self._buf) - self._pos
+        if avail < BHS_LENGTH:
+            return None
+        view = memoryview(self._buf)
+        start = self._pos
+        bhs = view[start : start + BHS_LENGTH]
+        hlen, dlen, plen = self._frame_lengths(bhs)
+        if avail < hlen + plen:
+            return None
+        end_hdr = start + hlen
+        if self.header_digest:
+            got = bytes(view[end_hdr - 4 : end_hdr])
+            if crc32c(view[start : end_hdr - 4]).to_bytes(4, "little") != got:
+                raise DigestError("header digest mismatch", header=True)
+        ahs = bytes(view[start + BHS_LENGTH : start + BHS_LENGTH + ahs_length(bhs)])
+        data: Buffer = b""
+        if dlen:
+            # Copy the data segment out so the staging buffer can be reused.
+            data = bytes(view[end_hdr : end_hdr + dlen])
+            if self.data_digest:
+                pad_end = end_hdr + dlen + (-dlen & 3)
+                got = bytes(view[pad_end : pad_end + 4])
+                if crc32c(view[end_hdr:pad_end]).to_bytes(4, "little") != got:
+                    self._pos = start + hlen + plen
+                    raise DigestError("data digest mismatch", header=False)
+        bhs_copy = bytes(bhs)
+        del bhs, view
+        self._pos = start + hlen + plen
+        if self._pos == len(self._buf):
+            self._buf.clear()
+            self._pos = 0
+        elif self._pos > 1 << 20:
+            del self._buf[: self._pos]
+            self._pos = 0
+        return decode_pdu(bhs_copy, ahs, data)

@@ -1,0 +1,157 @@
+"""A trio PDU stream: the sans-IO framing of :mod:`blockbridge.iscsi.framing` over any trio stream.
+
+One reader task calls :meth:`PDUStream.receive_pdu`; any number of tasks may call
+:meth:`PDUStream.send_pdu`, which serialises writers.  A write that is interrupted (for
+example by cancellation) may have put part of a PDU on the wire, so the stream is then
+marked broken and every later call raises :class:`ConnectionClosed`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Sequence
+
+import trio
+
+from .iscsi.framing import DEFAULT_MAX_DATA_SEGMENT, PDUReader, encode_buffers
+from .iscsi.pdu import PDU, Buffer
+
+RECEIVE_CHUNK = 256 * 1024
+
+
+class ConnectionClosed(Exception):
+    """The peer closed the connection, or an earlier failure left it unusable."""
+
+
+class PDUStream:
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        *,
+        max_data_segment_length: int = DEFAULT_MAX_DATA_SEGMENT,
+    ) -> None:
+        self.stream = stream
+        self._reader = PDUReader(max_data_segment_length=max_data_segment_length)
+        self._send_lock = trio.Lock()
+        self._broken: str | None = None
+        self.header_digest = False
+        self.data_digest = False
+        self.bytes_sent = 0
+        self.bytes_received = 0
+
+    # Digest settings and limits apply to the reader too.
+    @property
+    def header_digest(self) -> bool:
+        return self._header_digest
+
+    @header_digest.setter
+    def header_digest(self, value: bool) -> None:
+        self._header_digest = value
+        self._reader.header_digest = value
+
+    @property
+    def data_digest(self) -> bool:
+        return self._data_digest
+
+    @data_digest.setter
+    def data_digest(self, value: bool) -> None:
+        self._data_digest = value
+        self._reader.data_digest = value
+
+    @property
+    def max_data_segment_length(self) -> int:
+        return self._reader.max_data_segment_length
+
+    @max_data_segment_length.setter
+    def max_data_segment_length(self, value: int) -> None:
+        self._reader.max_data_segment_length = value
+
+    @property
+    def broken(self) -> bool:
+        return self._broken is not None
+
+    async def receive_pdu(self) -> PDU:
+        """Next PDU from the peer; raises ConnectionClosed at EOF, PDUFormatError on bad input."""
+        while True:
+            pdu = self._reader.next_pdu()
+            if pdu is not None:
+                return pdu
+            if self._broken is not None:
+                raise ConnectionClosed(self._broken)
+            try:
+                want = max(self._reader.bytes_needed(), RECEIVE_CHUNK)
+                chunk = await self.stream.receive_some(want)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                self._broken = f"connection lost: {exc}"
+                raise ConnectionClosed(self._broken) from exc
+            if not chunk:
+                if self._reader.buffered:
+                    self._broken = "connection closed in the middle of a PDU"
+                else:
+                    self._broken = "connection closed by peer"
+                raise ConnectionClosed(self._broken)
+            self.bytes_received += len(chunk)
+            self._reader.feed(chunk)
+
+    async def send_pdu(self, pdu: PDU) -> None:
+        await self.send_pdus((pdu,))
+
+    async def send_pdus(self, pdus: Iterable[PDU]) -> None:
+        buffers: list[Buffer] = []
+        hd, dd = self._header_digest, self._data_digest
+        for pdu in pdus:
+            buffers.extend(encode_buffers(pdu, header_digest=hd, data_digest=dd))
+        await self.send_buffers(buffers)
+
+    async def send_buffers(self, buffers: Sequence[Buffer]) -> None:
+        async with self._send_lock:
+            if self._broken is not None:
+                raise ConnectionClosed(self._broken)
+            done = False
+            try:
+                for buf in _coalesce(buffers):
+                    await self.stream.send_all(buf)
+                    self.bytes_sent += len(buf)
+                done = True
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                self._broken = f"connection lost: {exc}"
+                raise ConnectionClosed(self._broken) from exc
+            finally:
+                if not done and self._broken is None:
+                    self._broken = "a PDU write was interrupted"
+
+    async def aclose(self) -> None:
+        if self._broken is None:
+            self._broken = "connection closed"
+        with trio.move_on_after(2) as scope:
+            scope.shield = True
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                await self.stream.aclose()
+
+
+def _coalesce(buffers: Sequence[Buffer]) -> list[Buffer]:
+    """Join runs of small buffers so each send_all moves a useful amount of data."""
+    out: list[Buffer] = []
+    small = bytearray()
+    for buf in buffers:
+        n = len(buf) if not isinstance(buf, memoryview) else buf.nbytes
+        if n < 16384:
+            small += buf
+            continue
+        if small:
+            out.append(bytes(small))
+            small = bytearray()
+        out.append(buf)
+    if small:
+        out.append(bytes(small))
+    return out
+
+
+async def open_tcp(
+    host: str, port: int, *, connect_timeout: float = 15.0
+) -> PDUStream:
+    """Connect to an iSCSI portal over plain TCP (raises OSError on failure)."""
+    with trio.fail_after(connect_timeout):
+        stream = await trio.open_tcp_stream(host, port)
+    stream.setsockopt(6, 1, 1)  # TCP_NODELAY
+    return PDUStream(stream)
