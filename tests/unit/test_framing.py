@@ -1,0 +1,104 @@
+"""Framing: padding, digests, incremental reading one byte at a time, hostile lengths."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from blockbridge.iscsi import pdu as p
+from blockbridge.iscsi.digest import crc32c, digest_bytes
+from blockbridge.iscsi.errors import DigestError, PDUFormatError
+from blockbridge.iscsi.framing import PDUReader, encode_buffers, encode_bytes
+
+
+def test_crc32c_rfc_vectors() -> None:
+    # RFC 3720 B.4: 32 bytes of zeros, of ones, incrementing and decrementing.
+    assert crc32c(bytes(32)) == 0x8A9136AA
+    assert crc32c(b"\xff" * 32) == 0x62A8AB43
+    assert crc32c(bytes(range(32))) == 0x46DD794E
+    assert crc32c(bytes(range(31, -1, -1))) == 0x113FDB5C
+    assert digest_bytes(bytes(32)) == bytes.fromhex("aa36918a")
+
+
+def test_crc32c_over_pieces_equals_whole() -> None:
+    assert crc32c(b"abc", memoryview(b"def"), bytearray(b"g")) == crc32c(b"abcdefg")
+
+
+@pytest.mark.parametrize("hd", [False, True])
+@pytest.mark.parametrize("dd", [False, True])
+@pytest.mark.parametrize("size", [0, 1, 3, 4, 5, 4095, 4096, 70000])
+def test_trickle_feed_round_trip(hd: bool, dd: bool, size: int) -> None:
+    pdus = [
+        p.DataIn(itt=1, data=bytes(range(256)) * (size // 256) + b"x" * (size % 256)),
+        p.SCSICommand(itt=2, cdb=bytes(range(20))),
+        p.NopIn(itt=3, data=memoryview(b"ping")),
+    ]
+    wire = b"".join(encode_bytes(x, header_digest=hd, data_digest=dd) for x in pdus)
+    reader = PDUReader(header_digest=hd, data_digest=dd)
+    got: list[p.PDU] = []
+    for i in range(len(wire)):
+        assert reader.bytes_needed() >= 1
+        reader.feed(wire[i : i + 1])
+        while (pdu := reader.next_pdu()) is not None:
+            got.append(pdu)
+    assert [type(x) for x in got] == [p.DataIn, p.SCSICommand, p.NopIn]
+    assert bytes(got[0].data) == bytes(pdus[0].data)
+    assert isinstance(got[1], p.SCSICommand) and got[1].cdb == bytes(range(20))
+    assert bytes(got[2].data) == b"ping"
+    assert reader.buffered == 0
+
+
+def test_scatter_gather_keeps_large_data_separate() -> None:
+    data = memoryview(bytearray(65536))
+    bufs = encode_buffers(p.DataOut(data=data))
+    assert len(bufs) == 2 and bufs[1] is data
+
+
+def test_bytes_needed_hint_for_large_segment() -> None:
+    wire = encode_bytes(p.DataIn(data=bytes(10000)))
+    reader = PDUReader()
+    reader.feed(wire[:48])
+    assert reader.bytes_needed() == len(wire) - 48
+    assert reader.next_pdu() is None
+
+
+def test_header_digest_mismatch() -> None:
+    wire = bytearray(encode_bytes(p.NopIn(itt=1), header_digest=True))
+    wire[20] ^= 1
+    reader = PDUReader(header_digest=True)
+    reader.feed(wire)
+    with pytest.raises(DigestError) as info:
+        reader.next_pdu()
+    assert info.value.header
+    with pytest.raises(DigestError):
+        reader.next_pdu()  # the reader stays failed
+
+
+def test_data_digest_mismatch() -> None:
+    wire = bytearray(encode_bytes(p.DataIn(itt=1, data=b"hello"), data_digest=True))
+    wire[50] ^= 0xFF
+    reader = PDUReader(data_digest=True)
+    reader.feed(wire)
+    with pytest.raises(DigestError) as info:
+        reader.next_pdu()
+    assert not info.value.header
+
+
+def test_oversized_segment_refused_before_reading() -> None:
+    bhs = p.DataOut(data=bytes(100)).encode_bhs()
+    reader = PDUReader(max_data_segment_length=64)
+    reader.feed(bhs)
+    with pytest.raises(PDUFormatError):
+        reader.next_pdu()
+
+
+@given(st.binary(max_size=400))
+def test_garbage_stream_raises_only_typed_errors(blob: bytes) -> None:
+    reader = PDUReader(max_data_segment_length=1 << 20)
+    reader.feed(blob)
+    try:
+        while reader.next_pdu() is not None:
+            pass
+    except PDUFormatError:
+        pass
