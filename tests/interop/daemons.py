@@ -1,0 +1,75 @@
+"""Start and stop real daemons for interop and system tests: our target, tgtd."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+LISTENING = re.compile(r"listening on (?:\[(?P<h6>[^\]]+)\]|(?P<h4>[^\s:]+)):(?P<port>\d+)")
+
+
+@dataclass
+class RunningTarget:
+    process: subprocess.Popen[str]
+    host: str
+    port: int
+    log_path: Path
+
+    @property
+    def portal(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def wait_for_listening(log_path: Path, process: subprocess.Popen[str], timeout: float) -> tuple[str, int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = log_path.read_text(errors="replace") if log_path.exists() else ""
+        if m := LISTENING.search(text):
+            return m["h4"] or m["h6"], int(m["port"])
+        if process.poll() is not None:
+            raise RuntimeError(f"target exited with {process.returncode}:\n{text}")
+        time.sleep(0.05)
+    raise RuntimeError(f"target did not report listening within {timeout}s")
+
+
+@contextlib.contextmanager
+def our_target(args: list[str], workdir: Path, timeout: float = 20.0) -> Iterator[RunningTarget]:
+    """Run ``python -m blockbridge_target ARGS`` until the block ends, then SIGTERM it."""
+    log_path = workdir / f"target-{os.getpid()}-{time.monotonic_ns()}.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "blockbridge_target", *args],
+            stdout=log, stderr=subprocess.STDOUT, text=True, cwd=workdir,
+        )
+    try:
+        host, port = wait_for_listening(log_path, proc, timeout)
+        yield RunningTarget(proc, host, port, log_path)
+    finally:
+        stop(proc)
+
+
+def stop(proc: subprocess.Popen[str], timeout: float = 15.0) -> int | None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
+def have(*tools: str) -> bool:
+    return all(shutil.which(t) for t in tools)
