@@ -32,7 +32,9 @@ class RunningTarget:
         return self.log_path.read_text(errors="replace")
 
 
-def wait_for_listening(log_path: Path, process: subprocess.Popen[str], timeout: float) -> tuple[str, int]:
+def wait_for_listening(
+    log_path: Path, process: subprocess.Popen[str], timeout: float
+) -> tuple[str, int]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         text = log_path.read_text(errors="replace") if log_path.exists() else ""
