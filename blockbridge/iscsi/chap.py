@@ -1,0 +1,76 @@
+"""CHAP (RFC 1994 as used by RFC 7143 §12.1.3), with the IANA-numbered digests 5-8."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Callable
+
+from .errors import AuthenticationError, NegotiationError
+from .text import decode_binary
+
+ALGORITHMS: dict[int, Callable[[], hashlib._Hash]] = {
+    5: hashlib.md5,
+    6: hashlib.sha1,
+    7: hashlib.sha256,
+    8: hashlib.sha3_256,
+}
+NAMES = {5: "MD5", 6: "SHA-1", 7: "SHA-256", 8: "SHA3-256"}
+DEFAULT_PREFERENCE = (7, 6, 5)
+MIN_SECRET_LENGTH = 12
+
+
+def digest_size(algorithm: int) -> int:
+    return ALGORITHMS[algorithm]().digest_size
+
+
+def response(algorithm: int, identifier: int, secret: bytes, challenge: bytes) -> bytes:
+    h = ALGORITHMS[algorithm]()
+    h.update(bytes([identifier]))
+    h.update(secret)
+    h.update(challenge)
+    return h.digest()
+
+
+def verify(algorithm: int, identifier: int, secret: bytes, challenge: bytes, got: bytes) -> bool:
+    return hmac.compare_digest(response(algorithm, identifier, secret, challenge), got)
+
+
+def choose_algorithm(offer: str, supported: tuple[int, ...] = DEFAULT_PREFERENCE) -> int | None:
+    """The first algorithm of the initiator's CHAP_A list that we support."""
+    for item in offer.split(","):
+        item = item.strip()
+        if item.isdigit() and int(item) in supported and int(item) in ALGORITHMS:
+            return int(item)
+    return None
+
+
+def parse_identifier(value: str) -> int:
+    if not value.isdigit() or len(value) > 3 or int(value) > 255:
+        raise AuthenticationError(f"malformed CHAP_I {value[:10]!r}")
+    return int(value)
+
+
+def parse_challenge(value: str, algorithm: int) -> bytes:
+    try:
+        challenge = decode_binary(value)
+    except NegotiationError as exc:
+        raise AuthenticationError(f"malformed CHAP_C: {exc}") from exc
+    if len(challenge) < 1:
+        raise AuthenticationError("empty CHAP challenge")
+    return challenge
+
+
+def parse_response(value: str, algorithm: int) -> bytes:
+    try:
+        got = decode_binary(value, max_length=64)
+    except NegotiationError as exc:
+        raise AuthenticationError(f"malformed CHAP_R: {exc}") from exc
+    if len(got) != digest_size(algorithm):
+        raise AuthenticationError("CHAP_R has the wrong length for the algorithm")
+    return got
+
+
+def weak_secret(secret: bytes) -> bool:
+    """RFC 7143 §12.1.3: secrets shorter than 12 bytes are too easy to guess offline."""
+    return len(secret) < MIN_SECRET_LENGTH

@@ -1,0 +1,542 @@
+"""Login state machines for both roles (RFC 7143 §6.3, §11.12-11.13).
+
+Both are pure: one request in, one response out (target) or the reverse (initiator).
+Randomness (CHAP challenges) is injected; nothing here touches a socket.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from . import chap
+from .constants import ISCSI_VERSION, LoginStatus, Stage
+from .errors import AuthenticationError, LoginFailed, NegotiationError
+from .params import DECLARATIVE, KEYS, OUR_DEFAULTS, SessionParams, check_answer, respond
+from .pdu import LoginRequest, LoginResponse
+from .text import TextAssembler, decode_text, encode_hex, encode_text
+
+SECURITY_KEYS = frozenset({"AuthMethod", "CHAP_A", "CHAP_I", "CHAP_C", "CHAP_N", "CHAP_R"})
+
+
+@dataclass(frozen=True)
+class ChapCredentials:
+    user: str
+    secret: bytes
+
+    def __repr__(self) -> str:  # never show the secret
+        return f"ChapCredentials(user={self.user!r}, secret=<{len(self.secret)} bytes>)"
+
+
+@dataclass(frozen=True)
+class TargetLoginConfig:
+    target_name: str
+    incoming: Mapping[str, bytes] = field(default_factory=dict)
+    outgoing: ChapCredentials | None = None
+    operational: Mapping[str, str] = field(default_factory=dict)
+    target_alias: str | None = None
+
+
+Resolver = Callable[[str, str, str], "TargetLoginConfig | LoginStatus"]
+
+_STATUS_TEXT = {
+    LoginStatus.AUTHENTICATION_FAILURE: "authentication failed",
+    LoginStatus.AUTHORIZATION_FAILURE: "this initiator is not allowed to use the target",
+    LoginStatus.NOT_FOUND: "target not found on this portal",
+    LoginStatus.MISSING_PARAMETER: "a required login parameter is missing",
+    LoginStatus.UNSUPPORTED_VERSION: "unsupported iSCSI version",
+    LoginStatus.SESSION_TYPE_NOT_SUPPORTED: "session type not supported",
+    LoginStatus.INVALID_DURING_LOGIN: "request not valid during login",
+    LoginStatus.TARGET_REMOVED: "target removed",
+    LoginStatus.TOO_MANY_CONNECTIONS: "too many connections",
+    LoginStatus.SERVICE_UNAVAILABLE: "target service unavailable",
+    LoginStatus.OUT_OF_RESOURCES: "target out of resources",
+}
+
+
+def describe_status(status_class: int, detail: int) -> str:
+    code = (status_class << 8) | detail
+    try:
+        text = _STATUS_TEXT.get(LoginStatus(code), LoginStatus(code).name.lower().replace("_", " "))
+    except ValueError:
+        text = "login refused"
+    return f"{text} (status 0x{code:04x})"
+
+
+class TargetLogin:
+    """The target's side of one connection's login."""
+
+    def __init__(
+        self,
+        *,
+        portal_group_tag: int,
+        resolve: Resolver,
+        random_bytes: Callable[[int], bytes] = os.urandom,
+        chap_algorithms: tuple[int, ...] = (5, 6, 7, 8),
+    ) -> None:
+        self.portal_group_tag = portal_group_tag
+        self._resolve = resolve
+        self._random = random_bytes
+        self._chap_algorithms = chap_algorithms
+        self._text = TextAssembler()
+        self._first = True
+        self._config: TargetLoginConfig | None = None
+        self._stage = Stage.SECURITY
+        self._auth = "pending"  # pending, none, chap-a, chap-r, done
+        self._chap_alg = 5
+        self._chap_id = 0
+        self._chap_challenge = b""
+        self._agreed: dict[str, str] = {}
+        self._peer_mrdsl = 8192
+        self._declared_mrdsl = False
+        self._seen_keys: set[str] = set()
+        self.done = False
+        self.failed = False
+        self.failure: str | None = None
+        self.isid = b""
+        self.tsih = 0
+        self._req_tsih = 0
+        self.cid = 0
+        self.initiator_name = ""
+        self.initiator_alias: str | None = None
+        self.target_name = ""
+        self.session_type = "Normal"
+        self.auth_user: str | None = None
+        self.params = SessionParams()
+
+    @property
+    def config(self) -> TargetLoginConfig | None:
+        return self._config
+
+    @property
+    def needs_tsih(self) -> bool:
+        return self.tsih == 0
+
+    def assign_tsih(self, tsih: int) -> None:
+        self.tsih = tsih
+
+    def receive(
+        self, req: LoginRequest, *, statsn: int, expcmdsn: int, maxcmdsn: int
+    ) -> LoginResponse:
+        if self.done or self.failed:
+            raise LoginFailed("login already finished", LoginStatus.INVALID_DURING_LOGIN)
+        base = dict(itt=req.itt, isid=req.isid, statsn=statsn, expcmdsn=expcmdsn,
+                    maxcmdsn=maxcmdsn, version_max=ISCSI_VERSION, version_active=ISCSI_VERSION)
+        try:
+            return self._receive(req, base)
+        except (LoginFailed, NegotiationError) as exc:
+            status = exc.status
+            self.failed = True
+            self.failure = str(exc)
+            return LoginResponse(
+                csg=req.csg, tsih=self._req_tsih, status_class=status.status_class,
+                status_detail=status.detail, **base,  # type: ignore[arg-type]
+            )
+
+    def _receive(self, req: LoginRequest, base: dict[str, object]) -> LoginResponse:
+        if req.version_min > ISCSI_VERSION:
+            raise LoginFailed("unsupported version", LoginStatus.UNSUPPORTED_VERSION)
+        if self._first:
+            self.isid, self._req_tsih, self.cid = bytes(req.isid), req.tsih, req.cid
+            if req.tsih:
+                self.tsih = req.tsih
+        elif req.isid != self.isid or req.tsih != self._req_tsih or req.cid != self.cid:
+            raise LoginFailed("ISID/TSIH/CID changed during login", LoginStatus.INITIATOR_ERROR)
+        if req.csg != self._stage:
+            if not (self._stage is Stage.SECURITY and req.csg is Stage.OPERATIONAL
+                    and self._auth in ("pending", "done", "none") and self._first):
+                raise LoginFailed(f"unexpected login stage {req.csg.name}",
+                                  LoginStatus.INITIATOR_ERROR)
+            self._stage = req.csg
+        if req.transit and req.nsg <= req.csg:
+            raise LoginFailed("invalid next stage", LoginStatus.INITIATOR_ERROR)
+        self._text.add(req.data)
+        if req.cont:
+            if req.transit:
+                raise LoginFailed("C and T bits both set", LoginStatus.INITIATOR_ERROR)
+            return LoginResponse(csg=req.csg, tsih=self._req_tsih, **base)  # type: ignore[arg-type]
+        pairs = decode_text(self._text.take())
+        for key, _ in pairs:
+            if key in self._seen_keys and key not in ("CHAP_A",):
+                raise NegotiationError(f"key {key} negotiated twice")
+            self._seen_keys.add(key)
+        answers: list[tuple[str, str]] = []
+        if self._first:
+            self._start(dict(pairs), answers)
+            self._first = False
+        if self._stage is Stage.SECURITY:
+            ready = self._security(dict(pairs), answers)
+        else:
+            for key, _ in pairs:
+                if key in SECURITY_KEYS:
+                    raise LoginFailed(f"{key} outside the security stage",
+                                      LoginStatus.INITIATOR_ERROR)
+            ready = True
+        self._operational(pairs, answers)
+        transit = bool(req.transit and ready)
+        nsg = req.nsg if transit else Stage.SECURITY
+        if transit and self._stage is Stage.SECURITY and self._auth == "pending":
+            transit = False
+        if transit and nsg is Stage.FULL_FEATURE:
+            if self._auth not in ("done", "none"):
+                raise AuthenticationError("authentication was not completed")
+            self._finish()
+        elif transit:
+            self._stage = nsg
+        return LoginResponse(
+            transit=transit, csg=req.csg, nsg=nsg, tsih=self.tsih if self.done else self._req_tsih,
+            data=encode_text(answers), **base,  # type: ignore[arg-type]
+        )
+
+    def _start(self, keys: dict[str, str], answers: list[tuple[str, str]]) -> None:
+        name = keys.get("InitiatorName")
+        if not name:
+            raise LoginFailed("InitiatorName missing", LoginStatus.MISSING_PARAMETER)
+        self.initiator_name = name
+        self.initiator_alias = keys.get("InitiatorAlias")
+        self.session_type = keys.get("SessionType", "Normal")
+        if self.session_type not in ("Normal", "Discovery"):
+            raise LoginFailed("unknown SessionType", LoginStatus.SESSION_TYPE_NOT_SUPPORTED)
+        target = keys.get("TargetName", "")
+        if self.session_type == "Normal" and not target:
+            raise LoginFailed("TargetName missing", LoginStatus.MISSING_PARAMETER)
+        resolved = self._resolve(self.session_type, target, name)
+        if isinstance(resolved, LoginStatus):
+            raise LoginFailed(_STATUS_TEXT.get(resolved, "refused"), resolved)
+        self._config = resolved
+        self.target_name = resolved.target_name
+        if self.session_type == "Normal":
+            answers.append(("TargetPortalGroupTag", str(self.portal_group_tag)))
+            if resolved.target_alias:
+                answers.append(("TargetAlias", resolved.target_alias))
+
+    def _security(self, keys: dict[str, str], answers: list[tuple[str, str]]) -> bool:
+        assert self._config is not None
+        required = bool(self._config.incoming)
+        if self._auth == "pending":
+            offer = keys.get("AuthMethod")
+            if offer is None:
+                if required:
+                    raise AuthenticationError("CHAP required but AuthMethod not offered")
+                self._auth = "none"
+                return True
+            methods = [m.strip() for m in offer.split(",")]
+            if required:
+                if "CHAP" not in methods:
+                    raise AuthenticationError("this target requires CHAP")
+                answers.append(("AuthMethod", "CHAP"))
+                self._auth = "chap-a"
+                return False
+            if "None" in methods:
+                answers.append(("AuthMethod", "None"))
+                self._auth = "none"
+                return True
+            raise AuthenticationError("no CHAP account configured for this target")
+        if self._auth == "chap-a":
+            offer = keys.get("CHAP_A")
+            if offer is None:
+                raise AuthenticationError("CHAP_A missing")
+            alg = chap.choose_algorithm(offer, self._chap_algorithms)
+            if alg is None:
+                raise AuthenticationError(f"no supported CHAP algorithm in {offer[:40]!r}")
+            self._chap_alg = alg
+            self._chap_id = self._random(1)[0]
+            self._chap_challenge = self._random(chap.digest_size(alg))
+            answers += [("CHAP_A", str(alg)), ("CHAP_I", str(self._chap_id)),
+                        ("CHAP_C", encode_hex(self._chap_challenge))]
+            self._auth = "chap-r"
+            return False
+        if self._auth == "chap-r":
+            user, resp = keys.get("CHAP_N"), keys.get("CHAP_R")
+            if user is None or resp is None:
+                raise AuthenticationError("CHAP_N or CHAP_R missing")
+            got = chap.parse_response(resp, self._chap_alg)
+            secret = self._config.incoming.get(user)
+            ok = secret is not None and chap.verify(
+                self._chap_alg, self._chap_id, secret, self._chap_challenge, got)
+            if not ok:
+                raise AuthenticationError("CHAP response did not match")
+            self.auth_user = user
+            if "CHAP_I" in keys or "CHAP_C" in keys:
+                out = self._config.outgoing
+                if out is None:
+                    raise AuthenticationError("mutual CHAP asked but no OutgoingUser set")
+                if secret is not None and out.secret == secret:
+                    raise AuthenticationError("mutual CHAP with equal secrets refused")
+                ident = chap.parse_identifier(keys.get("CHAP_I", ""))
+                challenge = chap.parse_challenge(keys.get("CHAP_C", ""), self._chap_alg)
+                if challenge == self._chap_challenge:
+                    raise AuthenticationError("initiator reflected our CHAP challenge")
+                answers += [("CHAP_N", out.user), ("CHAP_R", encode_hex(
+                    chap.response(self._chap_alg, ident, out.secret, challenge)))]
+            self._auth = "done"
+            return True
+        return True
+
+    def _operational(self, pairs: list[tuple[str, str]], answers: list[tuple[str, str]]) -> None:
+        assert self._config is not None
+        ours = {**OUR_DEFAULTS, **self._config.operational}
+        discovery = self.session_type == "Discovery"
+        for key, value in pairs:
+            if key in SECURITY_KEYS or key in DECLARATIVE:
+                continue
+            if key == "MaxRecvDataSegmentLength":
+                _answer, agreed = respond(key, value, ours)
+                if agreed is None:
+                    raise NegotiationError(f"bad MaxRecvDataSegmentLength={value}")
+                self._peer_mrdsl = int(agreed)
+                continue
+            if discovery and key in ("HeaderDigest", "DataDigest"):
+                answers.append((key, "None"))
+                continue
+            answer, agreed = respond(key, value, ours)
+            answers.append((key, answer))
+            if agreed is not None:
+                self._agreed[key] = agreed
+            elif answer == "Reject" and key in ("HeaderDigest", "DataDigest"):
+                raise NegotiationError(f"{key}: no acceptable value in {value!r}")
+        if self._stage is Stage.OPERATIONAL and not self._declared_mrdsl:
+            answers.append(("MaxRecvDataSegmentLength", self._our_mrdsl(ours)))
+            self._declared_mrdsl = True
+
+    def _our_mrdsl(self, ours: Mapping[str, str]) -> str:
+        return ours.get("MaxRecvDataSegmentLength", "262144")
+
+    def _finish(self) -> None:
+        assert self._config is not None
+        ours = {**OUR_DEFAULTS, **self._config.operational}
+        our_mrdsl = int(self._our_mrdsl(ours)) if self._declared_mrdsl else 8192
+        # IET's MaxXmitDataSegmentLength caps what we send.
+        peer = self._peer_mrdsl
+        if "MaxXmitDataSegmentLength" in ours:
+            peer = min(peer, int(ours["MaxXmitDataSegmentLength"]))
+        self.params = SessionParams.from_agreed(
+            self._agreed, our_mrdsl=our_mrdsl, peer_mrdsl=peer,
+            session_type=self.session_type, initiator_name=self.initiator_name,
+            target_name=self.target_name, initiator_alias=self.initiator_alias,
+            target_alias=self._config.target_alias,
+            target_portal_group_tag=self.portal_group_tag,
+        )
+        self.done = True
+
+
+class InitiatorLogin:
+    """The initiator's side of a login: produces requests, consumes responses."""
+
+    def __init__(
+        self,
+        *,
+        initiator_name: str,
+        target_name: str | None,
+        isid: bytes,
+        tsih: int = 0,
+        cid: int = 0,
+        credentials: ChapCredentials | None = None,
+        target_credentials: ChapCredentials | None = None,
+        proposals: Mapping[str, str] | None = None,
+        random_bytes: Callable[[int], bytes] = os.urandom,
+        chap_algorithms: tuple[int, ...] = chap.DEFAULT_PREFERENCE,
+        initiator_alias: str | None = None,
+    ) -> None:
+        self.initiator_name = initiator_name
+        self.target_name = target_name
+        self.isid = isid
+        self.tsih = tsih
+        self.cid = cid
+        self.credentials = credentials
+        self.target_credentials = target_credentials
+        self._random = random_bytes
+        self._chap_algorithms = chap_algorithms
+        self._alias = initiator_alias
+        self.discovery = target_name is None
+        ours = dict(OUR_DEFAULTS)
+        if self.discovery:
+            ours = {"MaxRecvDataSegmentLength": "32768", "HeaderDigest": "None",
+                    "DataDigest": "None"}
+        ours.update(proposals or {})
+        self._ours = ours
+        self._offered: dict[str, str] = {}
+        self._agreed: dict[str, str] = {}
+        self._peer_mrdsl = 8192
+        self._stage = Stage.SECURITY
+        self._auth = "offer"
+        self._chap_alg = 5
+        self._my_challenge = b""
+        self._my_id = 0
+        self._text = TextAssembler()
+        self._itt = 0
+        self.cmdsn = 0
+        self.statsn = 0
+        self.expcmdsn = 0
+        self.maxcmdsn = 0
+        self.target_portal_group_tag: int | None = None
+        self.target_alias: str | None = None
+        self.params = SessionParams()
+        self.done = False
+
+    def _request(self, pairs: list[tuple[str, str]], *, transit: bool, nsg: Stage) -> LoginRequest:
+        return LoginRequest(
+            itt=self._itt, transit=transit, csg=self._stage, nsg=nsg if transit else Stage.SECURITY,
+            isid=self.isid, tsih=self.tsih, cid=self.cid, cmdsn=self.cmdsn,
+            expstatsn=self.statsn + 1 if self.statsn else 0, data=encode_text(pairs),
+            version_max=ISCSI_VERSION, version_min=ISCSI_VERSION,
+        )
+
+    def start(self, cmdsn: int = 1, expstatsn: int = 0, itt: int = 0) -> LoginRequest:
+        self.cmdsn, self._itt = cmdsn, itt
+        pairs = [("InitiatorName", self.initiator_name)]
+        if self._alias:
+            pairs.append(("InitiatorAlias", self._alias))
+        if self.discovery:
+            pairs.append(("SessionType", "Discovery"))
+        else:
+            assert self.target_name is not None
+            pairs += [("SessionType", "Normal"), ("TargetName", self.target_name)]
+        if self.credentials is not None:
+            pairs.append(("AuthMethod", "CHAP,None"))
+            return self._request(pairs, transit=False, nsg=Stage.OPERATIONAL)
+        pairs.append(("AuthMethod", "None"))
+        return self._request(pairs, transit=True, nsg=Stage.OPERATIONAL)
+
+    def _operational_offer(self) -> list[tuple[str, str]]:
+        pairs = []
+        for key, value in self._ours.items():
+            if key in self._offered:
+                continue
+            self._offered[key] = value
+            if key == "MaxRecvDataSegmentLength" or key in KEYS:
+                pairs.append((key, value))
+        return pairs
+
+    def receive(self, resp: LoginResponse) -> LoginRequest | None:
+        if resp.status_class != 0:
+            status = (resp.status_class << 8) | resp.status_detail
+            try:
+                code = LoginStatus(status)
+            except ValueError:
+                code = LoginStatus.INITIATOR_ERROR if resp.status_class == 2 else \
+                    LoginStatus.TARGET_ERROR
+            what = self.target_name or "discovery"
+            raise LoginFailed(f"{what}: {describe_status(resp.status_class, resp.status_detail)}",
+                              code)
+        self.statsn = resp.statsn
+        self.expcmdsn, self.maxcmdsn = resp.expcmdsn, resp.maxcmdsn
+        if self.tsih == 0 or resp.transit:
+            self.tsih = resp.tsih or self.tsih
+        self._text.add(resp.data)
+        if resp.cont:
+            return self._request([], transit=False, nsg=Stage.OPERATIONAL)
+        keys = dict(decode_text(self._text.take()))
+        if "TargetPortalGroupTag" in keys and keys["TargetPortalGroupTag"].isdigit():
+            self.target_portal_group_tag = int(keys["TargetPortalGroupTag"])
+        if "TargetAlias" in keys:
+            self.target_alias = keys["TargetAlias"]
+        if self._stage is Stage.SECURITY:
+            out = self._security(keys, resp)
+            if out is not None:
+                return out
+        else:
+            self._answers(keys)
+        if resp.transit and resp.nsg is Stage.FULL_FEATURE:
+            self._finish()
+            return None
+        if resp.transit:
+            self._stage = resp.nsg
+        if self._stage is Stage.OPERATIONAL:
+            pairs = self._operational_offer() + self._counter_offers(keys)
+            return self._request(pairs, transit=True, nsg=Stage.FULL_FEATURE)
+        return self._request([], transit=True, nsg=Stage.OPERATIONAL)
+
+    def _security(self, keys: dict[str, str], resp: LoginResponse) -> LoginRequest | None:
+        if self._auth == "offer":
+            method = keys.get("AuthMethod", "None")
+            if method == "CHAP" and self.credentials is not None:
+                self._auth = "chap-a"
+                algs = ",".join(str(a) for a in self._chap_algorithms)
+                return self._request([("CHAP_A", algs)], transit=False, nsg=Stage.OPERATIONAL)
+            if method == "None" and self.target_credentials is not None:
+                raise AuthenticationError("the target skipped authentication but mutual CHAP "
+                                          "was required")
+            if method not in ("None", "CHAP"):
+                raise AuthenticationError(f"target chose unsupported AuthMethod {method!r}")
+            if method == "CHAP":
+                raise AuthenticationError("the target requires CHAP but no credentials are set")
+            self._auth = "done"
+            return None
+        if self._auth == "chap-a":
+            alg_text = keys.get("CHAP_A", "")
+            if not alg_text.isdigit() or int(alg_text) not in self._chap_algorithms:
+                raise AuthenticationError(f"target chose CHAP algorithm {alg_text!r} "
+                                          "that we did not offer")
+            self._chap_alg = int(alg_text)
+            ident = chap.parse_identifier(keys.get("CHAP_I", ""))
+            challenge = chap.parse_challenge(keys.get("CHAP_C", ""), self._chap_alg)
+            assert self.credentials is not None
+            pairs = [("CHAP_N", self.credentials.user), ("CHAP_R", encode_hex(
+                chap.response(self._chap_alg, ident, self.credentials.secret, challenge)))]
+            if self.target_credentials is not None:
+                if self.target_credentials.secret == self.credentials.secret:
+                    raise AuthenticationError("mutual CHAP with equal secrets refused")
+                self._my_id = self._random(1)[0]
+                self._my_challenge = self._random(chap.digest_size(self._chap_alg))
+                if self._my_challenge == challenge:
+                    self._my_challenge = bytes(b ^ 0xFF for b in self._my_challenge)
+                pairs += [("CHAP_I", str(self._my_id)), ("CHAP_C", encode_hex(self._my_challenge))]
+            self._auth = "chap-r"
+            return self._request(pairs, transit=True, nsg=Stage.OPERATIONAL)
+        if self._auth == "chap-r":
+            if self.target_credentials is not None:
+                user, resp_text = keys.get("CHAP_N"), keys.get("CHAP_R")
+                if user is None or resp_text is None:
+                    raise AuthenticationError("the target did not answer our CHAP challenge")
+                got = chap.parse_response(resp_text, self._chap_alg)
+                if user != self.target_credentials.user or not chap.verify(
+                    self._chap_alg, self._my_id, self.target_credentials.secret,
+                    self._my_challenge, got,
+                ):
+                    raise AuthenticationError("the target failed mutual CHAP authentication")
+            self._auth = "done"
+            if not resp.transit:
+                return self._request([], transit=True, nsg=Stage.OPERATIONAL)
+        return None
+
+    def _answers(self, keys: dict[str, str]) -> None:
+        for key, value in keys.items():
+            if key == "MaxRecvDataSegmentLength":
+                if not value.isdigit() or not 512 <= int(value) <= 16777215:
+                    raise NegotiationError(f"target declared MaxRecvDataSegmentLength={value}")
+                self._peer_mrdsl = int(value)
+            elif key in self._offered and key in KEYS:
+                self._agreed[key] = check_answer(key, self._offered[key], value)
+
+    def _counter_offers(self, keys: dict[str, str]) -> list[tuple[str, str]]:
+        """Keys the target offered on its own: answer them."""
+        out = []
+        for key, value in keys.items():
+            if key in self._offered or key in DECLARATIVE or key == "MaxRecvDataSegmentLength":
+                continue
+            if key in KEYS or key.startswith("X"):
+                answer, agreed = respond(key, value, self._ours)
+                out.append((key, answer))
+                self._offered[key] = answer
+                if agreed is not None:
+                    self._agreed[key] = agreed
+        return out
+
+    def _finish(self) -> None:
+        if self.credentials is None and self._auth != "done":
+            self._auth = "done"
+        if self.target_credentials is not None and self._auth != "done":
+            raise AuthenticationError("login completed without mutual authentication")
+        our_mrdsl = int(self._ours.get("MaxRecvDataSegmentLength", "8192"))
+        if "MaxRecvDataSegmentLength" not in self._offered:
+            our_mrdsl = 8192
+        self.params = SessionParams.from_agreed(
+            self._agreed, our_mrdsl=our_mrdsl, peer_mrdsl=self._peer_mrdsl,
+            session_type="Discovery" if self.discovery else "Normal",
+            initiator_name=self.initiator_name, target_name=self.target_name or "",
+            initiator_alias=self._alias, target_alias=self.target_alias,
+            target_portal_group_tag=self.target_portal_group_tag,
+        )
+        self.done = True

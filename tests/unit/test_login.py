@@ -1,0 +1,201 @@
+"""The initiator and target login machines wired to each other in memory."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from blockbridge.iscsi.constants import LoginStatus, Stage
+from blockbridge.iscsi.errors import AuthenticationError, LoginFailed, NegotiationError
+from blockbridge.iscsi.login import (
+    ChapCredentials,
+    InitiatorLogin,
+    TargetLogin,
+    TargetLoginConfig,
+)
+from blockbridge.iscsi.pdu import LoginRequest
+from blockbridge.iscsi.text import decode_text, encode_text
+
+IQN = "iqn.2026-11.test:disk"
+INI = "iqn.2026-11.test:host"
+ISID = bytes.fromhex("400001370000")
+
+
+def counter_random() -> callable:  # type: ignore[valid-type]
+    c = itertools.count(1)
+    return lambda n: bytes((next(c) + i) & 0xFF for i in range(n))
+
+
+def make_target(cfg: TargetLoginConfig, discovery: TargetLoginConfig | None = None) -> TargetLogin:
+    def resolve(session_type: str, target: str, initiator: str) -> TargetLoginConfig | LoginStatus:
+        if session_type == "Discovery":
+            return discovery or TargetLoginConfig(target_name="")
+        return cfg if target == cfg.target_name else LoginStatus.NOT_FOUND
+
+    return TargetLogin(portal_group_tag=1, resolve=resolve, random_bytes=counter_random())
+
+
+def run(ini: InitiatorLogin, tgt: TargetLogin, *, tsih: int = 7) -> None:
+    req: LoginRequest | None = ini.start()
+    statsn = 100
+    for _ in range(20):
+        assert req is not None
+        if tgt.needs_tsih:
+            tgt.assign_tsih(tsih)
+        rsp = tgt.receive(req, statsn=statsn, expcmdsn=req.cmdsn, maxcmdsn=req.cmdsn + 31)
+        statsn += 1
+        req = ini.receive(rsp)
+        if req is None:
+            assert tgt.done
+            return
+    raise AssertionError("login did not finish")
+
+
+def test_no_auth_login_negotiates_defaults() -> None:
+    tgt = make_target(TargetLoginConfig(target_name=IQN))
+    ini = InitiatorLogin(initiator_name=INI, target_name=IQN, isid=ISID)
+    run(ini, tgt)
+    assert ini.done and tgt.done and ini.tsih == 7
+    assert ini.params.immediate_data and not ini.params.initial_r2t
+    assert ini.params.max_burst_length == 16776192
+    assert ini.params.max_xmit_data_segment_length == 262144
+    assert tgt.params.max_xmit_data_segment_length == 262144
+    assert tgt.params.initiator_name == INI
+    assert ini.target_portal_group_tag == 1
+
+
+def test_target_limits_win() -> None:
+    cfg = TargetLoginConfig(target_name=IQN, operational={
+        "MaxBurstLength": "65536", "ImmediateData": "No", "MaxRecvDataSegmentLength": "8192",
+        "HeaderDigest": "CRC32C", "DataDigest": "CRC32C,None"})
+    tgt = make_target(cfg)
+    ini = InitiatorLogin(initiator_name=INI, target_name=IQN, isid=ISID,
+                         proposals={"HeaderDigest": "CRC32C,None", "DataDigest": "None"})
+    run(ini, tgt)
+    for params in (ini.params, tgt.params):
+        assert params.max_burst_length == 65536
+        assert params.first_burst_length == 65536
+        assert not params.immediate_data
+        assert params.header_digest and not params.data_digest
+    assert ini.params.max_xmit_data_segment_length == 8192
+
+
+def test_digest_required_but_refused_fails() -> None:
+    tgt = make_target(TargetLoginConfig(target_name=IQN, operational={"HeaderDigest": "CRC32C"}))
+    ini = InitiatorLogin(initiator_name=INI, target_name=IQN, isid=ISID)
+    with pytest.raises(LoginFailed):
+        run(ini, tgt)
+    assert tgt.failed
+
+
+@pytest.mark.parametrize("algs", [(5,), (6,), (7,), (8,), (7, 6, 5)])
+def test_chap_and_mutual_chap(algs: tuple[int, ...]) -> None:
+    cfg = TargetLoginConfig(target_name=IQN, incoming={"alice": b"alice-secret-123"},
+                            outgoing=ChapCredentials("tgt", b"target-secret-456"))
+    tgt = make_target(cfg)
+    ini = InitiatorLogin(initiator_name=INI, target_name=IQN, isid=ISID,
+                         credentials=ChapCredentials("alice", b"alice-secret-123"),
+                         target_credentials=ChapCredentials("tgt", b"target-secret-456"),
+                         chap_algorithms=algs, random_bytes=counter_random())
+    run(ini, tgt)
+    assert tgt.auth_user == "alice" and ini.done
+
+
+def test_wrong_secret_is_authentication_failure() -> None:
+    tgt = make_target(TargetLoginConfig(target_name=IQN, incoming={"alice": b"alice-secret-123"}))
+    ini = InitiatorLogin(initiator_name=INI, target_name=IQN, isid=ISID,
+                         credentials=ChapCredentials("alice", b"wrong-secret-0000"))
+    with pytest.raises(LoginFailed) as info:
+        run(ini, tgt)
+    assert info.value.status == LoginStatus.AUTHENTICATION_FAILURE
+    assert "authentication failed" in str(info.value)
+
+
+def test_wrong_target_secret_is_refused_by_initiator() -> None:
+    cfg = TargetLoginConfig(target_name=IQN, incoming={"alice": b"alice-secret-123"},
+                            outgoing=ChapCredentials("tgt", b"impostor-secret-9"))
+    ini = InitiatorLogin(initiator_name=INI, target_name=IQN, isid=ISID,
+                         credentials=ChapCredentials("alice", b"alice-secret-123"),
+                         target_credentials=ChapCredentials("tgt", b"target-secret-456"))
+    with pytest.raises(AuthenticationError, match="mutual"):
+        run(ini, make_target(cfg))
+
+
+def test_chap_required_but_initiator_has_none() -> None:
+    tgt = make_target(TargetLoginConfig(target_name=IQN, incoming={"alice": b"alice-secret-123"}))
+    ini = InitiatorLogin(initiator_name=INI, target_name=IQN, isid=ISID)
+    with pytest.raises(LoginFailed) as info:
+        run(ini, tgt)
+    assert info.value.status == LoginStatus.AUTHENTICATION_FAILURE
+
+
+def test_mutual_requested_but_target_skips_auth() -> None:
+    tgt = make_target(TargetLoginConfig(target_name=IQN))
+    ini = InitiatorLogin(initiator_name=INI, target_name=IQN, isid=ISID,
+                         credentials=ChapCredentials("alice", b"alice-secret-123"),
+                         target_credentials=ChapCredentials("tgt", b"target-secret-456"))
+    with pytest.raises(AuthenticationError):
+        run(ini, tgt)
+
+
+def test_unknown_target() -> None:
+    tgt = make_target(TargetLoginConfig(target_name=IQN))
+    ini = InitiatorLogin(initiator_name=INI, target_name="iqn.2026-11.test:nope", isid=ISID)
+    with pytest.raises(LoginFailed, match="not found") as info:
+        run(ini, tgt)
+    assert info.value.status == LoginStatus.NOT_FOUND
+
+
+def test_discovery_session() -> None:
+    tgt = make_target(TargetLoginConfig(target_name=IQN))
+    ini = InitiatorLogin(initiator_name=INI, target_name=None, isid=ISID)
+    run(ini, tgt)
+    assert tgt.session_type == "Discovery" and ini.params.session_type == "Discovery"
+
+
+def test_missing_initiator_name() -> None:
+    tgt = make_target(TargetLoginConfig(target_name=IQN))
+    req = LoginRequest(transit=True, nsg=Stage.OPERATIONAL, isid=ISID,
+                       data=encode_text([("TargetName", IQN)]))
+    rsp = tgt.receive(req, statsn=1, expcmdsn=0, maxcmdsn=0)
+    assert (rsp.status_class, rsp.status_detail) == (2, 7)
+    assert tgt.failed
+    with pytest.raises(LoginFailed):
+        tgt.receive(req, statsn=1, expcmdsn=0, maxcmdsn=0)
+
+
+def test_multi_pdu_text_with_continue_bit() -> None:
+    tgt = make_target(TargetLoginConfig(target_name=IQN))
+    text = encode_text([("InitiatorName", INI), ("TargetName", IQN), ("AuthMethod", "None")])
+    first = LoginRequest(cont=True, isid=ISID, data=text[:10])
+    rsp = tgt.receive(first, statsn=1, expcmdsn=0, maxcmdsn=0)
+    assert rsp.status_class == 0 and not rsp.data
+    last = LoginRequest(transit=True, nsg=Stage.OPERATIONAL, isid=ISID, data=text[10:])
+    rsp = tgt.receive(last, statsn=2, expcmdsn=0, maxcmdsn=0)
+    assert rsp.status_class == 0 and rsp.transit
+    assert dict(decode_text(rsp.data))["AuthMethod"] == "None"
+
+
+def test_reflected_challenge_refused() -> None:
+    cfg = TargetLoginConfig(target_name=IQN, incoming={"alice": b"alice-secret-123"},
+                            outgoing=ChapCredentials("tgt", b"target-secret-456"))
+    tgt = make_target(cfg)
+    ini = InitiatorLogin(initiator_name=INI, target_name=IQN, isid=ISID,
+                         credentials=ChapCredentials("alice", b"alice-secret-123"))
+    req = ini.start()
+    rsp = tgt.receive(req, statsn=1, expcmdsn=1, maxcmdsn=1)
+    req = ini.receive(rsp)
+    assert req is not None
+    rsp = tgt.receive(req, statsn=2, expcmdsn=1, maxcmdsn=1)
+    keys = dict(decode_text(rsp.data))
+    req2 = ini.receive(rsp)
+    assert req2 is not None
+    pairs = decode_text(req2.data) + [("CHAP_I", "1"), ("CHAP_C", keys["CHAP_C"])]
+    bad = LoginRequest(transit=True, nsg=Stage.OPERATIONAL, isid=ISID, data=encode_text(pairs))
+    out = tgt.receive(bad, statsn=3, expcmdsn=1, maxcmdsn=1)
+    assert (out.status_class, out.status_detail) == (2, 1)
+
+
+def test_negotiation_error_type() -> None:
+    assert issubclass(NegotiationError, Exception)
