@@ -1,0 +1,106 @@
+"""Sense data: build fixed or descriptor format, parse either into one typed value."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .constants import SenseKey
+
+_ASC_TEXT = {
+    (0x00, 0x00): "no additional sense information",
+    (0x04, 0x00): "logical unit not ready",
+    (0x08, 0x00): "logical unit communication failure",
+    (0x0C, 0x00): "write error",
+    (0x11, 0x00): "unrecovered read error",
+    (0x1A, 0x00): "parameter list length error",
+    (0x1D, 0x00): "miscompare during verify operation",
+    (0x20, 0x00): "invalid command operation code",
+    (0x21, 0x00): "logical block address out of range",
+    (0x24, 0x00): "invalid field in CDB",
+    (0x25, 0x00): "logical unit not supported",
+    (0x26, 0x00): "invalid field in parameter list",
+    (0x27, 0x00): "write protected",
+    (0x29, 0x00): "power on, reset, or bus device reset occurred",
+    (0x29, 0x03): "bus device reset function occurred",
+    (0x2A, 0x01): "mode parameters changed",
+    (0x2A, 0x03): "reservations preempted",
+    (0x2A, 0x04): "reservations released",
+    (0x2A, 0x05): "registrations preempted",
+    (0x3A, 0x00): "medium not present",
+    (0x44, 0x00): "internal target failure",
+}
+
+
+@dataclass(frozen=True)
+class SenseData:
+    key: int
+    asc: int
+    ascq: int
+    information: int | None = None
+    descriptor_format: bool = False
+
+    @property
+    def description(self) -> str:
+        try:
+            key = SenseKey(self.key).name.replace("_", " ").lower()
+        except ValueError:
+            key = f"sense key 0x{self.key:x}"
+        text = _ASC_TEXT.get((self.asc, self.ascq), f"asc/ascq 0x{self.asc:02x}/0x{self.ascq:02x}")
+        return f"{key}: {text}"
+
+
+def build_sense(
+    key: int,
+    asc_ascq: tuple[int, int],
+    *,
+    information: int | None = None,
+    field_pointer: int | None = None,
+    bit_pointer: int | None = None,
+    in_cdb: bool = True,
+    descriptor: bool = False,
+) -> bytes:
+    """Sense data for CHECK CONDITION; fixed format unless ``descriptor`` (D_SENSE) is set."""
+    asc, ascq = asc_ascq
+    sks = b""
+    if field_pointer is not None:
+        b0 = 0x80 | (0x40 if in_cdb else 0)
+        if bit_pointer is not None:
+            b0 |= 0x08 | (bit_pointer & 7)
+        sks = bytes([b0, (field_pointer >> 8) & 0xFF, field_pointer & 0xFF])
+    if descriptor:
+        descs = b""
+        if information is not None:
+            descs += bytes([0x00, 0x0A, 0x80, 0]) + information.to_bytes(8, "big")
+        if sks:
+            descs += bytes([0x02, 0x06, 0, 0]) + sks + b"\0"
+        return bytes([0x72, key & 0xF, asc, ascq, 0, 0, 0, len(descs)]) + descs
+    out = bytearray(18)
+    out[0] = 0x70 | (0x80 if information is not None else 0)
+    out[2] = key & 0xF
+    if information is not None:
+        out[3:7] = (information & 0xFFFFFFFF).to_bytes(4, "big")
+    out[7] = 10
+    out[12], out[13] = asc, ascq
+    if sks:
+        out[15:18] = sks
+    return bytes(out)
+
+
+def parse_sense(data: bytes) -> SenseData | None:
+    """Parse fixed (0x70/0x71) or descriptor (0x72/0x73) sense; None if unusable."""
+    if len(data) < 1:
+        return None
+    code = data[0] & 0x7F
+    if code in (0x70, 0x71) and len(data) >= 14:
+        info = int.from_bytes(data[3:7], "big") if data[0] & 0x80 else None
+        return SenseData(data[2] & 0xF, data[12], data[13], info)
+    if code in (0x72, 0x73) and len(data) >= 4:
+        info = None
+        pos = 8
+        while pos + 2 <= len(data):
+            dtype, dlen = data[pos], data[pos + 1]
+            if dtype == 0 and dlen >= 10 and pos + 12 <= len(data):
+                info = int.from_bytes(data[pos + 4 : pos + 12], "big")
+            pos += 2 + dlen
+        return SenseData(data[1] & 0xF, data[2], data[3], info, descriptor_format=True)
+    return None

@@ -1,0 +1,31 @@
+"""The backend contract: what a logical unit needs from its storage.
+
+Backends are synchronous and may block; the logical unit calls them from worker threads.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class Backend(Protocol):
+    size: int  # bytes
+    read_only: bool
+    can_unmap: bool
+    description: str
+
+    def read(self, offset: int, length: int) -> bytes: ...
+
+    def write(self, offset: int, data: bytes | bytearray | memoryview, *, sync: bool) -> None: ...
+
+    def flush(self) -> None: ...
+
+    def unmap(self, offset: int, length: int) -> None:
+        """Deallocate a byte range; reads return zeros afterwards."""
+        ...
+
+    def mapped_extent(self, offset: int) -> tuple[bool, int]:
+        """(allocated?, length in bytes of the run of that state starting at offset)."""
+        ...
+
+    def close(self) -> None: ...

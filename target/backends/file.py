@@ -1,0 +1,144 @@
+"""Regular files (sparse images) and block devices as LUN storage."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import fcntl
+import os
+import stat
+import struct
+
+_FALLOC_FL_KEEP_SIZE = 0x01
+_FALLOC_FL_PUNCH_HOLE = 0x02
+_BLKGETSIZE64 = 0x80081272
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+
+
+def punch_hole(fd: int, offset: int, length: int) -> None:
+    """Deallocate a range (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE)."""
+    if _libc.fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, length) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+class BackingStoreError(Exception):
+    """A LUN's backing file cannot be used; the message says why and what to do."""
+
+
+class FileBackend:
+    def __init__(self, path: str, *, read_only: bool = False, create_size: int | None = None):
+        self.path = path
+        self.read_only = read_only
+        flags = os.O_RDONLY if read_only else os.O_RDWR
+        if create_size is not None and not os.path.exists(path):
+            flags |= os.O_CREAT
+        try:
+            self.fd = os.open(path, flags | os.O_CLOEXEC, 0o600)
+        except FileNotFoundError:
+            raise BackingStoreError(f"backing file {path} does not exist") from None
+        except PermissionError:
+            raise BackingStoreError(f"no permission to open {path}") from None
+        except IsADirectoryError:
+            raise BackingStoreError(f"{path} is a directory, not a file or device") from None
+        st = os.fstat(self.fd)
+        self.is_block_device = stat.S_ISBLK(st.st_mode)
+        if self.is_block_device:
+            buf = fcntl.ioctl(self.fd, _BLKGETSIZE64, b"\0" * 8)
+            self.size = struct.unpack("Q", buf)[0]
+        else:
+            if create_size is not None and st.st_size == 0:
+                os.ftruncate(self.fd, create_size)
+            self.size = os.fstat(self.fd).st_size
+        if self.size == 0:
+            os.close(self.fd)
+            raise BackingStoreError(f"backing file {path} is empty (size 0)")
+        self.can_unmap = not read_only and self._probe_punch()
+        kind = "block device" if self.is_block_device else "file"
+        self.description = f"{kind} {path}"
+
+    def _probe_punch(self) -> bool:
+        if self.is_block_device:
+            return True
+        try:
+            # Punching a zero-length range is rejected; a 0-byte probe at EOF is harmless.
+            punch_hole(self.fd, self.size, 4096)
+            return True
+        except OSError as exc:
+            return exc.errno not in (errno.EOPNOTSUPP, errno.ENOSYS)
+
+    def read(self, offset: int, length: int) -> bytes:
+        out = bytearray(length)
+        view = memoryview(out)
+        done = 0
+        while done < length:
+            n = os.preadv(self.fd, [view[done:]], offset + done)
+            if n == 0:
+                break  # past EOF of a file that shrank: zeros
+            done += n
+        return bytes(out)
+
+    def write(self, offset: int, data: bytes | bytearray | memoryview, *, sync: bool) -> None:
+        view = memoryview(data)
+        done = 0
+        while done < len(view):
+            done += os.pwritev(self.fd, [view[done:]], offset + done)
+        if sync:
+            os.fdatasync(self.fd)
+
+    def flush(self) -> None:
+        if not self.read_only:
+            os.fdatasync(self.fd)
+
+    def unmap(self, offset: int, length: int) -> None:
+        punch_hole(self.fd, offset, length)
+
+    def mapped_extent(self, offset: int) -> tuple[bool, int]:
+        if self.is_block_device:
+            return True, self.size - offset
+        try:
+            data = os.lseek(self.fd, offset, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # only a hole up to EOF
+                return False, self.size - offset
+            return True, self.size - offset
+        if data > offset:
+            return False, min(data, self.size) - offset
+        hole = os.lseek(self.fd, offset, os.SEEK_HOLE)
+        return True, min(hole, self.size) - offset
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+
+
+class NullBackend:
+    """Type=nullio: writes are discarded, reads return zeros; for benchmarks."""
+
+    read_only = False
+    can_unmap = True
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.description = f"nullio {size} bytes"
+
+    def read(self, offset: int, length: int) -> bytes:
+        return bytes(length)
+
+    def write(self, offset: int, data: bytes | bytearray | memoryview, *, sync: bool) -> None:
+        return None
+
+    def flush(self) -> None:
+        return None
+
+    def unmap(self, offset: int, length: int) -> None:
+        return None
+
+    def mapped_extent(self, offset: int) -> tuple[bool, int]:
+        return False, self.size - offset
+
+    def close(self) -> None:
+        return None
