@@ -165,6 +165,12 @@ class TargetLogin:
         if self._first:
             self._start(dict(pairs), answers)
             self._first = False
+        if self._stage is Stage.OPERATIONAL and self._auth == "pending":
+            assert self._config is not None
+            if self._config.incoming:
+                raise AuthenticationError("this target requires CHAP; the initiator skipped "
+                                          "the security stage")
+            self._auth = "none"
         if self._stage is Stage.SECURITY:
             ready = self._security(dict(pairs), answers)
         else:

@@ -1,0 +1,228 @@
+"""blockbridge-target: serve files and block devices as iSCSI LUNs."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import re
+import signal
+import socket
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import trio
+
+from blockbridge.iscsi.constants import DEFAULT_PORT
+
+from .backends.file import BackingStoreError, FileBackend
+from .lun import LogicalUnit
+from .server import ListenError, TargetServer, format_address
+from .targets import TargetDef
+
+log = logging.getLogger("blockbridge_target")
+
+DESCRIPTION = """\
+Serve files and block devices as iSCSI logical units to any initiator (open-iscsi,
+libiscsi, qemu, blockbridge). Configure it with a classic IET ietd.conf, or serve a single
+disk image straight from the command line with --disk.
+"""
+
+EPILOG = """\
+examples:
+  Serve one sparse 1 GiB image (created if missing) on the loopback interface:
+    blockbridge-target --disk demo.img --size 1G --portal 127.0.0.1:3260
+
+  Serve what an existing iscsitarget installation serves:
+    blockbridge-target -c /etc/iet/ietd.conf --initiators-allow /etc/iet/initiators.allow
+
+  Listen on every IPv4 and IPv6 address, on a free port chosen by the system:
+    blockbridge-target --disk vm.img --portal 0.0.0.0:0 --portal [::]:0
+
+Once every portal listens, one line per portal is printed on standard output:
+  listening on HOST:PORT
+SIGTERM or SIGINT stop the target: new logins are refused, commands in flight finish
+and are synced to disk, then sessions close.
+
+exit status: 0 after a clean shutdown, 2 for a configuration or startup error.
+"""
+
+_SIZE = re.compile(r"^(\d+)([KMGTP]?)(i?B)?$", re.IGNORECASE)
+
+
+class UsageError(Exception):
+    """A mistake on the command line or in the configuration: one line for the user."""
+
+
+def parse_size(text: str) -> int:
+    m = _SIZE.match(text.strip())
+    if not m:
+        raise UsageError(f"invalid size {text!r}: use a number with an optional K, M, G or T "
+                         "suffix, e.g. 10G")
+    mult = 1024 ** " KMGTP".index((m[2] or " ").upper())
+    value = int(m[1]) * mult
+    if value <= 0:
+        raise UsageError("the size must be larger than zero")
+    return value
+
+
+def parse_portal(text: str) -> tuple[str, int]:
+    m = re.match(r"^\[([0-9a-fA-F:.]+)\](?::(\d+))?$", text) or \
+        re.match(r"^([^:\[\]]+)(?::(\d+))?$", text)
+    if not m:
+        raise UsageError(f"invalid portal {text!r}: use HOST:PORT, e.g. 0.0.0.0:3260 or [::]:3260")
+    port = int(m[2]) if m[2] is not None else DEFAULT_PORT
+    if not 0 <= port <= 65535:
+        raise UsageError(f"invalid port in {text!r}")
+    return m[1], port
+
+
+def default_iqn(disk: Path) -> str:
+    host = re.sub(r"[^a-z0-9.-]", "-", socket.gethostname().lower()) or "localhost"
+    stem = re.sub(r"[^a-z0-9.-]", "-", disk.stem.lower()) or "disk"
+    return f"iqn.2026-11.local.blockbridge:{host}.{stem}"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="blockbridge-target", description=DESCRIPTION, epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_argument_group("what to serve")
+    src.add_argument("-c", "--config", metavar="FILE", type=Path,
+                     help="IET-style configuration (default: /etc/iet/ietd.conf, then "
+                          "/etc/ietd.conf, unless --disk is given)")
+    src.add_argument("--disk", metavar="FILE", type=Path,
+                     help="serve this file or block device as LUN 0 of one target")
+    src.add_argument("--size", metavar="SIZE",
+                     help="with --disk: create the file sparse with this size if it does not "
+                          "exist (e.g. 1G)")
+    src.add_argument("--target-name", metavar="IQN",
+                     help="with --disk: the target name (default: derived from the host name "
+                          "and the file name)")
+    src.add_argument("--read-only", action="store_true", help="with --disk: refuse writes")
+    src.add_argument("--block-size", type=int, default=512, choices=(512, 1024, 2048, 4096),
+                     help="with --disk: logical block size (default 512)")
+    src.add_argument("--write-through", action="store_true",
+                     help="with --disk: sync every write to disk before acknowledging it "
+                          "(default: honour the initiator's cache flushes, like IOMode=wb)")
+    acl = p.add_argument_group("access control")
+    acl.add_argument("--initiators-allow", metavar="FILE", type=Path,
+                     help="IET initiators.allow file (default: /etc/iet/initiators.allow if "
+                          "it exists)")
+    acl.add_argument("--targets-allow", metavar="FILE", type=Path,
+                     help="IET targets.allow file")
+    net = p.add_argument_group("network")
+    net.add_argument("-p", "--portal", metavar="HOST:PORT", action="append",
+                     help="address to listen on; repeatable; port 0 picks a free port "
+                          "(default 0.0.0.0:3260)")
+    out = p.add_argument_group("logging")
+    out.add_argument("-v", "--verbose", action="count", default=0,
+                     help="more log output (-vv for protocol debugging)")
+    out.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
+                     help="set the log level explicitly")
+    out.add_argument("--pid-file", metavar="FILE", type=Path, help="write the process id here")
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    return p
+
+
+def _version() -> str:
+    from blockbridge import __version__
+
+    return __version__
+
+
+def quick_target(args: argparse.Namespace) -> TargetDef:
+    disk: Path = args.disk
+    create = parse_size(args.size) if args.size else None
+    if create is None and not disk.exists():
+        raise UsageError(f"{disk} does not exist: give --size to create it, e.g. --size 1G")
+    if create is not None and disk.exists() and disk.stat().st_size not in (0, create) \
+            and disk.is_file():
+        log.warning("%s exists with %d bytes; --size %s ignored", disk, disk.stat().st_size,
+                    args.size)
+    try:
+        backend = FileBackend(str(disk), read_only=args.read_only, create_size=create)
+    except BackingStoreError as exc:
+        raise UsageError(str(exc)) from None
+    except OSError as exc:
+        raise UsageError(f"cannot open {disk}: {exc.strerror}") from None
+    name = args.target_name or default_iqn(disk)
+    if not re.match(r"^(iqn\.\d{4}-\d{2}\.|eui\.|naa\.)", name):
+        raise UsageError(f"invalid target name {name!r}: use iqn.YYYY-MM.reversed.domain:name")
+    lu = LogicalUnit(0, backend, target_name=name, block_size=args.block_size,
+                     read_only=args.read_only, write_cache=not args.write_through)
+    return TargetDef(name=name, luns={0: lu})
+
+
+def setup_logging(args: argparse.Namespace) -> None:
+    level = logging.WARNING - 10 * min(args.verbose, 2) if not args.log_level else \
+        getattr(logging, args.log_level.upper())
+    if not args.log_level and args.verbose == 0:
+        level = logging.INFO
+    logging.basicConfig(level=level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+async def run(server: TargetServer, portals: list[tuple[str, int]]) -> None:
+    async with trio.open_nursery() as nursery:
+        addresses = await nursery.start(server.serve, portals)
+        for host, port in addresses:
+            print(f"listening on {format_address(host, port)}", flush=True)
+        for t in server.targets.values():
+            for lu in t.luns.values():
+                log.info("target %s LUN %d: %s, %d bytes%s", t.name, lu.number,
+                         lu.backend.description, lu.size_bytes,
+                         " (read-only)" if lu.read_only else "")
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for sig in signals:
+                log.info("%s received: finishing commands in flight and shutting down",
+                         signal.Signals(sig).name)
+                server.shutdown()
+                break
+
+
+def load_targets(args: argparse.Namespace) -> TargetServer:
+    if args.disk is not None:
+        if args.config is not None:
+            raise UsageError("give either --disk or --config, not both")
+        return TargetServer([quick_target(args)], acl=load_acl(args))
+    from .configured import server_from_config
+
+    return server_from_config(args.config, load_acl(args))
+
+
+def load_acl(args: argparse.Namespace) -> object | None:
+    if args.initiators_allow is None and args.targets_allow is None:
+        return None
+    from .acl import AccessControl
+
+    for path in (args.initiators_allow, args.targets_allow):
+        if path is not None and not path.exists():
+            raise UsageError(f"access list {path} does not exist")
+    return AccessControl(args.initiators_allow, args.targets_allow)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args)
+    try:
+        portals = [parse_portal(p) for p in (args.portal or ["0.0.0.0:3260"])]
+        server = load_targets(args)
+        if args.pid_file:
+            args.pid_file.write_text(f"{os.getpid()}\n")
+        trio.run(run, server, portals)
+    except UsageError as exc:
+        print(f"blockbridge-target: {exc}", file=sys.stderr)
+        return 2
+    except ListenError as exc:
+        print(f"blockbridge-target: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        if args.pid_file:
+            with contextlib.suppress(OSError):
+                args.pid_file.unlink()
+    return 0

@@ -1,0 +1,569 @@
+"""One iSCSI connection on the target: login, then full-feature phase.
+
+The reader loop receives PDUs and dispatches them; each SCSI command runs as its own
+task in the connection's nursery (so commands proceed concurrently), collecting Data-Out
+through R2Ts, running on the logical unit, and answering with Data-In and a response.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import trio
+
+from blockbridge.iscsi import pdu as P
+from blockbridge.iscsi.constants import (
+    RESERVED_TAG,
+    LoginStatus,
+    LogoutReason,
+    RejectReason,
+    TaskFunction,
+    TaskResponse,
+)
+from blockbridge.iscsi.errors import NegotiationError, PDUFormatError
+from blockbridge.iscsi.login import TargetLogin
+from blockbridge.iscsi.text import TextAssembler, decode_text, encode_text
+from blockbridge.scsi.constants import Op, Status
+from blockbridge.transport import ConnectionClosed, PDUStream
+
+from .lun import LogicalUnit, Nexus, SCSIResult, not_supported_lun_result, report_luns_data
+from .session import CommandWindow, Session
+
+if TYPE_CHECKING:
+    from .server import TargetServer
+
+log = logging.getLogger(__name__)
+
+LOGIN_TIMEOUT = 30.0
+MAX_WRITE_BUFFER = 64 * 1024 * 1024
+MAX_PENDING_COMMANDS = 256
+
+
+class Drop(Exception):
+    """A protocol violation after which the connection is closed."""
+
+
+@dataclass
+class Task:
+    cmd: P.SCSICommand
+    lun_number: int
+    buffer: bytearray | None = None
+    received: int = 0
+    unsolicited_limit: int = 0
+    unsolicited_done: trio.Event = field(default_factory=trio.Event)
+    burst_done: trio.Event = field(default_factory=trio.Event)
+    ttt: int = RESERVED_TAG
+    burst_start: int = 0
+    burst_end: int = 0
+    next_datasn: int = 0
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    aborted: bool = False
+
+
+class Connection:
+    def __init__(self, server: TargetServer, stream: trio.abc.Stream, peer: str, local: str):
+        self.server = server
+        self.pdus = PDUStream(stream, max_data_segment_length=65536)
+        self.peer = peer
+        self.local = local
+        self.session: Session | None = None
+        self.statsn = 0x1000
+        self.tasks: dict[int, Task] = {}
+        self.pending: dict[int, P.SCSICommand] = {}
+        self._send_lock = trio.Lock()
+        self._ttt = 0x100
+        self._nursery: trio.Nursery | None = None
+        self._text = TextAssembler()
+        self._nop_ttt: int | None = None
+        self._closing = False
+        self.scope = trio.CancelScope()
+
+    # ---------------------------------------------------------------- lifecycle
+
+    async def run(self) -> None:
+        with self.scope:
+            try:
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    try:
+                        if await self._login():
+                            await self._full_feature()
+                    except ConnectionClosed as exc:
+                        log.debug("%s: %s", self.peer, exc)
+                    except PDUFormatError as exc:
+                        log.warning("%s: dropping connection: malformed PDU: %s", self.peer, exc)
+                    except (Drop, NegotiationError) as exc:
+                        log.warning("%s: dropping connection: %s", self.peer, exc)
+                    finally:
+                        nursery.cancel_scope.cancel()
+            finally:
+                self._cleanup()
+                await self.pdus.aclose()
+
+    def _cleanup(self) -> None:
+        s = self.session
+        if s is None:
+            return
+        s.connections.discard(self)
+        if not s.connections:
+            self.server.sessions.remove(s)
+            if s.nexus is not None:
+                for lu in s.luns.values():
+                    lu.nexus_lost(s.nexus)
+            log.info("%s: session %s closed (target %s)", self.peer, s.tsih,
+                     s.target_name or "discovery")
+
+    def close(self) -> None:
+        self.scope.cancel()
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.tasks)
+
+    # ---------------------------------------------------------------- login
+
+    async def _login(self) -> bool:
+        server = self.server
+        machine = TargetLogin(portal_group_tag=server.tpgt, resolve=server.resolver(
+            self.peer.rsplit(":", 1)[0].strip("[]"), self.local.rsplit(":", 1)[0].strip("[]")))
+        first = True
+        expcmdsn = 0
+        depth = 32
+        with trio.move_on_after(LOGIN_TIMEOUT) as timeout:
+            while True:
+                req = await self.pdus.receive_pdu()
+                if not isinstance(req, P.LoginRequest):
+                    raise Drop(f"expected a Login request, got {type(req).__name__}")
+                if first:
+                    expcmdsn = req.cmdsn
+                    if req.tsih != 0:
+                        rsp = P.LoginResponse(
+                            itt=req.itt, isid=req.isid, tsih=req.tsih, statsn=self.statsn,
+                            expcmdsn=expcmdsn, maxcmdsn=expcmdsn,
+                            status_class=LoginStatus.SESSION_DOES_NOT_EXIST.status_class,
+                            status_detail=LoginStatus.SESSION_DOES_NOT_EXIST.detail)
+                        await self.pdus.send_pdu(rsp)
+                        log.info("%s: refused connection to existing session %d "
+                                 "(one connection per session)", self.peer, req.tsih)
+                        return False
+                    machine.assign_tsih(server.sessions.allocate_tsih())
+                    first = False
+                cfg = machine.config
+                if cfg is not None and cfg.target_name in server.targets:
+                    depth = server.targets[cfg.target_name].queued_commands
+                rsp = machine.receive(req, statsn=self.statsn, expcmdsn=expcmdsn,
+                                      maxcmdsn=(expcmdsn + depth - 1) & 0xFFFFFFFF)
+                self.statsn = (self.statsn + 1) & 0xFFFFFFFF
+                await self.pdus.send_pdu(rsp)
+                if machine.failed:
+                    log.warning("%s: login of %s to %s refused: %s", self.peer,
+                                machine.initiator_name or "?", machine.target_name or "?",
+                                machine.failure)
+                    server.note_login_failure(self.peer, machine.failure or "")
+                    return False
+                if machine.done:
+                    break
+        if timeout.cancelled_caught:
+            raise Drop("login did not complete in time")
+        params = machine.params
+        self.pdus.max_data_segment_length = max(params.max_recv_data_segment_length, 8192)
+        self.pdus.header_digest = params.header_digest
+        self.pdus.data_digest = params.data_digest
+        discovery = machine.session_type == "Discovery"
+        target = None if discovery else server.targets[machine.target_name]
+        nexus = None if discovery else Nexus(machine.initiator_name, machine.isid,
+                                             machine.target_name, server.tpgt)
+        if not discovery:
+            old = server.sessions.find(machine.initiator_name, machine.isid, machine.target_name)
+            if old is not None:
+                log.info("%s: reinstating session %d of %s", self.peer, old.tsih,
+                         machine.initiator_name)
+                for conn in list(old.connections):
+                    conn.close()
+                server.sessions.remove(old)
+                if old.nexus is not None:
+                    for lu in old.luns.values():
+                        lu.nexus_lost(old.nexus)
+                old.connections.clear()
+        self.session = Session(
+            tsih=machine.tsih, isid=machine.isid, initiator_name=machine.initiator_name,
+            target_name=machine.target_name, params=params, nexus=nexus,
+            luns=target.luns if target else {},
+            window=CommandWindow(expcmdsn, depth), discovery=discovery)
+        self.session.connections.add(self)
+        server.sessions.add(self.session)
+        log.info("%s: %s logged in to %s (session %d%s%s)", self.peer, machine.initiator_name,
+                 machine.target_name or "discovery", machine.tsih,
+                 ", header digest" if params.header_digest else "",
+                 ", data digest" if params.data_digest else "")
+        return True
+
+    # ---------------------------------------------------------------- full feature phase
+
+    async def _full_feature(self) -> None:
+        assert self.session is not None and self._nursery is not None
+        target = self.server.targets.get(self.session.target_name)
+        if target is not None and target.nop_interval:
+            self._nursery.start_soon(self._keepalive, target.nop_interval,
+                                     target.nop_timeout or target.nop_interval)
+        while True:
+            pdu = await self.pdus.receive_pdu()
+            if isinstance(pdu, P.SCSICommand):
+                await self._on_command(pdu)
+            elif isinstance(pdu, P.DataOut):
+                self._on_data_out(pdu)
+            elif isinstance(pdu, P.NopOut):
+                await self._on_nop_out(pdu)
+            elif isinstance(pdu, P.TextRequest):
+                await self._on_text(pdu)
+            elif isinstance(pdu, P.TaskManagementRequest):
+                await self._on_task_management(pdu)
+            elif isinstance(pdu, P.LogoutRequest):
+                await self._on_logout(pdu)
+                return
+            elif isinstance(pdu, P.LoginRequest):
+                await self._reject(pdu, RejectReason.PROTOCOL_ERROR)
+                raise Drop("Login request during full-feature phase")
+            else:
+                await self._reject(pdu, RejectReason.COMMAND_NOT_SUPPORTED)
+
+    async def _keepalive(self, interval: float, timeout: float) -> None:
+        while True:
+            await trio.sleep(interval)
+            self._ttt += 1
+            ttt = self._ttt & 0x7FFFFFFF
+            self._nop_ttt = ttt
+            await self._send([self._status_fields(P.NopIn(itt=RESERVED_TAG, ttt=ttt), False)])
+            with trio.move_on_after(timeout):
+                while self._nop_ttt == ttt:
+                    await trio.sleep(0.1)
+            if self._nop_ttt == ttt:
+                log.warning("%s: no answer to NOP-In within %ss, closing", self.peer, timeout)
+                self.close()
+                return
+
+    def _status_fields(self, pdu: P.PDU, status: bool) -> P.PDU:
+        """Fill StatSN/ExpCmdSN/MaxCmdSN; StatSN advances only for status-carrying PDUs."""
+        import dataclasses
+
+        assert self.session is not None
+        w = self.session.window
+        fields: dict[str, int] = {"expcmdsn": w.expcmdsn, "maxcmdsn": w.maxcmdsn}
+        if status:
+            fields["statsn"] = self.statsn
+            self.statsn = (self.statsn + 1) & 0xFFFFFFFF
+        elif not isinstance(pdu, P.DataIn | P.R2T) or isinstance(pdu, P.R2T):
+            fields["statsn"] = self.statsn
+        return dataclasses.replace(pdu, **fields)  # type: ignore[arg-type]
+
+    async def _send(self, pdus: list[P.PDU]) -> None:
+        async with self._send_lock:
+            await self.pdus.send_pdus(pdus)
+
+    async def _send_status(self, pdus: list[P.PDU], status_last: bool = True) -> None:
+        """Send PDUs, the last one carrying status (StatSN assigned in send order)."""
+        async with self._send_lock:
+            out = [self._status_fields(p, status_last and i == len(pdus) - 1)
+                   for i, p in enumerate(pdus)]
+            await self.pdus.send_pdus(out)
+
+    async def _reject(self, pdu: P.PDU, reason: int) -> None:
+        header = bytes(pdu.encode_bhs())
+        await self._send_status([P.Reject(reason=reason, data=header)], status_last=False)
+
+    # ---------------------------------------------------------------- command ordering
+
+    async def _on_command(self, cmd: P.SCSICommand) -> None:
+        s = self.session
+        assert s is not None
+        if s.discovery:
+            await self._reject(cmd, RejectReason.PROTOCOL_ERROR)
+            return
+        if cmd.immediate:
+            self._start(cmd)
+            return
+        verdict = s.window.classify(cmd.cmdsn)
+        if verdict == "drop":
+            log.info("%s: dropping command with CmdSN %d outside the window %d..%d",
+                     self.peer, cmd.cmdsn, s.window.expcmdsn, s.window.maxcmdsn)
+            return
+        if verdict == "later":
+            if len(self.pending) >= MAX_PENDING_COMMANDS:
+                raise Drop("too many out-of-order commands")
+            self.pending[cmd.cmdsn] = cmd
+            return
+        s.window.advance()
+        self._start(cmd)
+        while s.window.expcmdsn in self.pending:
+            nxt = self.pending.pop(s.window.expcmdsn)
+            s.window.advance()
+            self._start(nxt)
+
+    def _start(self, cmd: P.SCSICommand) -> None:
+        assert self._nursery is not None and self.session is not None
+        if cmd.itt in self.tasks:
+            raise Drop(f"initiator task tag 0x{cmd.itt:08x} reused while still active")
+        params = self.session.params
+        task = Task(cmd=cmd, lun_number=P.decode_lun(cmd.lun))
+        edtl = cmd.expected_length
+        data_len = len(cmd.data)
+        if data_len and not (cmd.write and params.immediate_data):
+            raise Drop("unexpected immediate data")
+        if cmd.write and edtl:
+            if data_len > min(edtl, params.first_burst_length):
+                raise Drop("immediate data longer than FirstBurstLength")
+            if edtl > MAX_WRITE_BUFFER:
+                task.buffer = None  # refused in _run; data that follows is discarded
+            else:
+                task.buffer = bytearray(edtl)
+                task.buffer[:data_len] = cmd.data
+            task.received = data_len
+            if not params.initial_r2t and not cmd.final:
+                task.unsolicited_limit = min(params.first_burst_length, edtl)
+            else:
+                task.unsolicited_done.set()
+        else:
+            task.unsolicited_done.set()
+        self.tasks[cmd.itt] = task
+        self.session.window.in_flight += 1
+        self._nursery.start_soon(self._run, task)
+
+    def _on_data_out(self, d: P.DataOut) -> None:
+        task = self.tasks.get(d.itt)
+        if task is None:
+            log.debug("%s: Data-Out for unknown task 0x%08x ignored", self.peer, d.itt)
+            return
+        n = len(d.data)
+        if d.ttt == RESERVED_TAG:
+            if task.unsolicited_done.is_set() or d.offset + n > task.unsolicited_limit:
+                raise Drop("unsolicited Data-Out outside FirstBurstLength")
+        else:
+            if d.ttt != task.ttt or not task.burst_start <= d.offset <= task.burst_end \
+                    or d.offset + n > task.burst_end:
+                raise Drop("solicited Data-Out outside its R2T")
+            if d.datasn != task.next_datasn:
+                raise Drop(f"Data-Out DataSN {d.datasn}, expected {task.next_datasn}")
+            task.next_datasn += 1
+        if task.buffer is not None:
+            task.buffer[d.offset : d.offset + n] = d.data
+        task.received = max(task.received, d.offset + n)
+        if d.final:
+            if d.ttt == RESERVED_TAG:
+                task.unsolicited_done.set()
+            else:
+                task.burst_done.set()
+
+    # ---------------------------------------------------------------- command execution
+
+    async def _run(self, task: Task) -> None:
+        assert self.session is not None
+        cmd = task.cmd
+        try:
+            with task.scope:
+                result = await self._execute(task)
+                await self._respond(task, result)
+        except ConnectionClosed:
+            pass
+        finally:
+            self.tasks.pop(cmd.itt, None)
+            self.session.window.in_flight -= 1
+
+    async def _collect(self, task: Task) -> None:
+        assert self.session is not None
+        params = self.session.params
+        edtl = task.cmd.expected_length
+        await task.unsolicited_done.wait()
+        offset = task.received
+        r2tsn = 0
+        while offset < edtl:
+            length = min(params.max_burst_length, edtl - offset)
+            self._ttt = (self._ttt + 1) & 0x7FFFFFFF
+            task.ttt, task.burst_start, task.burst_end = self._ttt, offset, offset + length
+            task.next_datasn = 0
+            task.burst_done = trio.Event()
+            r2t = P.R2T(itt=task.cmd.itt, lun=task.cmd.lun, ttt=task.ttt, r2tsn=r2tsn,
+                        offset=offset, length=length)
+            await self._send_status([r2t], status_last=False)
+            r2tsn += 1
+            await task.burst_done.wait()
+            offset = task.burst_end
+
+    async def _execute(self, task: Task) -> SCSIResult:
+        assert self.session is not None
+        cmd = task.cmd
+        luns = self.session.luns
+        if cmd.write and cmd.expected_length:
+            await self._collect(task)
+            if task.buffer is None:
+                from .lun import _invalid_cdb
+
+                raise_ = _invalid_cdb()
+                from blockbridge.scsi.sense import build_sense
+
+                return SCSIResult(Status.CHECK_CONDITION, sense=build_sense(
+                    raise_.key, raise_.asc_ascq))
+        op = cmd.cdb[0] if cmd.cdb else -1
+        if op == Op.REPORT_LUNS:
+            alloc = int.from_bytes(cmd.cdb[6:10], "big") if len(cmd.cdb) >= 10 else 0
+            if alloc < 16:
+                return self._invalid_field_result()
+            return SCSIResult(data=report_luns_data(list(luns))[:alloc])
+        lu: LogicalUnit | None = luns.get(task.lun_number)
+        if lu is None:
+            if op == Op.INQUIRY:
+                data = bytearray(36)
+                data[0] = 0x7F  # peripheral qualifier 3: no LU here
+                data[4] = 31
+                alloc = int.from_bytes(cmd.cdb[3:5], "big") if len(cmd.cdb) >= 5 else 36
+                return SCSIResult(data=bytes(data[:alloc]))
+            return not_supported_lun_result()
+        assert self.session.nexus is not None
+        data_out = memoryview(task.buffer) if task.buffer is not None else memoryview(b"")
+        return await lu.execute(cmd.cdb, data_out, self.session.nexus,
+                                expected_length=cmd.expected_length)
+
+    @staticmethod
+    def _invalid_field_result() -> SCSIResult:
+        from blockbridge.scsi.constants import INVALID_FIELD_IN_CDB, SenseKey
+        from blockbridge.scsi.sense import build_sense
+
+        return SCSIResult(Status.CHECK_CONDITION,
+                          sense=build_sense(SenseKey.ILLEGAL_REQUEST, INVALID_FIELD_IN_CDB))
+
+    async def _respond(self, task: Task, result: SCSIResult) -> None:
+        assert self.session is not None
+        cmd = task.cmd
+        edtl = cmd.expected_length
+        params = self.session.params
+        lu = self.session.luns.get(task.lun_number)
+        data = memoryview(result.data) if cmd.read else memoryview(b"")
+        produced = len(data)
+        if cmd.write and not cmd.read:
+            produced = lu.data_out_length(cmd.cdb) if lu is not None else edtl
+        overflow = produced > edtl
+        underflow = produced < edtl
+        residual = abs(produced - edtl)
+        send = data[: min(len(data), edtl)] if cmd.read else memoryview(b"")
+        pdus: list[P.PDU] = []
+        chunk = params.max_xmit_data_segment_length
+        collapse = result.status == Status.GOOD and not result.sense
+        for i, off in enumerate(range(0, len(send), chunk)):
+            piece = send[off : off + chunk]
+            last = off + len(piece) >= len(send)
+            pdus.append(P.DataIn(
+                itt=cmd.itt, lun=cmd.lun, datasn=i, offset=off, data=piece,
+                final=last, has_status=last and collapse, status=result.status,
+                residual_overflow=last and collapse and overflow,
+                residual_underflow=last and collapse and underflow,
+                residual_count=residual if last and collapse else 0))
+        if pdus and collapse:
+            await self._send_status(pdus)
+            return
+        rsp = P.SCSIResponse.with_sense(
+            result.sense, itt=cmd.itt, status=result.status, expdatasn=len(pdus),
+            residual_overflow=overflow, residual_underflow=underflow,
+            residual_count=residual if (overflow or underflow) else 0)
+        await self._send_status([*pdus, rsp])
+
+    # ---------------------------------------------------------------- other requests
+
+    def _consume_cmdsn(self, pdu: P.NopOut | P.TextRequest | P.LogoutRequest
+                       | P.TaskManagementRequest) -> None:
+        assert self.session is not None
+        if not pdu.immediate and pdu.cmdsn == self.session.window.expcmdsn:
+            self.session.window.advance()
+
+    async def _on_nop_out(self, nop: P.NopOut) -> None:
+        self._consume_cmdsn(nop)
+        if nop.itt == RESERVED_TAG:
+            if nop.ttt == self._nop_ttt:
+                self._nop_ttt = None
+            return
+        await self._send_status([P.NopIn(itt=nop.itt, ttt=RESERVED_TAG, lun=nop.lun,
+                                         data=bytes(nop.data[:8192]))])
+
+    async def _on_text(self, req: P.TextRequest) -> None:
+        assert self.session is not None
+        self._consume_cmdsn(req)
+        self._text.add(req.data)
+        if req.cont:
+            await self._send_status([P.TextResponse(itt=req.itt, final=False, ttt=0x7FFF)])
+            return
+        pairs = decode_text(self._text.take(), allow_duplicates=True)
+        answers: list[tuple[str, str]] = []
+        for key, value in pairs:
+            if key == "SendTargets":
+                answers += self.server.send_targets(
+                    value, self.session, self.peer.rsplit(":", 1)[0].strip("[]"), self.local)
+            else:
+                answers.append((key, "NotUnderstood"))
+        text = encode_text(answers)
+        limit = self.session.params.max_xmit_data_segment_length
+        if len(text) > limit:
+            log.warning("%s: SendTargets answer truncated to %d bytes", self.peer, limit)
+            text = text[:limit]
+            text = text[: text.rfind(b"\0") + 1]
+        await self._send_status([P.TextResponse(itt=req.itt, final=True, data=text)])
+
+    async def _on_task_management(self, req: P.TaskManagementRequest) -> None:
+        assert self.session is not None
+        self._consume_cmdsn(req)
+        fn = req.function
+        lun_number = P.decode_lun(req.lun)
+        lu = self.session.luns.get(lun_number)
+        response = TaskResponse.COMPLETE
+        nexus = self.session.nexus
+        if fn == TaskFunction.ABORT_TASK:
+            task = self.tasks.get(req.referenced_itt)
+            if task is not None:
+                task.aborted = True
+                task.scope.cancel()
+            else:
+                response = TaskResponse.TASK_DOES_NOT_EXIST
+        elif fn in (TaskFunction.ABORT_TASK_SET, TaskFunction.CLEAR_TASK_SET):
+            self._abort_lun(lun_number)
+        elif fn == TaskFunction.LOGICAL_UNIT_RESET:
+            if lu is None:
+                response = TaskResponse.LUN_DOES_NOT_EXIST
+            else:
+                self._abort_lun(lun_number)
+                lu.logical_unit_reset(nexus)
+        elif fn in (TaskFunction.TARGET_WARM_RESET, TaskFunction.TARGET_COLD_RESET):
+            self._abort_lun(None)
+            for unit in self.session.luns.values():
+                unit.target_reset(nexus, cold=fn == TaskFunction.TARGET_COLD_RESET)
+        else:
+            response = TaskResponse.NOT_SUPPORTED
+        await trio.lowlevel.checkpoint()
+        await self._send_status([P.TaskManagementResponse(itt=req.itt, response=response)])
+        log.info("%s: task management %s on LUN %d: %s", self.peer,
+                 _name(TaskFunction, fn), lun_number, _name(TaskResponse, response))
+        if fn == TaskFunction.TARGET_COLD_RESET:
+            self.close()
+
+    def _abort_lun(self, lun_number: int | None) -> None:
+        for task in list(self.tasks.values()):
+            if lun_number is None or task.lun_number == lun_number:
+                task.aborted = True
+                task.scope.cancel()
+        self.pending.clear()
+
+    async def _on_logout(self, req: P.LogoutRequest) -> None:
+        self._consume_cmdsn(req)
+        with trio.move_on_after(10):
+            while self.tasks:
+                await trio.sleep(0.01)
+        response = 0
+        if req.reason == LogoutReason.REMOVE_CONNECTION_FOR_RECOVERY:
+            response = 2  # recovery not supported
+        await self._send_status([P.LogoutResponse(itt=req.itt, response=response,
+                                                  time2wait=2, time2retain=0)])
+
+
+def _name(enum: type, value: int) -> str:
+    try:
+        return str(enum(value).name)
+    except ValueError:
+        return str(value)

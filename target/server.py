@@ -1,0 +1,236 @@
+"""The target server: portals, connection handlers, discovery answers, graceful shutdown."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+import trio
+
+from blockbridge.iscsi.constants import LoginStatus
+from blockbridge.iscsi.login import ChapCredentials, TargetLoginConfig
+
+from .connection import Connection
+from .session import SessionTable
+from .targets import TargetDef
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_GRACE = 10.0
+
+
+class AccessPolicy(Protocol):
+    def initiator_allowed(self, target_name: str, initiator_name: str, address: str) -> bool: ...
+
+    def portal_allowed(self, target_name: str, local_address: str) -> bool: ...
+
+
+class ListenError(Exception):
+    """A portal could not be opened; the message is meant for the user."""
+
+
+def format_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class TargetServer:
+    def __init__(
+        self,
+        targets: Sequence[TargetDef],
+        *,
+        discovery_users: dict[str, bytes] | None = None,
+        discovery_outgoing: ChapCredentials | None = None,
+        acl: AccessPolicy | None = None,
+        tpgt: int = 1,
+    ) -> None:
+        self.targets = {t.name: t for t in targets}
+        self.discovery_users = discovery_users or {}
+        self.discovery_outgoing = discovery_outgoing
+        self.acl = acl
+        self.tpgt = tpgt
+        self.sessions = SessionTable()
+        self.connections: set[Connection] = set()
+        self.addresses: list[tuple[str, int]] = []
+        self.login_failures: dict[str, int] = {}
+        self._listeners_scope = trio.CancelScope()
+        self._draining = False
+
+    # ---------------------------------------------------------------- policy
+
+    def _allowed(self, target: str, initiator: str, address: str, local: str) -> bool:
+        if self.acl is None:
+            return True
+        return self.acl.initiator_allowed(target, initiator, address) and \
+            self.acl.portal_allowed(target, local)
+
+    def resolver(
+        self, peer_ip: str, local_ip: str
+    ) -> Callable[[str, str, str], TargetLoginConfig | LoginStatus]:
+        def resolve(session_type: str, target_name: str, initiator: str
+                    ) -> TargetLoginConfig | LoginStatus:
+            if self._draining:
+                return LoginStatus.SERVICE_UNAVAILABLE
+            if session_type == "Discovery":
+                return TargetLoginConfig(target_name="", incoming=self.discovery_users,
+                                         outgoing=self.discovery_outgoing)
+            t = self.targets.get(target_name)
+            if t is None:
+                return LoginStatus.NOT_FOUND
+            if not self._allowed(t.name, initiator, peer_ip, local_ip):
+                return LoginStatus.AUTHORIZATION_FAILURE
+            if t.max_sessions and sum(
+                1 for s in self.sessions.sessions.values() if s.target_name == t.name
+            ) >= t.max_sessions:
+                return LoginStatus.TOO_MANY_CONNECTIONS
+            return TargetLoginConfig(target_name=t.name, incoming=t.incoming,
+                                     outgoing=t.outgoing, operational=t.operational,
+                                     target_alias=t.alias)
+
+        return resolve
+
+    def note_login_failure(self, peer: str, reason: str) -> None:
+        ip = peer.rsplit(":", 1)[0]
+        self.login_failures[ip] = self.login_failures.get(ip, 0) + 1
+
+    def send_targets(
+        self, value: str, session: object, peer_ip: str, local: str
+    ) -> list[tuple[str, str]]:
+        from .session import Session
+
+        assert isinstance(session, Session)
+        local_ip = local.rsplit(":", 1)[0].strip("[]")
+        if value == "All":
+            names = list(self.targets)
+        elif value == "":
+            names = [session.target_name] if session.target_name else []
+        else:
+            names = [value] if value in self.targets else []
+        out: list[tuple[str, str]] = []
+        for name in names:
+            if not self._allowed(name, session.initiator_name, peer_ip, local_ip):
+                continue
+            out.append(("TargetName", name))
+            for host, port in self._portal_addresses(local):
+                out.append(("TargetAddress", f"{format_address(host, port)},{self.tpgt}"))
+        return out
+
+    def _portal_addresses(self, local: str) -> list[tuple[str, int]]:
+        host, _, _port = local.rpartition(":")
+        host = host.strip("[]")
+        result = []
+        for h, p in self.addresses:
+            if h in ("0.0.0.0", "::"):
+                result.append((host, p))
+            else:
+                result.append((h, p))
+        return list(dict.fromkeys(result))
+
+    # ---------------------------------------------------------------- serving
+
+    async def open_listeners(self, portals: Sequence[tuple[str, int]]) -> list[trio.SocketListener]:
+        listeners: list[trio.SocketListener] = []
+        for host, port in portals:
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            sock = trio.socket.socket(family, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                await sock.bind((host, port))
+            except OSError as exc:
+                sock.close()
+                for lst in listeners:
+                    await lst.aclose()
+                where = format_address(host, port)
+                if exc.errno == errno.EADDRINUSE:
+                    raise ListenError(f"cannot listen on {where}: address already in use — is "
+                                      "another target running? use --portal to pick another "
+                                      "port") from None
+                if exc.errno == errno.EACCES:
+                    raise ListenError(f"cannot listen on {where}: permission denied (ports "
+                                      "below 1024 need root or CAP_NET_BIND_SERVICE)") from None
+                if exc.errno == errno.EADDRNOTAVAIL:
+                    raise ListenError(f"cannot listen on {where}: no such local address") \
+                        from None
+                raise ListenError(f"cannot listen on {where}: {exc.strerror}") from None
+            sock.listen(128)
+            listeners.append(trio.SocketListener(sock))
+            bound = sock.getsockname()
+            self.addresses.append((bound[0], bound[1]))
+        return listeners
+
+    async def serve(
+        self,
+        portals: Sequence[tuple[str, int]],
+        *,
+        task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        listeners = await self.open_listeners(portals)
+        async with trio.open_nursery() as handlers:
+            with self._listeners_scope:
+                async with trio.open_nursery() as accept:
+                    for listener in listeners:
+                        accept.start_soon(self._accept_loop, listener, handlers)
+                    task_status.started(list(self.addresses))
+            # listeners are closed: drain the connections
+            for listener in listeners:
+                await listener.aclose()
+            await self._drain()
+            handlers.cancel_scope.cancel()
+        await self._flush_all()
+
+    async def _accept_loop(self, listener: trio.SocketListener, handlers: trio.Nursery) -> None:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    log.error("accept failed: %s; retrying", exc)
+                    await trio.sleep(0.1)
+                    continue
+                raise
+            handlers.start_soon(self._handle, stream)
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
+        try:
+            stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            peer = stream.socket.getpeername()
+            local = stream.socket.getsockname()
+        except OSError:
+            await stream.aclose()
+            return
+        conn = Connection(self, stream, format_address(peer[0], peer[1]),
+                          format_address(local[0], local[1]))
+        self.connections.add(conn)
+        log.debug("%s: connected", conn.peer)
+        try:
+            await conn.run()
+        except Exception:
+            log.exception("%s: internal error; connection dropped", conn.peer)
+        finally:
+            self.connections.discard(conn)
+
+    def shutdown(self) -> None:
+        """Stop accepting; in-flight commands finish, then sessions close."""
+        self._draining = True
+        self._listeners_scope.cancel()
+
+    async def _drain(self) -> None:
+        with trio.move_on_after(SHUTDOWN_GRACE):
+            while any(c.busy for c in self.connections):
+                await trio.sleep(0.02)
+        for conn in list(self.connections):
+            conn.close()
+
+    async def _flush_all(self) -> None:
+        for t in self.targets.values():
+            for lu in t.luns.values():
+                try:
+                    with trio.move_on_after(30):
+                        await lu.flush()
+                except OSError as exc:
+                    log.error("flushing LUN %d of %s failed: %s", lu.number, t.name, exc)
+                lu.close()

@@ -1,0 +1,88 @@
+"""Sessions and the session table: TSIH allocation, reinstatement, the CmdSN window."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from blockbridge.iscsi.params import SessionParams
+
+if TYPE_CHECKING:
+    from .connection import Connection
+    from .lun import LogicalUnit, Nexus
+
+SERIAL_HALF = 1 << 31
+
+
+def sn_lt(a: int, b: int) -> bool:
+    """Serial number arithmetic (RFC 1982) for 32-bit CmdSN/StatSN."""
+    return a != b and ((b - a) & 0xFFFFFFFF) < SERIAL_HALF
+
+
+def sn_le(a: int, b: int) -> bool:
+    return a == b or sn_lt(a, b)
+
+
+@dataclass
+class CommandWindow:
+    """ExpCmdSN/MaxCmdSN bookkeeping for one session (RFC 7143 §4.2.2.1)."""
+
+    expcmdsn: int
+    depth: int = 32
+    in_flight: int = 0
+
+    @property
+    def maxcmdsn(self) -> int:
+        room = max(self.depth - self.in_flight, 1)
+        return (self.expcmdsn + room - 1) & 0xFFFFFFFF
+
+    def classify(self, cmdsn: int) -> str:
+        """'now' if it is the next command, 'later' if inside the window, 'drop' otherwise."""
+        if cmdsn == self.expcmdsn:
+            return "now"
+        if sn_lt(self.expcmdsn, cmdsn) and sn_le(cmdsn, self.maxcmdsn):
+            return "later"
+        return "drop"
+
+    def advance(self) -> None:
+        self.expcmdsn = (self.expcmdsn + 1) & 0xFFFFFFFF
+
+
+@dataclass
+class Session:
+    tsih: int
+    isid: bytes
+    initiator_name: str
+    target_name: str
+    params: SessionParams
+    nexus: Nexus | None
+    luns: dict[int, LogicalUnit]
+    window: CommandWindow
+    connections: set[Connection] = field(default_factory=set)
+    discovery: bool = False
+
+
+class SessionTable:
+    def __init__(self) -> None:
+        self._tsih = itertools.count(1)
+        self.sessions: dict[int, Session] = {}
+
+    def allocate_tsih(self) -> int:
+        while True:
+            tsih = next(self._tsih) & 0xFFFF
+            if tsih and tsih not in self.sessions:
+                return tsih
+
+    def find(self, initiator_name: str, isid: bytes, target_name: str) -> Session | None:
+        for s in self.sessions.values():
+            if (s.initiator_name, s.isid, s.target_name) == (initiator_name, isid, target_name):
+                return s
+        return None
+
+    def add(self, session: Session) -> None:
+        self.sessions[session.tsih] = session
+
+    def remove(self, session: Session) -> None:
+        if self.sessions.get(session.tsih) is session:
+            del self.sessions[session.tsih]
