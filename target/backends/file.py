@@ -81,7 +81,7 @@ class FileBackend:
             done += n
         return bytes(out)
 
-    def write(self, offset: int, data: bytes | bytearray | memoryview, *, sync: bool) -> None:
+    def write(self, offset: int, data: bytes | bytearray | memoryview, sync: bool = False) -> None:
         view = memoryview(data)
         done = 0
         while done < len(view):
@@ -128,7 +128,7 @@ class NullBackend:
     def read(self, offset: int, length: int) -> bytes:
         return bytes(length)
 
-    def write(self, offset: int, data: bytes | bytearray | memoryview, *, sync: bool) -> None:
+    def write(self, offset: int, data: bytes | bytearray | memoryview, sync: bool = False) -> None:
         return None
 
     def flush(self) -> None:
