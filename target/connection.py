@@ -343,9 +343,9 @@ class Connection:
             if d.ttt != task.ttt or not task.burst_start <= d.offset <= task.burst_end \
                     or d.offset + n > task.burst_end:
                 raise Drop("solicited Data-Out outside its R2T")
-            if d.datasn != task.next_datasn:
-                raise Drop(f"Data-Out DataSN {d.datasn}, expected {task.next_datasn}")
-            task.next_datasn += 1
+        if d.datasn != task.next_datasn:
+            raise Drop(f"Data-Out DataSN {d.datasn}, expected {task.next_datasn}")
+        task.next_datasn += 1
         if task.buffer is not None:
             task.buffer[d.offset : d.offset + n] = d.data
         task.received = max(task.received, d.offset + n)

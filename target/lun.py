@@ -377,6 +377,8 @@ class LogicalUnit:
             raise _invalid_cdb(13)
         self._check_range(lba, n)
         if n == 0:
+            if len(data):
+                raise _invalid_cdb(13)
             return SCSIResult()
         bs = self.block_size
         if len(data) < 2 * n * bs:
@@ -420,7 +422,8 @@ class LogicalUnit:
             if len(data) < bs:
                 raise CheckCondition(SenseKey.ILLEGAL_REQUEST, c.INVALID_FIELD_IN_CDB)
             block = bytes(data[:bs])
-        if unmap and self.geometry.can_unmap and not any(block):
+        if unmap and self.geometry.can_unmap:
+            # UNMAP=1: deallocate; with LBPRZ the blocks then read back as zeros.
             await self._io(self.backend.unmap, lba * bs, n * bs)
             return SCSIResult()
         await self._io(self._fill, lba * bs, n, block)

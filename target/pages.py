@@ -38,7 +38,7 @@ class Geometry:
     blocks: int
     can_unmap: bool
     max_transfer_blocks: int
-    max_unmap_blocks: int = 0x400000
+    max_unmap_blocks: int = 0x100000
     max_unmap_descriptors: int = 256
     max_write_same_blocks: int = 0x400000
     max_compare_and_write: int = 255
