@@ -17,7 +17,10 @@ import trio
 
 from blockbridge.iscsi.constants import DEFAULT_PORT
 
+from .acl import AccessControl
 from .backends.file import BackingStoreError, FileBackend
+from .config import ConfigError
+from .configured import StartupError, server_from_config
 from .lun import LogicalUnit
 from .server import ListenError, TargetServer, format_address
 from .targets import TargetDef
@@ -62,7 +65,7 @@ def parse_size(text: str) -> int:
         raise UsageError(f"invalid size {text!r}: use a number with an optional K, M, G or T "
                          "suffix, e.g. 10G")
     mult = 1024 ** " KMGTP".index((m[2] or " ").upper())
-    value = int(m[1]) * mult
+    value: int = int(m[1]) * mult
     if value <= 0:
         raise UsageError("the size must be larger than zero")
     return value
@@ -188,16 +191,12 @@ def load_targets(args: argparse.Namespace) -> TargetServer:
         if args.config is not None:
             raise UsageError("give either --disk or --config, not both")
         return TargetServer([quick_target(args)], acl=load_acl(args))
-    from .configured import server_from_config
-
     return server_from_config(args.config, load_acl(args))
 
 
-def load_acl(args: argparse.Namespace) -> object | None:
+def load_acl(args: argparse.Namespace) -> AccessControl | None:
     if args.initiators_allow is None and args.targets_allow is None:
         return None
-    from .acl import AccessControl
-
     for path in (args.initiators_allow, args.targets_allow):
         if path is not None and not path.exists():
             raise UsageError(f"access list {path} does not exist")
@@ -216,7 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"blockbridge-target: {exc}", file=sys.stderr)
         return 2
-    except ListenError as exc:
+    except (ListenError, ConfigError, StartupError) as exc:
         print(f"blockbridge-target: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,0 +1,73 @@
+"""Build the runtime targets from an ietd.conf configuration."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from blockbridge.iscsi.login import ChapCredentials
+
+from .backends.base import Backend
+from .backends.file import BackingStoreError, FileBackend, NullBackend
+from .config import Config, ConfigError, LunConfig, default_config_path, load_config
+from .lun import LogicalUnit
+from .server import AccessPolicy, TargetServer
+from .targets import TargetDef
+
+log = logging.getLogger(__name__)
+
+
+class StartupError(Exception):
+    """The configuration is valid but cannot be served (missing files...)."""
+
+
+def _backend(lun: LunConfig, filename: str) -> Backend:
+    if lun.type == "nullio":
+        return NullBackend((lun.blocks or 20971520) * lun.block_size)
+    assert lun.path is not None
+    try:
+        return FileBackend(lun.path, read_only=lun.iomode == "ro")
+    except BackingStoreError as exc:
+        raise StartupError(f"{filename}:{lun.line}: Lun {lun.number}: {exc}") from None
+
+
+def build_targets(cfg: Config, filename: str) -> list[TargetDef]:
+    targets = []
+    for t in cfg.targets:
+        luns: dict[int, LogicalUnit] = {}
+        for lun in t.luns:
+            backend = _backend(lun, filename)
+            luns[lun.number] = LogicalUnit(
+                lun.number, backend, target_name=t.name, block_size=lun.block_size,
+                read_only=lun.iomode == "ro", write_cache=lun.iomode == "wb",
+                serial=lun.scsi_sn, scsi_id=lun.scsi_id)
+        targets.append(TargetDef(
+            name=t.name, luns=luns, alias=t.alias,
+            incoming={u: s.encode() for u, s in t.incoming_users},
+            outgoing=ChapCredentials(t.outgoing_user[0], t.outgoing_user[1].encode())
+            if t.outgoing_user else None,
+            operational=dict(t.params), queued_commands=t.queued_commands,
+            max_sessions=t.max_sessions, nop_interval=t.nop_interval,
+            nop_timeout=t.nop_timeout))
+    return targets
+
+
+def server_from_config(path: Path | None, acl: AccessPolicy | None) -> TargetServer:
+    if path is None:
+        path = default_config_path()
+        if path is None:
+            raise ConfigError("/etc/iet/ietd.conf", 0, "no configuration found",
+                              "give -c FILE, or serve one disk with --disk FILE --size 1G")
+        if str(path) == "/etc/ietd.conf":
+            log.warning("/etc/ietd.conf is a deprecated location; move it to /etc/iet/")
+    cfg = load_config(path)
+    for w in cfg.warnings:
+        log.warning("%s", w)
+    if not cfg.targets:
+        log.warning("%s defines no targets", path)
+    targets = build_targets(cfg, str(path))
+    return TargetServer(
+        targets, acl=acl,
+        discovery_users={u: s.encode() for u, s in cfg.incoming_users},
+        discovery_outgoing=ChapCredentials(cfg.outgoing_user[0], cfg.outgoing_user[1].encode())
+        if cfg.outgoing_user else None)
