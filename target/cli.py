@@ -169,8 +169,9 @@ def setup_logging(args: argparse.Namespace) -> None:
 
 
 async def run(server: TargetServer, portals: list[tuple[str, int]]) -> None:
+    listeners = await server.open_listeners(portals)
     async with trio.open_nursery() as nursery:
-        addresses = await nursery.start(server.serve, portals)
+        addresses = await nursery.start(server.serve_listeners, listeners)
         for host, port in addresses:
             print(f"listening on {format_address(host, port)}", flush=True)
         for t in server.targets.values():

@@ -169,6 +169,14 @@ class TargetServer:
         task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         listeners = await self.open_listeners(portals)
+        await self.serve_listeners(listeners, task_status=task_status)
+
+    async def serve_listeners(
+        self,
+        listeners: list[trio.SocketListener],
+        *,
+        task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
         async with trio.open_nursery() as handlers:
             with self._listeners_scope:
                 async with trio.open_nursery() as accept:

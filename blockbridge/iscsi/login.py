@@ -128,7 +128,7 @@ class TargetLogin:
         except (LoginFailed, NegotiationError) as exc:
             status = exc.status
             self.failed = True
-            self.failure = str(exc)
+            self.failure = f"{_STATUS_TEXT.get(status, status.name.lower())}: {exc}"
             return LoginResponse(
                 csg=req.csg, tsih=self._req_tsih, status_class=status.status_class,
                 status_detail=status.detail, **base,  # type: ignore[arg-type]
