@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from blockbridge_target.acl import AccessControl, bre_to_python, decide, parse_rules
 
 T1 = "iqn.2026-11.x:one"

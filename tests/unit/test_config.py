@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
+from blockbridge_target.config import ConfigError, parse_config
 from hypothesis import given
 from hypothesis import strategies as st
-
-from blockbridge_target.config import ConfigError, parse_config
 
 EXAMPLE = """\
 # global section: discovery accounts
@@ -104,7 +105,5 @@ def test_clamped_values() -> None:
 
 @given(st.text(max_size=300))
 def test_random_text_raises_only_config_errors(text: str) -> None:
-    try:
+    with contextlib.suppress(ConfigError):
         parse_config(text)
-    except ConfigError:
-        pass

@@ -191,7 +191,7 @@ def test_reflected_challenge_refused() -> None:
     keys = dict(decode_text(rsp.data))
     req2 = ini.receive(rsp)
     assert req2 is not None
-    pairs = decode_text(req2.data) + [("CHAP_I", "1"), ("CHAP_C", keys["CHAP_C"])]
+    pairs = [*decode_text(req2.data), ("CHAP_I", "1"), ("CHAP_C", keys["CHAP_C"])]
     bad = LoginRequest(transit=True, nsg=Stage.OPERATIONAL, isid=ISID, data=encode_text(pairs))
     out = tgt.receive(bad, statsn=3, expcmdsn=1, maxcmdsn=1)
     assert (out.status_class, out.status_detail) == (2, 1)

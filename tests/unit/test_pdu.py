@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import struct
 
 import pytest
@@ -198,15 +199,11 @@ def test_reject_carries_rejected_itt() -> None:
 
 @given(st.binary(min_size=48, max_size=48), st.binary(max_size=64), st.binary(max_size=64))
 def test_random_bytes_never_crash_the_decoder(bhs: bytes, ahs: bytes, seg: bytes) -> None:
-    try:
+    with contextlib.suppress(PDUFormatError):
         p.decode_pdu(bhs, ahs, seg)
-    except PDUFormatError:
-        pass
 
 
 @given(st.binary(max_size=200))
 def test_random_ahs_never_crashes(ahs: bytes) -> None:
-    try:
+    with contextlib.suppress(PDUFormatError):
         p.iter_ahs(ahs)
-    except PDUFormatError:
-        pass
