@@ -1,0 +1,44 @@
+"""Errors of the initiator, each with a message meant for the user."""
+
+from __future__ import annotations
+
+from blockbridge.scsi.constants import SenseKey, Status
+from blockbridge.scsi.sense import SenseData, parse_sense
+
+
+class InitiatorError(Exception):
+    """Base class: ``str()`` is one line a user can act on."""
+
+
+class ConnectError(InitiatorError):
+    pass
+
+
+class ConnectionLost(InitiatorError):
+    pass
+
+
+class SCSIError(InitiatorError):
+    def __init__(self, status: int, sense: bytes, what: str = "command") -> None:
+        self.status = status
+        self.sense_data: SenseData | None = parse_sense(sense) if sense else None
+        if status == Status.CHECK_CONDITION and self.sense_data is not None:
+            text = self.sense_data.description
+        else:
+            try:
+                text = Status(status).name.replace("_", " ").lower()
+            except ValueError:
+                text = f"status 0x{status:02x}"
+        super().__init__(f"{what} failed: {text}")
+
+    @property
+    def key(self) -> int | None:
+        return self.sense_data.key if self.sense_data else None
+
+    @property
+    def write_protected(self) -> bool:
+        return self.key == SenseKey.DATA_PROTECT
+
+    @property
+    def unit_attention(self) -> bool:
+        return self.key == SenseKey.UNIT_ATTENTION

@@ -1,0 +1,351 @@
+"""A trio iSCSI session (one connection, ERL 0): login, then many commands in flight.
+
+``Session.connect()`` logs in; ``run()`` is the reader task, started in the caller's
+nursery; ``command()`` sends one SCSI command and waits for its status, answering R2Ts
+and reassembling Data-In on the way.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import trio
+
+from blockbridge.iscsi import pdu as P
+from blockbridge.iscsi.constants import RESERVED_TAG, LogoutReason
+from blockbridge.iscsi.errors import LoginFailed
+from blockbridge.iscsi.login import ChapCredentials, InitiatorLogin
+from blockbridge.iscsi.params import SessionParams
+from blockbridge.iscsi.pdu import Buffer
+from blockbridge.iscsi.text import decode_text, encode_text
+from blockbridge.transport import ConnectionClosed, PDUStream, open_tcp
+
+from .errors import ConnectError, ConnectionLost
+
+log = logging.getLogger(__name__)
+LOGIN_TIMEOUT = 15.0
+
+
+def _newer(a: int, b: int) -> bool:
+    return a != b and ((a - b) & 0xFFFFFFFF) < (1 << 31)
+
+
+@dataclass
+class Response:
+    status: int
+    sense: bytes = b""
+    data: bytearray = field(default_factory=bytearray)
+    received: int = 0
+    residual: int = 0
+    overflow: bool = False
+    underflow: bool = False
+
+
+@dataclass
+class _Pending:
+    done: trio.Event = field(default_factory=trio.Event)
+    response: Response | None = None
+    buffer: bytearray | None = None
+    received: int = 0
+    data_out: memoryview | None = None
+    lun: int = 0
+    pdu: P.PDU | None = None
+    error: str | None = None
+
+
+class Session:
+    def __init__(self, stream: PDUStream, login: InitiatorLogin, portal: str) -> None:
+        self.stream = stream
+        self.params: SessionParams = login.params
+        self.portal = portal
+        self.target_name = login.target_name
+        self.tsih = login.tsih
+        self.isid = login.isid
+        self.cmdsn = login.cmdsn
+        self.expcmdsn = login.expcmdsn
+        self.maxcmdsn = login.maxcmdsn
+        self.expstatsn = (login.statsn + 1) & 0xFFFFFFFF
+        self._itt = 1
+        self._pending: dict[int, _Pending] = {}
+        self._window = trio.Condition()
+        self._closed: str | None = None
+        self.stats = {"commands": 0, "bytes_in": 0, "bytes_out": 0}
+
+    # ---------------------------------------------------------------- login
+
+    @classmethod
+    async def connect(
+        cls,
+        host: str,
+        port: int,
+        *,
+        initiator_name: str,
+        target_name: str | None,
+        credentials: ChapCredentials | None = None,
+        target_credentials: ChapCredentials | None = None,
+        proposals: Mapping[str, str] | None = None,
+        isid: bytes | None = None,
+    ) -> Session:
+        portal = f"{host}:{port}"
+        try:
+            stream = await open_tcp(host, port)
+        except (OSError, trio.TooSlowError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else \
+                "timed out" if isinstance(exc, trio.TooSlowError) else str(exc)
+            raise ConnectError(f"cannot connect to {portal}: {reason}") from None
+        isid = isid or bytes([0x80]) + os.urandom(3) + b"\0\0"
+        login = InitiatorLogin(initiator_name=initiator_name, target_name=target_name,
+                               isid=isid, credentials=credentials,
+                               target_credentials=target_credentials, proposals=proposals)
+        try:
+            with trio.fail_after(LOGIN_TIMEOUT):
+                req: P.LoginRequest | None = login.start(cmdsn=1, itt=0)
+                while req is not None:
+                    await stream.send_pdu(req)
+                    rsp = await stream.receive_pdu()
+                    if not isinstance(rsp, P.LoginResponse):
+                        raise LoginFailed(f"unexpected {type(rsp).__name__} during login",
+                                          status=0x0300)  # type: ignore[arg-type]
+                    req = login.receive(rsp)
+        except trio.TooSlowError:
+            await stream.aclose()
+            raise ConnectError(f"login to {portal} timed out") from None
+        except ConnectionClosed:
+            await stream.aclose()
+            raise ConnectError(f"{portal} closed the connection during login") from None
+        except BaseException:
+            await stream.aclose()
+            raise
+        stream.header_digest = login.params.header_digest
+        stream.data_digest = login.params.data_digest
+        stream.max_data_segment_length = max(login.params.max_recv_data_segment_length, 8192)
+        login.cmdsn = 1
+        return cls(stream, login, portal)
+
+    # ---------------------------------------------------------------- reader
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """Receive PDUs until the connection ends; fails every pending command then."""
+        task_status.started()
+        try:
+            while True:
+                pdu = await self.stream.receive_pdu()
+                await self._dispatch(pdu)
+        except ConnectionClosed as exc:
+            self._fail_all(f"connection to {self.portal} lost: {exc}")
+        except Exception as exc:
+            self._fail_all(f"protocol error from {self.portal}: {exc}")
+            await self.stream.aclose()
+
+    def _fail_all(self, reason: str) -> None:
+        self._closed = reason
+        for p in self._pending.values():
+            p.error = reason
+            p.done.set()
+
+    def _update_window(self, expcmdsn: int, maxcmdsn: int) -> None:
+        if _newer(maxcmdsn, self.maxcmdsn) or maxcmdsn == self.maxcmdsn:
+            self.maxcmdsn = maxcmdsn
+        if _newer(expcmdsn, self.expcmdsn):
+            self.expcmdsn = expcmdsn
+
+    async def _dispatch(self, pdu: P.PDU) -> None:
+        if hasattr(pdu, "maxcmdsn"):
+            self._update_window(pdu.expcmdsn, pdu.maxcmdsn)  # type: ignore[attr-defined]
+            async with self._window:
+                self._window.notify_all()
+        if isinstance(pdu, P.DataIn):
+            p = self._pending.get(pdu.itt)
+            if p is None or p.buffer is None:
+                return
+            end = pdu.offset + len(pdu.data)
+            if end > len(p.buffer):
+                raise ConnectionClosed("Data-In beyond the expected length")
+            p.buffer[pdu.offset : end] = pdu.data
+            p.received = max(p.received, end)
+            if pdu.has_status:
+                self.expstatsn = (pdu.statsn + 1) & 0xFFFFFFFF
+                p.response = Response(pdu.status, data=p.buffer, received=p.received,
+                                      residual=pdu.residual_count,
+                                      overflow=pdu.residual_overflow,
+                                      underflow=pdu.residual_underflow)
+                p.done.set()
+        elif isinstance(pdu, P.SCSIResponse):
+            self.expstatsn = (pdu.statsn + 1) & 0xFFFFFFFF
+            p = self._pending.get(pdu.itt)
+            if p is not None:
+                p.response = Response(pdu.status, sense=pdu.sense,
+                                      data=p.buffer if p.buffer is not None else bytearray(),
+                                      received=p.received, residual=pdu.residual_count,
+                                      overflow=pdu.residual_overflow,
+                                      underflow=pdu.residual_underflow)
+                p.done.set()
+        elif isinstance(pdu, P.R2T):
+            p = self._pending.get(pdu.itt)
+            if p is not None and p.data_out is not None:
+                await self._send_data_out(pdu.itt, p.lun, p.data_out, pdu.offset, pdu.length,
+                                          pdu.ttt)
+        elif isinstance(pdu, P.NopIn):
+            if pdu.itt == RESERVED_TAG:
+                if pdu.ttt != RESERVED_TAG:  # the target pings us
+                    await self.stream.send_pdu(P.NopOut(
+                        itt=RESERVED_TAG, ttt=pdu.ttt, lun=pdu.lun, cmdsn=self.cmdsn,
+                        expstatsn=self.expstatsn, immediate=True))
+                return
+            self.expstatsn = (pdu.statsn + 1) & 0xFFFFFFFF
+            self._complete(pdu)
+        elif isinstance(pdu, P.TextResponse | P.LogoutResponse | P.TaskManagementResponse):
+            self.expstatsn = (pdu.statsn + 1) & 0xFFFFFFFF
+            self._complete(pdu)
+        elif isinstance(pdu, P.Reject):
+            itt = pdu.rejected_itt
+            p = self._pending.get(itt) if itt is not None else None
+            if p is not None:
+                p.error = f"the target rejected the request (reason 0x{pdu.reason:02x})"
+                p.done.set()
+        elif isinstance(pdu, P.AsyncMessage):
+            log.info("%s: asynchronous event %d from the target", self.portal, pdu.event)
+
+    def _complete(self, pdu: P.PDU) -> None:
+        p = self._pending.get(pdu.itt)
+        if p is not None:
+            p.pdu = pdu
+            p.done.set()
+
+    # ---------------------------------------------------------------- sending
+
+    def _next_itt(self) -> int:
+        itt = self._itt
+        self._itt = (self._itt + 1) & 0x7FFFFFFF or 1
+        return itt
+
+    async def _take_cmdsn(self) -> int:
+        async with self._window:
+            while not (_newer(self.maxcmdsn, self.cmdsn) or self.maxcmdsn == self.cmdsn) \
+                    and self._closed is None:
+                await self._window.wait()
+        if self._closed is not None:
+            raise ConnectionLost(self._closed)
+        cmdsn = self.cmdsn
+        self.cmdsn = (self.cmdsn + 1) & 0xFFFFFFFF
+        return cmdsn
+
+    async def _send_data_out(self, itt: int, lun: int, data: memoryview, offset: int,
+                             length: int, ttt: int) -> None:
+        seg = self.params.max_xmit_data_segment_length
+        pdus: list[P.PDU] = []
+        end = min(offset + length, len(data))
+        for i, off in enumerate(range(offset, end, seg)):
+            piece = data[off : min(off + seg, end)]
+            pdus.append(P.DataOut(itt=itt, lun=lun, ttt=ttt, datasn=i, offset=off,
+                                  data=piece, final=off + len(piece) >= end,
+                                  expstatsn=self.expstatsn))
+        await self.stream.send_pdus(pdus)
+        self.stats["bytes_out"] += end - offset
+
+    async def command(self, lun: int, cdb: bytes, *, data_out: Buffer | None = None,
+                      read_length: int = 0) -> Response:
+        """Run one SCSI command; raises ConnectionLost if the session dies first."""
+        if self._closed is not None:
+            raise ConnectionLost(self._closed)
+        lun_field = P.encode_lun(lun)
+        itt = self._next_itt()
+        out = memoryview(data_out).cast("B") if data_out is not None else None
+        edtl = len(out) if out is not None else read_length
+        pending = _Pending(lun=lun_field)
+        if read_length:
+            pending.buffer = bytearray(read_length)
+        params = self.params
+        immediate: Buffer = b""
+        unsolicited = 0
+        if out is not None and len(out):
+            pending.data_out = out
+            first = min(params.first_burst_length, len(out))
+            if params.immediate_data:
+                immediate = out[: min(first, params.max_xmit_data_segment_length)]
+            if not params.initial_r2t:
+                unsolicited = first
+        self._pending[itt] = pending
+        try:
+            cmdsn = await self._take_cmdsn()
+            cmd = P.SCSICommand(
+                itt=itt, lun=lun_field, cdb=cdb, expected_length=edtl, cmdsn=cmdsn,
+                expstatsn=self.expstatsn, read=bool(read_length), write=out is not None,
+                final=unsolicited <= len(immediate), data=immediate)
+            pdus: list[P.PDU] = [cmd]
+            if unsolicited > len(immediate) and out is not None:
+                seg = params.max_xmit_data_segment_length
+                start = len(immediate)
+                for i, off in enumerate(range(start, unsolicited, seg)):
+                    piece = out[off : min(off + seg, unsolicited)]
+                    pdus.append(P.DataOut(itt=itt, lun=lun_field, datasn=i, offset=off,
+                                          data=piece, final=off + len(piece) >= unsolicited,
+                                          expstatsn=self.expstatsn))
+            await self.stream.send_pdus(pdus)
+            await pending.done.wait()
+            if pending.error is not None:
+                raise ConnectionLost(pending.error)
+            assert pending.response is not None
+            self.stats["commands"] += 1
+            self.stats["bytes_in"] += pending.received
+            return pending.response
+        except ConnectionClosed as exc:
+            raise ConnectionLost(str(exc)) from None
+        finally:
+            self._pending.pop(itt, None)
+
+    async def _request(self, pdu: P.PDU, itt: int) -> P.PDU:
+        pending = _Pending()
+        self._pending[itt] = pending
+        try:
+            await self.stream.send_pdu(pdu)
+            await pending.done.wait()
+            if pending.error is not None:
+                raise ConnectionLost(pending.error)
+            assert pending.pdu is not None
+            return pending.pdu
+        except ConnectionClosed as exc:
+            raise ConnectionLost(str(exc)) from None
+        finally:
+            self._pending.pop(itt, None)
+
+    async def text(self, pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        itt = self._next_itt()
+        req = P.TextRequest(itt=itt, cmdsn=self.cmdsn, expstatsn=self.expstatsn,
+                            data=encode_text(pairs), immediate=True)
+        collected = bytearray()
+        while True:
+            rsp = await self._request(req, itt)
+            assert isinstance(rsp, P.TextResponse)
+            collected += rsp.data
+            if rsp.final:
+                return decode_text(bytes(collected), allow_duplicates=True)
+            req = P.TextRequest(itt=itt, ttt=rsp.ttt, cmdsn=self.cmdsn,
+                                expstatsn=self.expstatsn, immediate=True)
+
+    async def nop(self, data: bytes = b"") -> bytes:
+        itt = self._next_itt()
+        rsp = await self._request(P.NopOut(itt=itt, cmdsn=self.cmdsn, expstatsn=self.expstatsn,
+                                           data=data, immediate=True), itt)
+        return bytes(rsp.data)
+
+    async def logout(self) -> None:
+        if self._closed is not None:
+            return
+        itt = self._next_itt()
+        try:
+            with trio.move_on_after(5):
+                await self._request(P.LogoutRequest(
+                    itt=itt, reason=LogoutReason.CLOSE_SESSION, cmdsn=self.cmdsn,
+                    expstatsn=self.expstatsn, immediate=True), itt)
+        except ConnectionLost:
+            pass
+        await self.stream.aclose()
+
+    @property
+    def closed(self) -> str | None:
+        return self._closed

@@ -1,0 +1,122 @@
+"""Our initiator session against our target, in one process over loopback TCP."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import trio
+from blockbridge_target.backends.file import FileBackend
+from blockbridge_target.lun import LogicalUnit
+from blockbridge_target.server import TargetServer
+from blockbridge_target.targets import TargetDef
+
+from blockbridge.initiator.errors import ConnectionLost
+from blockbridge.initiator.session import Session
+from blockbridge.iscsi.errors import LoginFailed
+from blockbridge.iscsi.login import ChapCredentials
+
+IQN = "iqn.2026-11.test:inproc"
+INI = "iqn.2026-11.test:initiator"
+BS = 512
+
+
+def write10(lba: int, n: int) -> bytes:
+    return bytes([0x2A, 0]) + lba.to_bytes(4, "big") + b"\0" + n.to_bytes(2, "big") + b"\0"
+
+
+def read10(lba: int, n: int) -> bytes:
+    return bytes([0x28, 0]) + lba.to_bytes(4, "big") + b"\0" + n.to_bytes(2, "big") + b"\0"
+
+
+@pytest.fixture
+async def server(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[tuple[str, int]]:
+    operational = getattr(request, "param", {})
+    lu = LogicalUnit(0, FileBackend(str(tmp_path / "d.img"), create_size=16 << 20),
+                     target_name=IQN)
+    target = TargetDef(name=IQN, luns={0: lu}, operational=operational,
+                       incoming={"alice": b"alice-secret-123"} if operational.get("chap") else {})
+    srv = TargetServer([target])
+    async with trio.open_nursery() as nursery:
+        addresses = await nursery.start(srv.serve, [("127.0.0.1", 0)])
+        yield addresses[0]
+        srv.shutdown()
+
+
+async def connect(addr: tuple[str, int], **kw: object) -> Session:
+    return await Session.connect(addr[0], addr[1], initiator_name=INI, target_name=IQN,
+                                 **kw)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("server", [
+    {},
+    {"HeaderDigest": "CRC32C", "DataDigest": "CRC32C"},
+    {"ImmediateData": "No", "InitialR2T": "Yes", "MaxBurstLength": "16384",
+     "MaxRecvDataSegmentLength": "4096"},
+    {"FirstBurstLength": "8192", "MaxXmitDataSegmentLength": "4096"},
+], indirect=True)
+async def test_write_read_many_in_flight(server: tuple[str, int]) -> None:
+    with trio.fail_after(20):
+        proposals = {"HeaderDigest": "CRC32C,None", "DataDigest": "CRC32C,None"}
+        s = await connect(server, proposals=proposals)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(s.run)
+            blobs = {i: os.urandom(64 * BS) for i in range(24)}
+
+            async def one(i: int) -> None:
+                r = await s.command(0, write10(i * 64, 64), data_out=blobs[i])
+                assert r.status == 0
+                r = await s.command(0, read10(i * 64, 64), read_length=64 * BS)
+                assert r.status == 0 and bytes(r.data) == blobs[i]
+
+            async with trio.open_nursery() as inner:
+                for i in blobs:
+                    inner.start_soon(one, i)
+            assert await s.nop(b"ping") == b"ping"
+            await s.logout()
+            nursery.cancel_scope.cancel()
+
+
+async def test_send_targets_in_discovery_and_normal_sessions(server: tuple[str, int]) -> None:
+    with trio.fail_after(10):
+        d = await Session.connect(server[0], server[1], initiator_name=INI, target_name=None)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(d.run)
+            found = await d.text([("SendTargets", "All")])
+            assert ("TargetName", IQN) in found
+            assert ("TargetAddress", f"127.0.0.1:{server[1]},1") in found
+            await d.logout()
+            s = await connect(server)
+            nursery.start_soon(s.run)
+            assert ("TargetName", IQN) in await s.text([("SendTargets", "")])
+            await s.logout()
+            nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("server", [{"chap": "1"}], indirect=True)
+async def test_chap_required(server: tuple[str, int]) -> None:
+    with pytest.raises(LoginFailed, match="authentication failed"):
+        await connect(server)
+    with pytest.raises(LoginFailed, match="authentication failed"):
+        await connect(server, credentials=ChapCredentials("alice", b"wrong-secret-99"))
+    s = await connect(server, credentials=ChapCredentials("alice", b"alice-secret-123"))
+    await s.stream.aclose()
+
+
+async def test_unknown_target_is_not_found(server: tuple[str, int]) -> None:
+    with pytest.raises(LoginFailed, match="not found"):
+        await Session.connect(server[0], server[1], initiator_name=INI,
+                              target_name="iqn.2026-11.test:nope")
+
+
+async def test_pending_commands_fail_when_the_connection_dies(server: tuple[str, int]) -> None:
+    with trio.fail_after(10):
+        s = await connect(server)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(s.run)
+            await s.stream.stream.aclose()  # pull the plug under the session
+            with pytest.raises(ConnectionLost):
+                await s.command(0, read10(0, 1), read_length=BS)
+            nursery.cancel_scope.cancel()
