@@ -1,0 +1,254 @@
+"""blockbridge: use iSCSI LUNs as plain files, without kernel iSCSI and without root."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+
+import trio
+
+from . import __version__
+from .initiator.errors import InitiatorError
+from .iscsi.constants import DEFAULT_PORT
+from .iscsi.errors import ISCSIError
+from .mount import MountError, MountRequest, discover, serve
+from .state import initiator_name, records
+
+log = logging.getLogger("blockbridge")
+
+DESCRIPTION = """\
+Discover iSCSI targets and mount their LUNs as plain files under a FUSE mount point,
+in user space: no kernel iSCSI initiator, no root for the mount. Each LUN appears as
+MOUNTPOINT/<target-iqn>/lun<N>, as large as the LUN; reads, writes and fsync go to the
+target. Attach a file with losetup or udisksctl loop-setup, give it to qemu, or read it.
+"""
+
+EPILOG = """\
+commands:
+  discover HOST[:PORT]           list the targets a portal offers (SendTargets)
+  mount HOST[:PORT] MOUNTPOINT   log in to the targets and mount their LUNs as files
+  umount MOUNTPOINT              flush, log out and unmount
+  status                         show mounts, sessions and per-LUN I/O counters
+
+examples:
+  blockbridge discover filer.network.local
+  blockbridge mount filer.network.local ~/luns
+  losetup --find --show ~/luns/iqn.2010-filer.network.local:iscsi.lun1/lun0
+  blockbridge umount ~/luns
+
+Run 'blockbridge COMMAND --help' for the options of a command.
+"""
+
+
+class UsageError(Exception):
+    pass
+
+
+def parse_portal(text: str) -> tuple[str, int]:
+    m = re.match(r"^\[([0-9a-fA-F:.]+)\](?::(\d+))?$", text) or \
+        re.match(r"^([^:\[\]]+)(?::(\d+))?$", text)
+    if not m:
+        raise UsageError(f"invalid portal {text!r}: use HOST or HOST:PORT")
+    return m[1], int(m[2]) if m[2] else DEFAULT_PORT
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="blockbridge", description=DESCRIPTION, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    p.add_argument("-q", "--quiet", action="store_true", help="only errors")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    d = sub.add_parser("discover", help="list the targets of a portal",
+                       description="List the targets a portal offers, with their addresses.")
+    d.add_argument("portal", metavar="HOST[:PORT]")
+    d.add_argument("--initiator-name", metavar="IQN", help="our iSCSI name (default: stored "
+                   "in the user's config directory, created on first use)")
+
+    m = sub.add_parser(
+        "mount", help="mount the LUNs of a portal as files",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Log in to every target of a portal (or the ones named with --target) "
+                    "and expose each LUN as MOUNTPOINT/<target>/lun<N>.\nWithout --foreground "
+                    "the command returns once the mount is ready and keeps serving in the "
+                    "background.",
+        epilog="examples:\n  blockbridge mount 192.168.1.10 /mnt/luns\n"
+               "  blockbridge mount filer:3260 ~/luns --target iqn.2010-filer.network.local:"
+               "iscsi.lun1 -o ro")
+    m.add_argument("portal", metavar="HOST[:PORT]")
+    m.add_argument("mountpoint", metavar="MOUNTPOINT")
+    m.add_argument("-t", "--target", action="append", default=[], metavar="IQN",
+                   help="mount only this target (repeatable)")
+    m.add_argument("-o", dest="options", action="append", default=[], metavar="OPTIONS",
+                   help="comma-separated mount options: ro, allow_other, and FUSE options")
+    m.add_argument("-f", "--foreground", action="store_true",
+                   help="stay in the foreground; unmount on Ctrl-C")
+    m.add_argument("--initiator-name", metavar="IQN", help="our iSCSI name")
+    m.add_argument("--log-file", metavar="FILE", help="log here when in the background")
+
+    u = sub.add_parser("umount", help="flush, log out and unmount",
+                       description="Flush every LUN (SYNCHRONIZE CACHE), log out and unmount.")
+    u.add_argument("mountpoint", metavar="MOUNTPOINT")
+
+    sub.add_parser("status", help="show mounts, sessions and I/O counters",
+                   description="Show every blockbridge mount of this user with its sessions "
+                               "and per-LUN I/O counters.")
+    return p
+
+
+def cmd_discover(args: argparse.Namespace) -> int:
+    host, port = parse_portal(args.portal)
+    name = args.initiator_name or initiator_name()
+    found = trio.run(discover, host, port, name)
+    if not found:
+        print(f"{host}:{port} offers no targets to {name}")
+    for target, addresses in found:
+        for addr in addresses or ["(no address given)"]:
+            print(f"{addr} {target}")
+    return 0
+
+
+def _split_options(opts: list[str]) -> tuple[bool, bool, list[str]]:
+    ro = allow_other = False
+    rest = []
+    for group in opts:
+        for o in filter(None, (x.strip() for x in group.split(","))):
+            if o == "ro":
+                ro = True
+            elif o == "rw":
+                ro = False
+            elif o == "allow_other":
+                allow_other = True
+            else:
+                rest.append(o)
+    return ro, allow_other, rest
+
+
+def cmd_mount(args: argparse.Namespace) -> int:
+    host, port = parse_portal(args.portal)
+    ro, allow_other, fuse_opts = _split_options(args.options)
+    if allow_other and os.getuid() != 0:
+        try:
+            with open("/etc/fuse.conf") as f:
+                enabled = any(line.strip() == "user_allow_other" for line in f)
+        except OSError:
+            enabled = False
+        if not enabled:
+            raise UsageError("-o allow_other needs 'user_allow_other' in /etc/fuse.conf "
+                             "(ask your administrator to add it)")
+    req = MountRequest(host, port, os.path.abspath(args.mountpoint),
+                       args.initiator_name or initiator_name(), args.target, ro, allow_other,
+                       fuse_opts)
+    if args.foreground:
+        trio.run(serve, req, lambda: None)
+        return 0
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid:
+        os.close(write_fd)
+        with os.fdopen(read_fd) as pipe:
+            answer = pipe.read()
+        if answer.startswith("OK"):
+            return 0
+        if not answer:
+            os.waitpid(pid, 0)
+            answer = "the mount process exited before the mount was ready"
+        print(f"blockbridge: {answer.strip()}", file=sys.stderr)
+        return 1
+    os.close(read_fd)
+    os.setsid()
+    status = 1
+    reported = False
+
+    def ready() -> None:
+        nonlocal reported
+        os.write(write_fd, b"OK\n")
+        os.close(write_fd)
+        reported = True
+        devnull = os.open(os.devnull, os.O_RDWR)
+        os.dup2(devnull, 0)
+        out = os.open(args.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600) \
+            if args.log_file else devnull
+        os.dup2(out, 1)
+        os.dup2(out, 2)
+
+    try:
+        trio.run(serve, req, ready)
+        status = 0
+    except (MountError, InitiatorError, ISCSIError, OSError) as exc:
+        if not reported:
+            os.write(write_fd, f"{exc}\n".encode())
+        else:
+            log.error("%s", exc)
+    except BaseException as exc:  # a bug: say so, never hang the parent
+        if not reported:
+            os.write(write_fd, f"internal error: {exc!r}\n".encode())
+    os._exit(status)
+
+
+def cmd_umount(args: argparse.Namespace) -> int:
+    target = os.path.abspath(args.mountpoint)
+    for rec in records():
+        if rec.get("mountpoint") == target:
+            pid = int(rec["pid"])
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    return 0
+                time.sleep(0.05)
+            raise UsageError(f"the mount process {pid} did not finish within 60 s")
+    if os.path.ismount(target):
+        r = subprocess.run(["fusermount3", "-u", target], capture_output=True, text=True)
+        if r.returncode == 0:
+            return 0
+        raise UsageError(r.stderr.strip() or f"cannot unmount {target}")
+    raise UsageError(f"{target} is not a blockbridge mount")
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    recs = records()
+    if not recs:
+        print("no blockbridge mounts")
+        return 0
+    for rec in recs:
+        print(f"{rec['mountpoint']}  (portal {rec['portal']}, pid {rec['pid']})")
+        for s in rec.get("sessions", []):
+            print(f"  session {s['target']}: {s['state']}")
+        for lun in rec.get("luns", []):
+            print(f"  {lun['path']}: {lun['size']} bytes{' read-only' if lun['read_only'] else ''}"
+                  f"  reads {lun['reads']} ({lun['bytes_read']} B)"
+                  f"  writes {lun['writes']} ({lun['bytes_written']} B)"
+                  f"  flushes {lun['flushes']}  errors {lun['errors']}")
+    return 0
+
+
+COMMANDS = {"discover": cmd_discover, "mount": cmd_mount, "umount": cmd_umount,
+            "status": cmd_status}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    level = logging.ERROR if args.quiet else logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return COMMANDS[args.command](args)
+    except (UsageError, MountError, InitiatorError, ISCSIError) as exc:
+        print(f"blockbridge: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,206 @@
+"""A logical unit as a byte-addressed block device over a session."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import trio
+
+from blockbridge.scsi import cdb
+from blockbridge.scsi.constants import Status
+
+from .errors import InitiatorError, SCSIError
+from .session import Response, Session
+
+log = logging.getLogger(__name__)
+
+DISK = 0x00
+MAX_IO = 1024 * 1024
+
+
+@dataclass
+class LUNInfo:
+    number: int
+    device_type: int
+    vendor: str = ""
+    product: str = ""
+
+
+@dataclass
+class Counters:
+    reads: int = 0
+    writes: int = 0
+    bytes_read: int = 0
+    bytes_written: int = 0
+    flushes: int = 0
+    unmaps: int = 0
+    errors: int = 0
+
+
+@dataclass
+class BlockDevice:
+    session: Session
+    lun: int
+    block_size: int = 512
+    blocks: int = 0
+    read_only: bool = False
+    can_unmap: bool = False
+    zeroes_after_unmap: bool = False
+    unmap_granularity: int = 1
+    max_io: int = MAX_IO
+    counters: Counters = field(default_factory=Counters)
+    _rmw: trio.Lock = field(default_factory=trio.Lock)
+
+    @property
+    def size(self) -> int:
+        return self.blocks * self.block_size
+
+    async def _run(self, what: str, command: bytes, *, data_out: bytes | memoryview | None = None,
+                   read_length: int = 0) -> Response:
+        for attempt in range(3):
+            r = await self.session.command(self.lun, command, data_out=data_out,
+                                           read_length=read_length)
+            if r.status == Status.GOOD:
+                return r
+            err = SCSIError(r.status, r.sense, what)
+            if (err.unit_attention or r.status == Status.BUSY) and attempt < 2:
+                continue  # unit attentions report an event; the command itself may be retried
+            self.counters.errors += 1
+            raise err
+        raise AssertionError("unreachable")
+
+    @classmethod
+    async def open(cls, session: Session, lun: int) -> BlockDevice:
+        dev = cls(session, lun)
+        r = await dev._run("READ CAPACITY(16)", cdb.read_capacity_16(), read_length=32)
+        data = bytes(r.data)
+        dev.blocks = int.from_bytes(data[0:8], "big") + 1
+        dev.block_size = int.from_bytes(data[8:12], "big") or 512
+        lbpme, lbprz = bool(data[14] & 0x80), bool(data[14] & 0x40)
+        try:
+            ms = await dev._run("MODE SENSE", cdb.mode_sense_6(0x3F, 255), read_length=255)
+            dev.read_only = bool(bytes(ms.data)[2] & 0x80) if len(ms.data) > 2 else False
+        except SCSIError:
+            pass
+        if lbpme:
+            try:
+                bl = await dev._run("INQUIRY", cdb.inquiry(64, 0xB0), read_length=64)
+                b = bytes(bl.data)
+                max_xfer = int.from_bytes(b[8:12], "big") * dev.block_size
+                if max_xfer:
+                    dev.max_io = min(dev.max_io, max_xfer)
+                max_unmap = int.from_bytes(b[20:24], "big")
+                dev.unmap_granularity = max(int.from_bytes(b[28:32], "big"), 1)
+                dev.can_unmap = max_unmap > 0
+                dev.zeroes_after_unmap = lbprz
+            except SCSIError:
+                dev.can_unmap = False
+        dev.max_io = min(dev.max_io, session.params.max_burst_length) // dev.block_size * \
+            dev.block_size or dev.block_size
+        return dev
+
+    async def read(self, offset: int, length: int) -> bytes:
+        if offset >= self.size or length <= 0:
+            return b""
+        length = min(length, self.size - offset)
+        bs = self.block_size
+        first, last = offset // bs, (offset + length - 1) // bs
+        out = bytearray()
+        lba = first
+        while lba <= last:
+            n = min(last - lba + 1, self.max_io // bs)
+            r = await self._run("READ", cdb.read(lba, n), read_length=n * bs)
+            out += r.data[: n * bs]
+            lba += n
+        self.counters.reads += 1
+        self.counters.bytes_read += length
+        skip = offset - first * bs
+        return bytes(out[skip : skip + length])
+
+    async def write(self, offset: int, data: bytes | memoryview) -> int:
+        if self.read_only:
+            raise InitiatorError("the LUN is read-only")
+        view = memoryview(data).cast("B")
+        if offset + len(view) > self.size:
+            raise InitiatorError("write beyond the end of the LUN")
+        bs = self.block_size
+        if offset % bs or len(view) % bs:
+            async with self._rmw:
+                start = offset - offset % bs
+                end = -(-(offset + len(view)) // bs) * bs
+                buf = bytearray(await self.read(start, end - start))
+                buf[offset - start : offset - start + len(view)] = view
+                await self._write_blocks(start // bs, memoryview(buf))
+        else:
+            await self._write_blocks(offset // bs, view)
+        self.counters.writes += 1
+        self.counters.bytes_written += len(view)
+        return len(view)
+
+    async def _write_blocks(self, lba: int, view: memoryview) -> None:
+        bs = self.block_size
+        step = self.max_io
+        for off in range(0, len(view), step):
+            piece = view[off : off + step]
+            n = len(piece) // bs
+            if self._unmappable(lba + off // bs, piece):
+                await self.discard((lba + off // bs) * bs, len(piece))
+                continue
+            await self._run("WRITE", cdb.write(lba + off // bs, n), data_out=piece)
+
+    def _unmappable(self, lba: int, piece: memoryview) -> bool:
+        """Aligned all-zero writes become UNMAP on thin LUNs that read back zeros."""
+        g = self.unmap_granularity
+        n = len(piece) // self.block_size
+        if not (self.can_unmap and self.zeroes_after_unmap) or lba % g or n % g:
+            return False
+        return piece.tobytes() == bytes(len(piece))
+
+    async def flush(self) -> None:
+        await self._run("SYNCHRONIZE CACHE", cdb.synchronize_cache())
+        self.counters.flushes += 1
+
+    async def discard(self, offset: int, length: int) -> None:
+        """Deallocate whole granules inside [offset, offset+length); no-op without UNMAP."""
+        if not self.can_unmap or length <= 0:
+            return
+        bs, g = self.block_size, self.unmap_granularity
+        first = -(-offset // bs)
+        first = -(-first // g) * g
+        last = (offset + length) // bs // g * g
+        if last <= first:
+            return
+        ranges, lba = [], first
+        while lba < last:
+            n = min(last - lba, 0x100000 // g * g or g)
+            ranges.append((lba, n))
+            lba += n
+        for i in range(0, len(ranges), 64):
+            command, params = cdb.unmap(ranges[i : i + 64])
+            await self._run("UNMAP", command, data_out=params)
+        self.counters.unmaps += 1
+
+
+async def list_disk_luns(session: Session) -> list[LUNInfo]:
+    """The LUNs a target reports, with their device type (0 = disk)."""
+    r = await session.command(0, cdb.report_luns(), read_length=4096)
+    if r.status != Status.GOOD:
+        raise SCSIError(r.status, r.sense, "REPORT LUNS")
+    data = bytes(r.data)
+    count = int.from_bytes(data[0:4], "big") // 8
+    from blockbridge.iscsi.pdu import decode_lun
+
+    luns = []
+    for i in range(count):
+        raw = int.from_bytes(data[8 + 8 * i : 16 + 8 * i], "big")
+        number = decode_lun(raw)
+        inq = await session.command(number, cdb.inquiry(96), read_length=96)
+        if inq.status != Status.GOOD or len(inq.data) < 36:
+            continue
+        d = bytes(inq.data)
+        if d[0] >> 5 != 0:
+            continue  # no LU connected here
+        luns.append(LUNInfo(number, d[0] & 0x1F, d[8:16].decode(errors="replace").strip(),
+                            d[16:32].decode(errors="replace").strip()))
+    return luns

@@ -1,0 +1,164 @@
+"""`blockbridge mount`: log in to every target of a portal and serve its LUNs over FUSE."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pyfuse3
+import trio
+
+from .fuse.fs import LunFS
+from .initiator.blockdev import BlockDevice, list_disk_luns
+from .initiator.errors import InitiatorError
+from .initiator.session import Session
+from .state import remove_record, write_record
+
+log = logging.getLogger(__name__)
+
+
+class MountError(Exception):
+    """A failure before the mount is ready: one line for the user."""
+
+
+@dataclass
+class MountRequest:
+    host: str
+    port: int
+    mountpoint: str
+    initiator_name: str
+    targets: list[str] = field(default_factory=list)
+    read_only: bool = False
+    allow_other: bool = False
+    fuse_options: list[str] = field(default_factory=list)
+
+
+def check_mountpoint(path: str) -> None:
+    if not os.path.exists(path):
+        raise MountError(f"mount point {path} does not exist (create it with mkdir -p {path})")
+    if not os.path.isdir(path):
+        raise MountError(f"mount point {path} is not a directory")
+    if os.path.ismount(path):
+        raise MountError(f"{path} is already a mount point (unmount it first with "
+                         f"blockbridge umount {path})")
+    if not os.path.exists("/dev/fuse"):
+        raise MountError("/dev/fuse is missing: install fuse3 and load the fuse module")
+
+
+async def discover(host: str, port: int, initiator_name: str) -> list[tuple[str, list[str]]]:
+    """SendTargets=All: [(target name, [addresses])]."""
+    s = await Session.connect(host, port, initiator_name=initiator_name, target_name=None)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(s.run)
+        pairs = await s.text([("SendTargets", "All")])
+        await s.logout()
+        nursery.cancel_scope.cancel()
+    found: list[tuple[str, list[str]]] = []
+    for key, value in pairs:
+        if key == "TargetName":
+            found.append((value, []))
+        elif key == "TargetAddress" and found:
+            found[-1][1].append(value)
+    return found
+
+
+async def serve(req: MountRequest, ready: Callable[[], None]) -> None:
+    check_mountpoint(req.mountpoint)
+    try:
+        offered = [name for name, _ in await discover(req.host, req.port, req.initiator_name)]
+    except (InitiatorError, Exception) as exc:
+        raise MountError(str(exc)) from None
+    wanted = req.targets or offered
+    for name in wanted:
+        if name not in offered:
+            raise MountError(f"target {name} is not offered by {req.host}:{req.port} "
+                             f"(offered: {', '.join(offered) or 'none'})")
+    if not wanted:
+        raise MountError(f"{req.host}:{req.port} offers no targets to {req.initiator_name}")
+    async with trio.open_nursery() as nursery:
+        sessions: list[Session] = []
+        tree: dict[str, dict[int, BlockDevice]] = {}
+        try:
+            for name in wanted:
+                s = await Session.connect(req.host, req.port, initiator_name=req.initiator_name,
+                                          target_name=name)
+                sessions.append(s)
+                nursery.start_soon(s.run)
+                tree[name] = {}
+                for info in await list_disk_luns(s):
+                    if info.device_type == 0:
+                        tree[name][info.number] = await BlockDevice.open(s, info.number)
+        except Exception as exc:
+            for s in sessions:
+                await s.logout()
+            nursery.cancel_scope.cancel()
+            raise MountError(str(exc)) from None
+        fs = LunFS(tree, read_only=req.read_only)
+        options = set(pyfuse3.default_options)
+        options.discard("default_permissions")
+        options |= {"fsname=blockbridge", "subtype=blockbridge", "default_permissions"}
+        if req.read_only:
+            options.add("ro")
+        if req.allow_other:
+            options.add("allow_other")
+        options |= set(req.fuse_options)
+        try:
+            pyfuse3.init(fs, req.mountpoint, options)
+        except RuntimeError as exc:
+            for s in sessions:
+                await s.logout()
+            nursery.cancel_scope.cancel()
+            hint = ""
+            if req.allow_other:
+                hint = " (allow_other needs 'user_allow_other' in /etc/fuse.conf)"
+            raise MountError(f"cannot mount on {req.mountpoint}: {exc}{hint}") from None
+        pid = os.getpid()
+
+        def record() -> None:
+            write_record(pid, {
+                "pid": pid, "mountpoint": os.path.abspath(req.mountpoint),
+                "portal": f"{req.host}:{req.port}",
+                "sessions": [{"target": s.target_name, "state":
+                              "failed" if s.closed else "connected"} for s in sessions],
+                "luns": [{"path": path, "size": dev.size, "read_only": dev.read_only,
+                          **vars(dev.counters)} for path, dev in fs.devices()],
+            })
+
+        async def keep_record() -> None:
+            while True:
+                record()
+                await trio.sleep(2)
+
+        async def on_signal() -> None:
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
+                async for _ in sigs:
+                    log.info("unmounting %s", req.mountpoint)
+                    pyfuse3.terminate()
+                    return
+
+        record()
+        nursery.start_soon(keep_record)
+        nursery.start_soon(on_signal)
+        ready()
+        log.info("mounted %d LUN(s) of %s:%d on %s", len(fs.devices()), req.host, req.port,
+                 req.mountpoint)
+        try:
+            await pyfuse3.main()
+        finally:
+            with trio.CancelScope(shield=True):
+                for path, dev in fs.devices():
+                    if dev.read_only:
+                        continue
+                    try:
+                        with trio.move_on_after(30):
+                            await dev.flush()
+                    except InitiatorError as exc:
+                        log.error("flushing %s failed: %s", path, exc)
+                for s in sessions:
+                    await s.logout()
+                pyfuse3.close(unmount=True)
+                remove_record(pid)
+            nursery.cancel_scope.cancel()
