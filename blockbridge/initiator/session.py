@@ -29,6 +29,21 @@ log = logging.getLogger(__name__)
 LOGIN_TIMEOUT = 15.0
 
 
+def _reason(exc: BaseException) -> str:
+    """The underlying socket error of a failed connect, in plain words."""
+    if isinstance(exc, trio.TooSlowError):
+        return "timed out"
+    cause = exc.__cause__
+    inner = getattr(cause, "exceptions", None)
+    if inner:
+        exc = inner[0]
+    if isinstance(exc, OSError) and exc.errno is not None:
+        if exc.errno < 0:  # getaddrinfo failures
+            return "host name not found"
+        return os.strerror(exc.errno)
+    return str(exc)
+
+
 def _newer(a: int, b: int) -> bool:
     return a != b and ((a - b) & 0xFFFFFFFF) < (1 << 31)
 
@@ -93,9 +108,7 @@ class Session:
         try:
             stream = await open_tcp(host, port)
         except (OSError, trio.TooSlowError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else \
-                "timed out" if isinstance(exc, trio.TooSlowError) else str(exc)
-            raise ConnectError(f"cannot connect to {portal}: {reason}") from None
+            raise ConnectError(f"cannot connect to {portal}: {_reason(exc)}") from None
         isid = isid or bytes([0x80]) + os.urandom(3) + b"\0\0"
         login = InitiatorLogin(initiator_name=initiator_name, target_name=target_name,
                                isid=isid, credentials=credentials,

@@ -75,3 +75,65 @@ def stop(proc: subprocess.Popen[str], timeout: float = 15.0) -> int | None:
 
 def have(*tools: str) -> bool:
     return all(shutil.which(t) for t in tools)
+
+
+@dataclass
+class RunningTgtd:
+    process: subprocess.Popen[bytes]
+    port: int
+    control: int
+
+    @property
+    def portal(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def adm(self, *args: str) -> None:
+        subprocess.run(["tgtadm", "-C", str(self.control), "--lld", "iscsi", *args],
+                       check=True, capture_output=True, timeout=10)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def tgtd(targets: dict[str, list[Path]], *, thin: bool = True) -> Iterator[RunningTgtd]:
+    """tgtd on a free port with the given targets; LUNs numbered from 1 (LUN 0 is tgtd's
+    controller)."""
+    port = free_port()
+    control = 1000 + port % 20000
+    proc = subprocess.Popen(["tgtd", "-f", "-C", str(control), "--iscsi",
+                             f"portal=127.0.0.1:{port}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    running = RunningTgtd(proc, port, control)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                running.adm("--op", "show", "--mode", "target")
+                break
+            except subprocess.CalledProcessError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise
+                time.sleep(0.1)
+        for tid, (name, files) in enumerate(targets.items(), 1):
+            running.adm("--op", "new", "--mode", "target", "--tid", str(tid), "-T", name)
+            for lun, path in enumerate(files, 1):
+                running.adm("--op", "new", "--mode", "logicalunit", "--tid", str(tid),
+                            "--lun", str(lun), "-b", str(path))
+                if thin:
+                    running.adm("--op", "update", "--mode", "logicalunit", "--tid", str(tid),
+                                "--lun", str(lun), "--params", "thin_provisioning=1")
+            running.adm("--op", "bind", "--mode", "target", "--tid", str(tid), "-I", "ALL")
+        yield running
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(3)
+        except subprocess.TimeoutExpired:
+            proc.kill()  # tgtd ignores SIGTERM while targets are configured
+            proc.wait()

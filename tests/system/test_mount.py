@@ -1,0 +1,140 @@
+"""`blockbridge mount` for real: FUSE, dd, loop devices and mkfs, against tgtd and our target."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.interop.daemons import have, our_target, tgtd
+
+pytestmark = [
+    pytest.mark.system,
+    pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse"),
+]
+root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (loop devices, mkfs)")
+
+T1 = "iqn.2026-11.test.tgt:one"
+T2 = "iqn.2026-11.test.tgt:two"
+
+
+def bb(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "blockbridge", *args], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@contextlib.contextmanager
+def mounted(portal: str, mnt: Path, *extra: str) -> Iterator[Path]:
+    mnt.mkdir(exist_ok=True)
+    r = bb("mount", portal, str(mnt), *extra)
+    assert r.returncode == 0, r.stderr
+    try:
+        yield mnt
+    finally:
+        u = bb("umount", str(mnt))
+        if os.path.ismount(mnt):
+            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
+        assert u.returncode == 0, u.stderr
+
+
+def sparse(path: Path, size: int) -> Path:
+    with path.open("wb") as f:
+        f.truncate(size)
+    return path
+
+
+def allocated(path: Path) -> int:
+    return path.stat().st_blocks * 512
+
+
+@pytest.mark.skipif(not have("tgtd", "tgtadm"), reason="needs tgt")
+def test_three_luns_of_tgtd_as_files(tmp_path: Path) -> None:
+    a = sparse(tmp_path / "a.img", 32 << 20)
+    b = sparse(tmp_path / "b.img", 16 << 20)
+    c = sparse(tmp_path / "c.img", 8 << 20)
+    with tgtd({T1: [a, b], T2: [c]}) as t, mounted(t.portal, tmp_path / "mnt") as mnt:
+        files = sorted(p.relative_to(mnt).as_posix() for p in mnt.glob("*/*"))
+        assert files == [f"{T1}/lun1", f"{T1}/lun2", f"{T2}/lun1"]
+        assert (mnt / T1 / "lun1").stat().st_size == 32 << 20
+        assert (mnt / T1 / "lun2").stat().st_size == 16 << 20
+        assert (mnt / T2 / "lun1").stat().st_size == 8 << 20
+        payload = os.urandom(3 << 20)
+        target = mnt / T1 / "lun2"
+        subprocess.run(["dd", f"of={target}", "bs=1M", "seek=2", "conv=notrunc,fsync",
+                        "status=none"], input=payload, check=True)
+        assert b.read_bytes()[2 << 20 : 5 << 20] == payload
+        assert target.read_bytes()[2 << 20 : 5 << 20] == payload
+        # zero-filling a region deallocates it in tgtd's sparse file (thin provisioning)
+        before = allocated(b)
+        subprocess.run(["dd", "if=/dev/zero", f"of={target}", "bs=1M", "seek=2", "count=3",
+                        "conv=notrunc,fsync", "status=none"], check=True)
+        assert allocated(b) < before
+        assert b.read_bytes()[2 << 20 : 5 << 20] == bytes(3 << 20)
+        status = bb("status")
+        assert f"{T1}/lun2" in status.stdout and "connected" in status.stdout
+
+
+@root_only
+@pytest.mark.skipif(not have("mkfs.ext4", "losetup"), reason="needs e2fsprogs, util-linux")
+def test_loop_device_and_filesystem_on_our_target(tmp_path: Path) -> None:
+    iqn = "iqn.2026-11.test:fs"
+    disk = tmp_path / "fs.img"
+    args = ["--disk", str(disk), "--size", "64M", "--target-name", iqn, "--portal",
+            "127.0.0.1:0"]
+    data = os.urandom(5 << 20)
+    with our_target(args, tmp_path) as t, mounted(t.portal, tmp_path / "mnt") as mnt:
+        lun = mnt / iqn / "lun0"
+        loop = subprocess.run(["losetup", "--find", "--show", str(lun)], capture_output=True,
+                              text=True, check=True).stdout.strip()
+        fsdir = tmp_path / "fs"
+        fsdir.mkdir()
+        try:
+            subprocess.run(["mkfs.ext4", "-q", loop], check=True)
+            subprocess.run(["mount", loop, str(fsdir)], check=True)
+            (fsdir / "data.bin").write_bytes(data)
+            subprocess.run(["umount", str(fsdir)], check=True)
+            subprocess.run(["mount", loop, str(fsdir)], check=True)
+            assert (fsdir / "data.bin").read_bytes() == data
+            subprocess.run(["umount", str(fsdir)], check=True)
+        finally:
+            if os.path.ismount(fsdir):
+                subprocess.run(["umount", "-l", str(fsdir)], check=False)
+            subprocess.run(["losetup", "-d", loop], check=False)
+    # the target's backing file holds a file system with our file, after all that
+    out = subprocess.run(["debugfs", "-R", "cat /data.bin", str(disk)], capture_output=True)
+    if shutil.which("debugfs"):
+        assert out.stdout == data
+
+
+def test_mount_failures_are_one_line_and_leave_nothing(tmp_path: Path) -> None:
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    from tests.interop.daemons import free_port
+
+    closed = free_port()
+    r = bb("mount", f"127.0.0.1:{closed}", str(mnt))
+    assert r.returncode != 0
+    assert r.stderr.strip() == f"blockbridge: cannot connect to 127.0.0.1:{closed}: " \
+                               "Connection refused"
+    assert not os.path.ismount(mnt)
+    r = bb("mount", "127.0.0.1:1", str(tmp_path / "missing"))
+    assert r.returncode != 0 and "does not exist" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    iqn = "iqn.2026-11.test:errors"
+    args = ["--disk", str(tmp_path / "e.img"), "--size", "8M", "--target-name", iqn,
+            "--portal", "127.0.0.1:0"]
+    with our_target(args, tmp_path) as t:
+        r = bb("mount", t.portal, str(mnt), "--target", "iqn.2026-11.test:unknown")
+        assert r.returncode != 0
+        assert "target iqn.2026-11.test:unknown is not offered" in r.stderr
+        assert not os.path.ismount(mnt)
+        with mounted(t.portal, mnt):
+            again = bb("mount", t.portal, str(mnt))
+            assert again.returncode != 0 and "already a mount point" in again.stderr
+    assert not os.path.ismount(mnt)
