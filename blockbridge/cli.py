@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("discover", help="list the targets of a portal",
                        description="List the targets a portal offers, with their addresses.")
     d.add_argument("portal", metavar="HOST[:PORT]")
+    d.add_argument("-l", "--luns", action="store_true",
+                   help="also log in to each target and list its disk LUNs with their sizes")
     d.add_argument("--initiator-name", metavar="IQN", help="our iSCSI name (default: stored "
                    "in the user's config directory, created on first use)")
 
@@ -113,7 +115,29 @@ def cmd_discover(args: argparse.Namespace) -> int:
     for target, addresses in found:
         for addr in addresses or ["(no address given)"]:
             print(f"{addr} {target}")
+        if args.luns:
+            for number, size, ro in trio.run(describe_luns, host, port, name, target):
+                print(f"    lun{number}: {size} bytes ({size / 2**30:.2f} GiB)"
+                      f"{', read-only' if ro else ''}")
     return 0
+
+
+async def describe_luns(host: str, port: int, name: str, target: str
+                        ) -> list[tuple[int, int, bool]]:
+    from .initiator.blockdev import BlockDevice, list_disk_luns
+    from .initiator.session import Session
+
+    s = await Session.connect(host, port, initiator_name=name, target_name=target)
+    out = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(s.run)
+        for info in await list_disk_luns(s):
+            if info.device_type == 0:
+                dev = await BlockDevice.open(s, info.number)
+                out.append((info.number, dev.size, dev.read_only))
+        await s.logout()
+        nursery.cancel_scope.cancel()
+    return out
 
 
 def _split_options(opts: list[str]) -> tuple[bool, bool, list[str]]:

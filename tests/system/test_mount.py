@@ -59,6 +59,9 @@ def test_three_luns_of_tgtd_as_files(tmp_path: Path) -> None:
     b = sparse(tmp_path / "b.img", 16 << 20)
     c = sparse(tmp_path / "c.img", 8 << 20)
     with tgtd({T1: [a, b], T2: [c]}) as t, mounted(t.portal, tmp_path / "mnt") as mnt:
+        listing = bb("discover", "--luns", t.portal).stdout
+        assert f"{t.portal},1 {T1}" in listing and f"{t.portal},1 {T2}" in listing
+        assert "lun2: 16777216 bytes" in listing and "lun0" not in listing
         files = sorted(p.relative_to(mnt).as_posix() for p in mnt.glob("*/*"))
         assert files == [f"{T1}/lun1", f"{T1}/lun2", f"{T2}/lun1"]
         assert (mnt / T1 / "lun1").stat().st_size == 32 << 20
