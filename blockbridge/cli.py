@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import re
@@ -36,6 +37,7 @@ commands:
   mount HOST[:PORT] MOUNTPOINT   log in to the targets and mount their LUNs as files
   umount MOUNTPOINT              flush, log out and unmount
   status                         show mounts, sessions and per-LUN I/O counters
+  discard FILE [--offset --length]   trim a region of a LUN file on the target
 
 examples:
   blockbridge discover filer.network.local
@@ -99,6 +101,16 @@ def build_parser() -> argparse.ArgumentParser:
     u = sub.add_parser("umount", help="flush, log out and unmount",
                        description="Flush every LUN (SYNCHRONIZE CACHE), log out and unmount.")
     u.add_argument("mountpoint", metavar="MOUNTPOINT")
+
+    dc = sub.add_parser(
+        "discard", help="deallocate (trim) a region of a LUN file",
+        description="Ask the target to deallocate a byte range of a mounted LUN file with "
+                    "UNMAP (FUSE cannot pass hole punching through, so fstrim on a loop "
+                    "device above the file does not reach the target). Only whole unmap "
+                    "granules inside the range are deallocated; they read back as zeros.")
+    dc.add_argument("file", metavar="FILE", help="a LUN file under a blockbridge mount")
+    dc.add_argument("--offset", type=int, default=0, help="start of the range in bytes")
+    dc.add_argument("--length", type=int, help="length in bytes (default: to the end)")
 
     sub.add_parser("status", help="show mounts, sessions and I/O counters",
                    description="Show every blockbridge mount of this user with its sessions "
@@ -245,7 +257,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     if not recs:
         print("no blockbridge mounts")
         return 0
+    from pathlib import Path
+
+    from .control import request
+
     for rec in recs:
+        # live counters from the mount process; the record file may be 2 s old
+        with contextlib.suppress(OSError, KeyError, ValueError):
+            rec = request(Path(rec["control"]), {"op": "status"}, timeout=5)["status"]
         print(f"{rec['mountpoint']}  (portal {rec['portal']}, pid {rec['pid']})")
         for s in rec.get("sessions", []):
             print(f"  session {s['target']}: {s['state']}")
@@ -257,8 +276,27 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"discover": cmd_discover, "mount": cmd_mount, "umount": cmd_umount,
-            "status": cmd_status}
+def cmd_discard(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .control import request
+
+    path = os.path.abspath(args.file)
+    for rec in records():
+        mnt = rec["mountpoint"].rstrip("/") + "/"
+        if path.startswith(mnt) and "control" in rec:
+            req = {"op": "discard", "path": path[len(mnt):], "offset": args.offset}
+            if args.length is not None:
+                req["length"] = args.length
+            answer = request(Path(rec["control"]), req)
+            if not answer.get("ok"):
+                raise UsageError(f"discard failed: {answer.get('error')}")
+            return 0
+    raise UsageError(f"{args.file} is not a LUN file of a running blockbridge mount")
+
+
+COMMANDS = {"discover": cmd_discover, "discard": cmd_discard, "mount": cmd_mount,
+            "umount": cmd_umount, "status": cmd_status}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -11,11 +11,12 @@ from dataclasses import dataclass, field
 import pyfuse3
 import trio
 
+from .control import serve_control
 from .fuse.fs import LunFS
 from .initiator.blockdev import BlockDevice, list_disk_luns
 from .initiator.errors import InitiatorError
 from .initiator.session import Session
-from .state import remove_record, write_record
+from .state import record_path, remove_record, write_record
 
 log = logging.getLogger(__name__)
 
@@ -117,15 +118,20 @@ async def serve(req: MountRequest, ready: Callable[[], None]) -> None:
             raise MountError(f"cannot mount on {req.mountpoint}: {exc}{hint}") from None
         pid = os.getpid()
 
-        def record() -> None:
-            write_record(pid, {
+        control = record_path(pid).with_suffix(".sock")
+
+        def snapshot() -> dict[str, object]:
+            return {
                 "pid": pid, "mountpoint": os.path.abspath(req.mountpoint),
-                "portal": f"{req.host}:{req.port}",
+                "portal": f"{req.host}:{req.port}", "control": str(control),
                 "sessions": [{"target": s.target_name, "state":
                               "failed" if s.closed else "connected"} for s in sessions],
                 "luns": [{"path": path, "size": dev.size, "read_only": dev.read_only,
                           **vars(dev.counters)} for path, dev in fs.devices()],
-            })
+            }
+
+        def record() -> None:
+            write_record(pid, snapshot())
 
         async def keep_record() -> None:
             while True:
@@ -139,6 +145,9 @@ async def serve(req: MountRequest, ready: Callable[[], None]) -> None:
                     pyfuse3.terminate()
                     return
 
+        await nursery.start(serve_control, control, fs.devices, snapshot)
+        for s in sessions:
+            nursery.start_soon(s.keepalive)
         record()
         nursery.start_soon(keep_record)
         nursery.start_soon(on_signal)

@@ -346,6 +346,22 @@ class Session:
                                            data=data, immediate=True), itt)
         return bytes(rsp.data)
 
+    async def keepalive(self, interval: float = 5.0, timeout: float = 5.0) -> None:
+        """NOP-Out pings; a target silent for ``timeout`` seconds is treated as gone."""
+        while self._closed is None:
+            await trio.sleep(interval)
+            try:
+                with trio.fail_after(timeout):
+                    await self.nop()
+            except trio.TooSlowError:
+                log.warning("%s: no answer to NOP-Out within %ss; closing the session",
+                            self.portal, timeout)
+                self._fail_all(f"{self.portal} stopped answering (NOP-Out timeout)")
+                await self.stream.aclose()
+                return
+            except ConnectionLost:
+                return
+
     async def logout(self) -> None:
         if self._closed is not None:
             return

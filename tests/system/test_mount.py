@@ -141,3 +141,25 @@ def test_mount_failures_are_one_line_and_leave_nothing(tmp_path: Path) -> None:
             again = bb("mount", t.portal, str(mnt))
             assert again.returncode != 0 and "already a mount point" in again.stderr
     assert not os.path.ismount(mnt)
+
+
+def test_discard_deallocates_on_the_target(tmp_path: Path) -> None:
+    iqn = "iqn.2026-11.test:discard"
+    disk = tmp_path / "t.img"
+    args = ["--disk", str(disk), "--size", "32M", "--target-name", iqn, "--portal",
+            "127.0.0.1:0"]
+    with our_target(args, tmp_path) as t, mounted(t.portal, tmp_path / "mnt") as mnt:
+        lun = mnt / iqn / "lun0"
+        subprocess.run(["dd", "if=/dev/urandom", f"of={lun}", "bs=1M", "count=16",
+                        "conv=notrunc,fsync", "status=none"], check=True)
+        before = allocated(disk)
+        r = bb("discard", str(lun), "--offset", str(4 << 20), "--length", str(8 << 20))
+        assert r.returncode == 0, r.stderr
+        assert allocated(disk) <= before - (8 << 20)
+        with lun.open("rb") as f:
+            f.seek(4 << 20)
+            assert f.read(8 << 20) == bytes(8 << 20)
+        status = bb("status").stdout
+        assert "writes" in status and "16777216 B" in status
+    bad = bb("discard", str(tmp_path / "not-a-lun"))
+    assert bad.returncode == 1 and "is not a LUN file" in bad.stderr
