@@ -83,36 +83,54 @@ def test_three_luns_of_tgtd_as_files(tmp_path: Path) -> None:
         assert f"{T1}/lun2" in status.stdout and "connected" in status.stdout
 
 
+def filesystem_round_trip(lun: Path, workdir: Path) -> bytes:
+    """losetup + mkfs.ext4 + mount + write + umount + mount + re-read on a LUN file."""
+    data = os.urandom(5 << 20)
+    loop = subprocess.run(["losetup", "--find", "--show", str(lun)], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    fsdir = workdir / "fs"
+    fsdir.mkdir()
+    try:
+        subprocess.run(["mkfs.ext4", "-q", loop], check=True)
+        subprocess.run(["mount", loop, str(fsdir)], check=True)
+        (fsdir / "data.bin").write_bytes(data)
+        subprocess.run(["umount", str(fsdir)], check=True)
+        subprocess.run(["mount", loop, str(fsdir)], check=True)
+        assert (fsdir / "data.bin").read_bytes() == data
+        subprocess.run(["umount", str(fsdir)], check=True)
+    finally:
+        if os.path.ismount(fsdir):
+            subprocess.run(["umount", "-l", str(fsdir)], check=False)
+        subprocess.run(["losetup", "-d", loop], check=False)
+    return data
+
+
+needs_fs_tools = pytest.mark.skipif(not have("mkfs.ext4", "losetup"),
+                                    reason="needs e2fsprogs, util-linux")
+
+
 @root_only
-@pytest.mark.skipif(not have("mkfs.ext4", "losetup"), reason="needs e2fsprogs, util-linux")
+@needs_fs_tools
 def test_loop_device_and_filesystem_on_our_target(tmp_path: Path) -> None:
     iqn = "iqn.2026-11.test:fs"
     disk = tmp_path / "fs.img"
     args = ["--disk", str(disk), "--size", "64M", "--target-name", iqn, "--portal",
             "127.0.0.1:0"]
-    data = os.urandom(5 << 20)
     with our_target(args, tmp_path) as t, mounted(t.portal, tmp_path / "mnt") as mnt:
-        lun = mnt / iqn / "lun0"
-        loop = subprocess.run(["losetup", "--find", "--show", str(lun)], capture_output=True,
-                              text=True, check=True).stdout.strip()
-        fsdir = tmp_path / "fs"
-        fsdir.mkdir()
-        try:
-            subprocess.run(["mkfs.ext4", "-q", loop], check=True)
-            subprocess.run(["mount", loop, str(fsdir)], check=True)
-            (fsdir / "data.bin").write_bytes(data)
-            subprocess.run(["umount", str(fsdir)], check=True)
-            subprocess.run(["mount", loop, str(fsdir)], check=True)
-            assert (fsdir / "data.bin").read_bytes() == data
-            subprocess.run(["umount", str(fsdir)], check=True)
-        finally:
-            if os.path.ismount(fsdir):
-                subprocess.run(["umount", "-l", str(fsdir)], check=False)
-            subprocess.run(["losetup", "-d", loop], check=False)
-    # the target's backing file holds a file system with our file, after all that
-    out = subprocess.run(["debugfs", "-R", "cat /data.bin", str(disk)], capture_output=True)
-    if shutil.which("debugfs"):
+        data = filesystem_round_trip(mnt / iqn / "lun0", tmp_path)
+    if shutil.which("debugfs"):  # the file system, with our file, is in the backing file
+        out = subprocess.run(["debugfs", "-R", "cat /data.bin", str(disk)],
+                             capture_output=True)
         assert out.stdout == data
+
+
+@root_only
+@needs_fs_tools
+@pytest.mark.skipif(not have("tgtd", "tgtadm"), reason="needs tgt")
+def test_loop_device_and_filesystem_on_tgtd(tmp_path: Path) -> None:
+    disk = sparse(tmp_path / "tgt-fs.img", 64 << 20)
+    with tgtd({T1: [disk]}) as t, mounted(t.portal, tmp_path / "mnt") as mnt:
+        filesystem_round_trip(mnt / T1 / "lun1", tmp_path)
 
 
 def test_mount_failures_are_one_line_and_leave_nothing(tmp_path: Path) -> None:
