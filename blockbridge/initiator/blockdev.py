@@ -73,11 +73,20 @@ class BlockDevice:
     @classmethod
     async def open(cls, session: Session, lun: int) -> BlockDevice:
         dev = cls(session, lun)
-        r = await dev._run("READ CAPACITY(16)", cdb.read_capacity_16(), read_length=32)
-        data = bytes(r.data)
-        dev.blocks = int.from_bytes(data[0:8], "big") + 1
-        dev.block_size = int.from_bytes(data[8:12], "big") or 512
-        lbpme, lbprz = bool(data[14] & 0x80), bool(data[14] & 0x40)
+        try:
+            r = await dev._run("READ CAPACITY(16)", cdb.read_capacity_16(), read_length=32)
+            data = bytes(r.data).ljust(32, b"\0")
+            dev.blocks = int.from_bytes(data[0:8], "big") + 1
+            dev.block_size = int.from_bytes(data[8:12], "big") or 512
+            lbpme, lbprz = bool(data[14] & 0x80), bool(data[14] & 0x40)
+        except SCSIError as exc:  # older targets: READ CAPACITY(10), at most 2 TiB
+            if exc.key != 0x5:
+                raise
+            r = await dev._run("READ CAPACITY(10)", cdb.read_capacity_10(), read_length=8)
+            data = bytes(r.data).ljust(8, b"\0")
+            dev.blocks = int.from_bytes(data[0:4], "big") + 1
+            dev.block_size = int.from_bytes(data[4:8], "big") or 512
+            lbpme = lbprz = False
         try:
             ms = await dev._run("MODE SENSE", cdb.mode_sense_6(0x3F, 255), read_length=255)
             dev.read_only = bool(bytes(ms.data)[2] & 0x80) if len(ms.data) > 2 else False
