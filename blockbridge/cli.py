@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import trio
 
 from . import __version__
+from .credentials import Credentials, CredentialsError, from_options, lookup
 from .initiator.errors import InitiatorError
 from .iscsi.constants import DEFAULT_PORT
 from .iscsi.errors import ISCSIError
@@ -61,6 +62,11 @@ def parse_portal(text: str) -> tuple[str, int]:
     return m[1], int(m[2]) if m[2] else DEFAULT_PORT
 
 
+AUTH_HELP = ("CHAP credentials: a TOML file readable only by you (default: "
+             "~/.config/blockbridge/credentials.toml if it exists); secrets are never taken "
+             "from the command line")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="blockbridge", description=DESCRIPTION, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -74,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("portal", metavar="HOST[:PORT]")
     d.add_argument("-l", "--luns", action="store_true",
                    help="also log in to each target and list its disk LUNs with their sizes")
+    d.add_argument("--auth-file", metavar="FILE", help=AUTH_HELP)
+    d.add_argument("--auth-env", metavar="VAR",
+                   help="read the credentials TOML from this environment variable")
     d.add_argument("--initiator-name", metavar="IQN", help="our iSCSI name (default: stored "
                    "in the user's config directory, created on first use)")
 
@@ -96,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("-f", "--foreground", action="store_true",
                    help="stay in the foreground; unmount on Ctrl-C")
     m.add_argument("--initiator-name", metavar="IQN", help="our iSCSI name")
+    m.add_argument("--auth-file", metavar="FILE", help=AUTH_HELP)
+    m.add_argument("--auth-env", metavar="VAR",
+                   help="read the credentials TOML from this environment variable")
     m.add_argument("--log-file", metavar="FILE", help="log here when in the background")
 
     u = sub.add_parser("umount", help="flush, log out and unmount",
@@ -121,25 +133,28 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_discover(args: argparse.Namespace) -> int:
     host, port = parse_portal(args.portal)
     name = args.initiator_name or initiator_name()
-    found = trio.run(discover, host, port, name)
+    table = from_options(args.auth_file, args.auth_env)
+    found = trio.run(discover, host, port, name, table)
     if not found:
         print(f"{host}:{port} offers no targets to {name}")
     for target, addresses in found:
         for addr in addresses or ["(no address given)"]:
             print(f"{addr} {target}")
         if args.luns:
-            for number, size, ro in trio.run(describe_luns, host, port, name, target):
+            creds = lookup(table, target)
+            for number, size, ro in trio.run(describe_luns, host, port, name, target, creds):
                 print(f"    lun{number}: {size} bytes ({size / 2**30:.2f} GiB)"
                       f"{', read-only' if ro else ''}")
     return 0
 
 
-async def describe_luns(host: str, port: int, name: str, target: str
+async def describe_luns(host: str, port: int, name: str, target: str, creds: Credentials
                         ) -> list[tuple[int, int, bool]]:
     from .initiator.blockdev import BlockDevice, list_disk_luns
     from .initiator.session import Session
 
-    s = await Session.connect(host, port, initiator_name=name, target_name=target)
+    s = await Session.connect(host, port, initiator_name=name, target_name=target,
+                              credentials=creds.chap, target_credentials=creds.target)
     out = []
     async with trio.open_nursery() as nursery:
         nursery.start_soon(s.run)
@@ -182,7 +197,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
                              "(ask your administrator to add it)")
     req = MountRequest(host, port, os.path.abspath(args.mountpoint),
                        args.initiator_name or initiator_name(), args.target, ro, allow_other,
-                       fuse_opts)
+                       fuse_opts, from_options(args.auth_file, args.auth_env))
     if args.foreground:
         trio.run(serve, req, lambda: None)
         return 0
@@ -309,7 +324,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return COMMANDS[args.command](args)
-    except (UsageError, MountError, InitiatorError, ISCSIError) as exc:
+    except (UsageError, MountError, InitiatorError, ISCSIError, CredentialsError) as exc:
         print(f"blockbridge: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -12,6 +12,7 @@ import pyfuse3
 import trio
 
 from .control import serve_control
+from .credentials import Credentials, lookup
 from .fuse.fs import LunFS
 from .initiator.blockdev import BlockDevice, list_disk_luns
 from .initiator.errors import InitiatorError
@@ -35,6 +36,7 @@ class MountRequest:
     read_only: bool = False
     allow_other: bool = False
     fuse_options: list[str] = field(default_factory=list)
+    credentials: dict[str, Credentials] = field(default_factory=dict)
 
 
 def check_mountpoint(path: str) -> None:
@@ -49,9 +51,13 @@ def check_mountpoint(path: str) -> None:
         raise MountError("/dev/fuse is missing: install fuse3 and load the fuse module")
 
 
-async def discover(host: str, port: int, initiator_name: str) -> list[tuple[str, list[str]]]:
+async def discover(host: str, port: int, initiator_name: str,
+                   credentials: dict[str, Credentials] | None = None
+                   ) -> list[tuple[str, list[str]]]:
     """SendTargets=All: [(target name, [addresses])]."""
-    s = await Session.connect(host, port, initiator_name=initiator_name, target_name=None)
+    creds = lookup(credentials or {}, None)
+    s = await Session.connect(host, port, initiator_name=initiator_name, target_name=None,
+                              credentials=creds.chap, target_credentials=creds.target)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(s.run)
         pairs = await s.text([("SendTargets", "All")])
@@ -69,7 +75,8 @@ async def discover(host: str, port: int, initiator_name: str) -> list[tuple[str,
 async def serve(req: MountRequest, ready: Callable[[], None]) -> None:
     check_mountpoint(req.mountpoint)
     try:
-        offered = [name for name, _ in await discover(req.host, req.port, req.initiator_name)]
+        offered = [name for name, _ in await discover(req.host, req.port, req.initiator_name,
+                                                      req.credentials)]
     except (InitiatorError, Exception) as exc:
         raise MountError(str(exc)) from None
     wanted = req.targets or offered
@@ -84,8 +91,10 @@ async def serve(req: MountRequest, ready: Callable[[], None]) -> None:
         tree: dict[str, dict[int, BlockDevice]] = {}
         try:
             for name in wanted:
+                creds = lookup(req.credentials, name)
                 s = await Session.connect(req.host, req.port, initiator_name=req.initiator_name,
-                                          target_name=name)
+                                          target_name=name, credentials=creds.chap,
+                                          target_credentials=creds.target)
                 sessions.append(s)
                 nursery.start_soon(s.run)
                 tree[name] = {}

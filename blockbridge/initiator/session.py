@@ -29,6 +29,10 @@ log = logging.getLogger(__name__)
 LOGIN_TIMEOUT = 15.0
 
 
+class _AlgorithmRefused(Exception):
+    """The target refused our CHAP_A list."""
+
+
 def _reason(exc: BaseException) -> str:
     """The underlying socket error of a failed connect, in plain words."""
     if isinstance(exc, trio.TooSlowError):
@@ -103,6 +107,25 @@ class Session:
         target_credentials: ChapCredentials | None = None,
         proposals: Mapping[str, str] | None = None,
         isid: bytes | None = None,
+        chap_algorithms: tuple[int, ...] = (7, 6, 5),
+    ) -> Session:
+        """Connect and log in.  If the target refuses our list of CHAP algorithms, retry
+        once with MD5 alone (some targets reject lists, as open-iscsi 2.1.0 users found)."""
+        try:
+            return await cls._connect(host, port, initiator_name, target_name, credentials,
+                                      target_credentials, proposals, isid, chap_algorithms)
+        except _AlgorithmRefused:
+            log.info("%s:%d refused CHAP_A=%s; retrying with MD5 only", host, port,
+                     ",".join(map(str, chap_algorithms)))
+            return await cls._connect(host, port, initiator_name, target_name, credentials,
+                                      target_credentials, proposals, isid, (5,))
+
+    @classmethod
+    async def _connect(
+        cls, host: str, port: int, initiator_name: str, target_name: str | None,
+        credentials: ChapCredentials | None, target_credentials: ChapCredentials | None,
+        proposals: Mapping[str, str] | None, isid: bytes | None,
+        chap_algorithms: tuple[int, ...],
     ) -> Session:
         portal = f"{host}:{port}"
         try:
@@ -112,7 +135,8 @@ class Session:
         isid = isid or bytes([0x80]) + os.urandom(3) + b"\0\0"
         login = InitiatorLogin(initiator_name=initiator_name, target_name=target_name,
                                isid=isid, credentials=credentials,
-                               target_credentials=target_credentials, proposals=proposals)
+                               target_credentials=target_credentials, proposals=proposals,
+                               chap_algorithms=chap_algorithms)
         try:
             with trio.fail_after(LOGIN_TIMEOUT):
                 req: P.LoginRequest | None = login.start(cmdsn=1, itt=0)
@@ -120,22 +144,27 @@ class Session:
                     await stream.send_pdu(req)
                     rsp = await stream.receive_pdu()
                     if not isinstance(rsp, P.LoginResponse):
-                        raise LoginFailed(f"unexpected {type(rsp).__name__} during login",
-                                          status=0x0300)  # type: ignore[arg-type]
+                        raise ConnectError(f"{portal} sent {type(rsp).__name__} during login")
                     req = login.receive(rsp)
         except trio.TooSlowError:
             await stream.aclose()
             raise ConnectError(f"login to {portal} timed out") from None
         except ConnectionClosed:
             await stream.aclose()
+            if login.negotiating_algorithm and len(chap_algorithms) > 1:
+                raise _AlgorithmRefused() from None
             raise ConnectError(f"{portal} closed the connection during login") from None
+        except LoginFailed:
+            await stream.aclose()
+            if login.negotiating_algorithm and len(chap_algorithms) > 1:
+                raise _AlgorithmRefused() from None
+            raise
         except BaseException:
             await stream.aclose()
             raise
         stream.header_digest = login.params.header_digest
         stream.data_digest = login.params.data_digest
         stream.max_data_segment_length = max(login.params.max_recv_data_segment_length, 8192)
-        login.cmdsn = 1
         return cls(stream, login, portal)
 
     # ---------------------------------------------------------------- reader

@@ -381,6 +381,11 @@ class InitiatorLogin:
         self.params = SessionParams()
         self.done = False
 
+    @property
+    def negotiating_algorithm(self) -> bool:
+        """True while the target has not yet accepted one of our CHAP_A values."""
+        return self._auth == "chap-a"
+
     def _request(self, pairs: list[tuple[str, str]], *, transit: bool, nsg: Stage) -> LoginRequest:
         return LoginRequest(
             itt=self._itt, transit=transit, csg=self._stage, nsg=nsg if transit else Stage.SECURITY,
