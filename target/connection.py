@@ -156,13 +156,14 @@ class Connection:
                 rsp = machine.receive(req, statsn=self.statsn, expcmdsn=expcmdsn,
                                       maxcmdsn=(expcmdsn + depth - 1) & 0xFFFFFFFF)
                 self.statsn = (self.statsn + 1) & 0xFFFFFFFF
-                await self.pdus.send_pdu(rsp)
                 if machine.failed:
                     log.warning("%s: login of %s to %s refused: %s", self.peer,
                                 machine.initiator_name or "?", machine.target_name or "?",
                                 machine.failure)
-                    server.note_login_failure(self.peer, machine.failure or "")
+                    await trio.sleep(server.note_login_failure(self.peer, machine.failure or ""))
+                    await self.pdus.send_pdu(rsp)
                     return False
+                await self.pdus.send_pdu(rsp)
                 if machine.done:
                     break
         if timeout.cancelled_caught:

@@ -54,7 +54,7 @@ class TargetServer:
         self.sessions = SessionTable()
         self.connections: set[Connection] = set()
         self.addresses: list[tuple[str, int]] = []
-        self.login_failures: dict[str, int] = {}
+        self.login_failures: dict[str, list[float]] = {}
         self._listeners_scope = trio.CancelScope()
         self._draining = False
 
@@ -91,9 +91,18 @@ class TargetServer:
 
         return resolve
 
-    def note_login_failure(self, peer: str, reason: str) -> None:
+    def note_login_failure(self, peer: str, reason: str) -> float:
+        """Record a failed login; returns how long to hold the answer (brute-force brake)."""
         ip = peer.rsplit(":", 1)[0]
-        self.login_failures[ip] = self.login_failures.get(ip, 0) + 1
+        now = trio.current_time()
+        recent = [t for t in self.login_failures.get(ip, []) if now - t < 60] + [now]
+        self.login_failures[ip] = recent[-64:]
+        if len(recent) < 3:
+            return 0.0
+        if len(recent) in (3, 10, 30):
+            log.warning("%s: %d failed logins in the last minute; slowing this address down",
+                        ip, len(recent))
+        return float(min(2 ** (len(recent) - 3), 10))
 
     def send_targets(
         self, value: str, session: object, peer_ip: str, local: str
