@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import trio
-
 from blockbridge_target.server import TargetServer
 
 
