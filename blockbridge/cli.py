@@ -21,7 +21,8 @@ from .initiator.errors import InitiatorError
 from .iscsi.constants import DEFAULT_PORT
 from .iscsi.errors import ISCSIError
 from .mount import MountError, MountRequest, discover, serve
-from .state import initiator_name, records
+from .state import config_dir, initiator_name, records
+from .tls import ClientTLS, TLSError, normalise_fingerprint
 
 log = logging.getLogger("blockbridge")
 
@@ -67,6 +68,27 @@ AUTH_HELP = ("CHAP credentials: a TOML file readable only by you (default: "
              "from the command line")
 
 
+def add_tls_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("TLS")
+    g.add_argument("--tls", action="store_true", help="connect to the portal through TLS")
+    g.add_argument("--tls-ca", metavar="FILE",
+                   help="verify the target's certificate against this CA file")
+    g.add_argument("--tls-fingerprint", metavar="SHA256:HEX",
+                   help="accept exactly the certificate with this fingerprint")
+    g.add_argument("--tls-accept-new", action="store_true",
+                   help="trust a target seen for the first time and remember its certificate "
+                        "in ~/.config/blockbridge/known_hosts (later changes are refused)")
+
+
+def tls_options(args: argparse.Namespace) -> ClientTLS | None:
+    if not (args.tls or args.tls_ca or args.tls_fingerprint or args.tls_accept_new):
+        return None
+    pinned = normalise_fingerprint(args.tls_fingerprint) if args.tls_fingerprint else None
+    known = None if args.tls_ca else config_dir() / "known_hosts"
+    return ClientTLS(ca_file=args.tls_ca, pinned=pinned, known_hosts=known,
+                     accept_new=args.tls_accept_new)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="blockbridge", description=DESCRIPTION, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -83,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--auth-file", metavar="FILE", help=AUTH_HELP)
     d.add_argument("--auth-env", metavar="VAR",
                    help="read the credentials TOML from this environment variable")
+    add_tls_options(d)
     d.add_argument("--initiator-name", metavar="IQN", help="our iSCSI name (default: stored "
                    "in the user's config directory, created on first use)")
 
@@ -108,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--auth-file", metavar="FILE", help=AUTH_HELP)
     m.add_argument("--auth-env", metavar="VAR",
                    help="read the credentials TOML from this environment variable")
+    add_tls_options(m)
     m.add_argument("--log-file", metavar="FILE", help="log here when in the background")
 
     u = sub.add_parser("umount", help="flush, log out and unmount",
@@ -134,7 +158,8 @@ def cmd_discover(args: argparse.Namespace) -> int:
     host, port = parse_portal(args.portal)
     name = args.initiator_name or initiator_name()
     table = from_options(args.auth_file, args.auth_env)
-    found = trio.run(discover, host, port, name, table)
+    tls = tls_options(args)
+    found = trio.run(discover, host, port, name, table, tls)
     if not found:
         print(f"{host}:{port} offers no targets to {name}")
     for target, addresses in found:
@@ -142,19 +167,21 @@ def cmd_discover(args: argparse.Namespace) -> int:
             print(f"{addr} {target}")
         if args.luns:
             creds = lookup(table, target)
-            for number, size, ro in trio.run(describe_luns, host, port, name, target, creds):
+            for number, size, ro in trio.run(describe_luns, host, port, name, target, creds,
+                                             tls):
                 print(f"    lun{number}: {size} bytes ({size / 2**30:.2f} GiB)"
                       f"{', read-only' if ro else ''}")
     return 0
 
 
-async def describe_luns(host: str, port: int, name: str, target: str, creds: Credentials
-                        ) -> list[tuple[int, int, bool]]:
+async def describe_luns(host: str, port: int, name: str, target: str, creds: Credentials,
+                        tls: ClientTLS | None) -> list[tuple[int, int, bool]]:
     from .initiator.blockdev import BlockDevice, list_disk_luns
     from .initiator.session import Session
 
     s = await Session.connect(host, port, initiator_name=name, target_name=target,
-                              credentials=creds.chap, target_credentials=creds.target)
+                              credentials=creds.chap, target_credentials=creds.target,
+                              tls=tls)
     out = []
     async with trio.open_nursery() as nursery:
         nursery.start_soon(s.run)
@@ -197,7 +224,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
                              "(ask your administrator to add it)")
     req = MountRequest(host, port, os.path.abspath(args.mountpoint),
                        args.initiator_name or initiator_name(), args.target, ro, allow_other,
-                       fuse_opts, from_options(args.auth_file, args.auth_env))
+                       fuse_opts, from_options(args.auth_file, args.auth_env),
+                       tls_options(args))
     if args.foreground:
         trio.run(serve, req, lambda: None)
         return 0
@@ -324,7 +352,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return COMMANDS[args.command](args)
-    except (UsageError, MountError, InitiatorError, ISCSIError, CredentialsError) as exc:
+    except (UsageError, MountError, InitiatorError, ISCSIError, CredentialsError,
+            TLSError) as exc:
         print(f"blockbridge: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -18,6 +18,7 @@ from .initiator.blockdev import BlockDevice, list_disk_luns
 from .initiator.errors import InitiatorError
 from .initiator.session import Session
 from .state import record_path, remove_record, write_record
+from .tls import ClientTLS
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ class MountRequest:
     allow_other: bool = False
     fuse_options: list[str] = field(default_factory=list)
     credentials: dict[str, Credentials] = field(default_factory=dict)
+    tls: ClientTLS | None = None
 
 
 def check_mountpoint(path: str) -> None:
@@ -52,12 +54,12 @@ def check_mountpoint(path: str) -> None:
 
 
 async def discover(host: str, port: int, initiator_name: str,
-                   credentials: dict[str, Credentials] | None = None
-                   ) -> list[tuple[str, list[str]]]:
+                   credentials: dict[str, Credentials] | None = None,
+                   tls: ClientTLS | None = None) -> list[tuple[str, list[str]]]:
     """SendTargets=All: [(target name, [addresses])]."""
     creds = lookup(credentials or {}, None)
     s = await Session.connect(host, port, initiator_name=initiator_name, target_name=None,
-                              credentials=creds.chap, target_credentials=creds.target)
+                              credentials=creds.chap, target_credentials=creds.target, tls=tls)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(s.run)
         pairs = await s.text([("SendTargets", "All")])
@@ -76,7 +78,7 @@ async def serve(req: MountRequest, ready: Callable[[], None]) -> None:
     check_mountpoint(req.mountpoint)
     try:
         offered = [name for name, _ in await discover(req.host, req.port, req.initiator_name,
-                                                      req.credentials)]
+                                                      req.credentials, req.tls)]
     except (InitiatorError, Exception) as exc:
         raise MountError(str(exc)) from None
     wanted = req.targets or offered
@@ -94,7 +96,7 @@ async def serve(req: MountRequest, ready: Callable[[], None]) -> None:
                 creds = lookup(req.credentials, name)
                 s = await Session.connect(req.host, req.port, initiator_name=req.initiator_name,
                                           target_name=name, credentials=creds.chap,
-                                          target_credentials=creds.target)
+                                          target_credentials=creds.target, tls=req.tls)
                 sessions.append(s)
                 nursery.start_soon(s.run)
                 tree[name] = {}

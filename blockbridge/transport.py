@@ -9,12 +9,14 @@ marked broken and every later call raises :class:`ConnectionClosed`.
 from __future__ import annotations
 
 import contextlib
+import ssl
 from collections.abc import Iterable, Sequence
 
 import trio
 
 from .iscsi.framing import DEFAULT_MAX_DATA_SEGMENT, PDUReader, encode_buffers
 from .iscsi.pdu import PDU, Buffer
+from .tls import ClientTLS, TLSError
 
 RECEIVE_CHUNK = 256 * 1024
 
@@ -148,10 +150,32 @@ def _coalesce(buffers: Sequence[Buffer]) -> list[Buffer]:
 
 
 async def open_tcp(
-    host: str, port: int, *, connect_timeout: float = 15.0
+    host: str, port: int, *, connect_timeout: float = 15.0, tls: ClientTLS | None = None
 ) -> PDUStream:
-    """Connect to an iSCSI portal over plain TCP (raises OSError on failure)."""
+    """Connect to an iSCSI portal over TCP, optionally inside TLS.
+
+    Raises OSError/trio.TooSlowError when the connection fails and TLSError when the TLS
+    handshake or the certificate check fails.
+    """
     with trio.fail_after(connect_timeout):
-        stream = await trio.open_tcp_stream(host, port)
-    stream.setsockopt(6, 1, 1)  # TCP_NODELAY
-    return PDUStream(stream)
+        tcp = await trio.open_tcp_stream(host, port)
+    tcp.setsockopt(6, 1, 1)  # TCP_NODELAY
+    if tls is None:
+        return PDUStream(tcp)
+    portal = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    ssl_stream = trio.SSLStream(tcp, tls.context(), server_hostname=host)
+    try:
+        with trio.fail_after(connect_timeout):
+            await ssl_stream.do_handshake()
+        tls.check_peer(portal, ssl_stream.getpeercert(binary_form=True))
+    except trio.TooSlowError:
+        await tcp.aclose()
+        raise TLSError(f"TLS handshake with {portal} timed out (is it a TLS portal?)") from None
+    except (ssl.SSLError, trio.BrokenResourceError) as exc:
+        await tcp.aclose()
+        cause = exc.__cause__ if isinstance(exc, trio.BrokenResourceError) else exc
+        raise TLSError(f"TLS handshake with {portal} failed: {cause}") from None
+    except TLSError:
+        await tcp.aclose()
+        raise
+    return PDUStream(ssl_stream)

@@ -9,6 +9,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 import trio
 
 from blockbridge.iscsi.constants import DEFAULT_PORT
+from blockbridge.tls import TLSError, generate_self_signed, server_context
 
 from .acl import AccessControl
 from .backends.file import BackingStoreError, FileBackend
@@ -117,6 +119,16 @@ def build_parser() -> argparse.ArgumentParser:
     acl.add_argument("--targets-allow", metavar="FILE", type=Path,
                      help="IET targets.allow file")
     net = p.add_argument_group("network")
+    net.add_argument("--tls-portal", metavar="HOST:PORT", action="append", default=[],
+                     help="address to listen on with TLS (needs --tls-cert and --tls-key); "
+                          "repeatable")
+    net.add_argument("--tls-cert", metavar="FILE", help="PEM certificate for TLS portals")
+    net.add_argument("--tls-key", metavar="FILE", help="PEM private key for TLS portals")
+    net.add_argument("--tls-client-ca", metavar="FILE",
+                     help="require TLS client certificates signed by this CA")
+    net.add_argument("--generate-cert", metavar="DIR",
+                     help="write a self-signed key pair (blockbridge.crt, blockbridge.key) "
+                          "into DIR, print its fingerprint and exit")
     net.add_argument("-p", "--portal", metavar="HOST:PORT", action="append",
                      help="address to listen on; repeatable; port 0 picks a free port "
                           "(default 0.0.0.0:3260)")
@@ -168,12 +180,16 @@ def setup_logging(args: argparse.Namespace) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-async def run(server: TargetServer, portals: list[tuple[str, int]]) -> None:
-    listeners = await server.open_listeners(portals)
+async def run(server: TargetServer, portals: list[tuple[str, int]],
+              tls_portals: list[tuple[str, int]], tls: ssl.SSLContext | None) -> None:
+    listeners = await server.open_listeners(portals) if portals else []
+    if tls_portals:
+        listeners += await server.open_listeners(tls_portals, tls)
     async with trio.open_nursery() as nursery:
         addresses = await nursery.start(server.serve_listeners, listeners)
         for host, port in addresses:
-            print(f"listening on {format_address(host, port)}", flush=True)
+            kind = " (TLS)" if (host, port) in server.tls_addresses else ""
+            print(f"listening on {format_address(host, port)}{kind}", flush=True)
         for t in server.targets.values():
             for lu in t.luns.values():
                 log.info("target %s LUN %d: %s, %d bytes%s", t.name, lu.number,
@@ -207,16 +223,28 @@ def load_acl(args: argparse.Namespace) -> AccessControl | None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args)
+    if args.generate_cert:
+        crt, key, fp = generate_self_signed(Path(args.generate_cert))
+        print(f"certificate {crt}\nkey         {key}\nfingerprint {fp}")
+        return 0
     try:
-        portals = [parse_portal(p) for p in (args.portal or ["0.0.0.0:3260"])]
+        tls_portals = [parse_portal(p) for p in args.tls_portal]
+        default = [] if tls_portals else ["0.0.0.0:3260"]
+        portals = [parse_portal(p) for p in (args.portal or default)]
+        tls = None
+        if tls_portals:
+            if not (args.tls_cert and args.tls_key):
+                raise UsageError("--tls-portal needs --tls-cert and --tls-key (make a pair "
+                                 "with --generate-cert DIR)")
+            tls = server_context(args.tls_cert, args.tls_key, args.tls_client_ca)
         server = load_targets(args)
         if args.pid_file:
             args.pid_file.write_text(f"{os.getpid()}\n")
-        trio.run(run, server, portals)
+        trio.run(run, server, portals, tls_portals, tls)
     except UsageError as exc:
         print(f"blockbridge-target: {exc}", file=sys.stderr)
         return 2
-    except (ListenError, ConfigError, StartupError) as exc:
+    except (ListenError, ConfigError, StartupError, TLSError) as exc:
         print(f"blockbridge-target: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

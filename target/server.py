@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+import ssl
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -56,6 +57,8 @@ class TargetServer:
         self.addresses: list[tuple[str, int]] = []
         self.login_failures: dict[str, list[float]] = {}
         self._listeners_scope = trio.CancelScope()
+        self._tls: dict[int, ssl.SSLContext] = {}
+        self.tls_addresses: set[tuple[str, int]] = set()
         self._draining = False
 
     # ---------------------------------------------------------------- policy
@@ -139,7 +142,9 @@ class TargetServer:
 
     # ---------------------------------------------------------------- serving
 
-    async def open_listeners(self, portals: Sequence[tuple[str, int]]) -> list[trio.SocketListener]:
+    async def open_listeners(
+        self, portals: Sequence[tuple[str, int]], tls: ssl.SSLContext | None = None
+    ) -> list[trio.SocketListener]:
         listeners: list[trio.SocketListener] = []
         for host, port in portals:
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -166,9 +171,13 @@ class TargetServer:
                         from None
                 raise ListenError(f"cannot listen on {where}: {exc.strerror}") from None
             sock.listen(128)
-            listeners.append(trio.SocketListener(sock))
+            listener = trio.SocketListener(sock)
+            listeners.append(listener)
             bound = sock.getsockname()
             self.addresses.append((bound[0], bound[1]))
+            if tls is not None:
+                self._tls[id(listener)] = tls
+                self.tls_addresses.add((bound[0], bound[1]))
         return listeners
 
     async def serve(
@@ -209,16 +218,29 @@ class TargetServer:
                     await trio.sleep(0.1)
                     continue
                 raise
-            handlers.start_soon(self._handle, stream)
+            handlers.start_soon(self._handle, stream, self._tls.get(id(listener)))
 
-    async def _handle(self, stream: trio.SocketStream) -> None:
+    async def _handle(self, tcp: trio.SocketStream, tls: ssl.SSLContext | None) -> None:
         try:
-            stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            peer = stream.socket.getpeername()
-            local = stream.socket.getsockname()
+            tcp.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            peer = tcp.socket.getpeername()
+            local = tcp.socket.getsockname()
         except OSError:
-            await stream.aclose()
+            await tcp.aclose()
             return
+        stream: trio.abc.Stream = tcp
+        if tls is not None:
+            ssl_stream = trio.SSLStream(tcp, tls, server_side=True)
+            try:
+                with trio.fail_after(15):
+                    await ssl_stream.do_handshake()
+            except (trio.BrokenResourceError, trio.TooSlowError, ssl.SSLError) as exc:
+                cause = exc.__cause__ or exc
+                log.warning("%s: TLS handshake failed (%s); closed",
+                            format_address(peer[0], peer[1]), cause)
+                await tcp.aclose()
+                return
+            stream = ssl_stream
         conn = Connection(self, stream, format_address(peer[0], peer[1]),
                           format_address(local[0], local[1]))
         self.connections.add(conn)

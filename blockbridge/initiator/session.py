@@ -21,6 +21,7 @@ from blockbridge.iscsi.login import ChapCredentials, InitiatorLogin
 from blockbridge.iscsi.params import SessionParams
 from blockbridge.iscsi.pdu import Buffer
 from blockbridge.iscsi.text import decode_text, encode_text
+from blockbridge.tls import ClientTLS, TLSError
 from blockbridge.transport import ConnectionClosed, PDUStream, open_tcp
 
 from .errors import ConnectError, ConnectionLost
@@ -108,30 +109,34 @@ class Session:
         proposals: Mapping[str, str] | None = None,
         isid: bytes | None = None,
         chap_algorithms: tuple[int, ...] = (7, 6, 5),
+        tls: ClientTLS | None = None,
     ) -> Session:
         """Connect and log in.  If the target refuses our list of CHAP algorithms, retry
         once with MD5 alone (some targets reject lists, as open-iscsi 2.1.0 users found)."""
         try:
             return await cls._connect(host, port, initiator_name, target_name, credentials,
-                                      target_credentials, proposals, isid, chap_algorithms)
+                                      target_credentials, proposals, isid, chap_algorithms,
+                                      tls)
         except _AlgorithmRefused:
             log.info("%s:%d refused CHAP_A=%s; retrying with MD5 only", host, port,
                      ",".join(map(str, chap_algorithms)))
             return await cls._connect(host, port, initiator_name, target_name, credentials,
-                                      target_credentials, proposals, isid, (5,))
+                                      target_credentials, proposals, isid, (5,), tls)
 
     @classmethod
     async def _connect(
         cls, host: str, port: int, initiator_name: str, target_name: str | None,
         credentials: ChapCredentials | None, target_credentials: ChapCredentials | None,
         proposals: Mapping[str, str] | None, isid: bytes | None,
-        chap_algorithms: tuple[int, ...],
+        chap_algorithms: tuple[int, ...], tls: ClientTLS | None,
     ) -> Session:
         portal = f"{host}:{port}"
         try:
-            stream = await open_tcp(host, port)
+            stream = await open_tcp(host, port, tls=tls)
         except (OSError, trio.TooSlowError) as exc:
             raise ConnectError(f"cannot connect to {portal}: {_reason(exc)}") from None
+        except TLSError as exc:
+            raise ConnectError(str(exc)) from None
         isid = isid or bytes([0x80]) + os.urandom(3) + b"\0\0"
         login = InitiatorLogin(initiator_name=initiator_name, target_name=target_name,
                                isid=isid, credentials=credentials,
@@ -153,7 +158,8 @@ class Session:
             await stream.aclose()
             if login.negotiating_algorithm and len(chap_algorithms) > 1:
                 raise _AlgorithmRefused() from None
-            raise ConnectError(f"{portal} closed the connection during login") from None
+            hint = "" if tls else " (if it is a TLS portal, add --tls)"
+            raise ConnectError(f"{portal} closed the connection during login{hint}") from None
         except LoginFailed:
             await stream.aclose()
             if login.negotiating_algorithm and len(chap_algorithms) > 1:
