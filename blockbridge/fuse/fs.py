@@ -123,8 +123,7 @@ class LunFS(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EISDIR)
         if flags & (os.O_WRONLY | os.O_RDWR) and (self.read_only or node.device.read_only):
             raise pyfuse3.FUSEError(errno.EROFS)
-        if flags & os.O_TRUNC:
-            raise pyfuse3.FUSEError(errno.EINVAL)
+        # O_TRUNC is ignored, as for a block device: the LUN keeps its size and data.
         fi = pyfuse3.FileInfo(fh=inode)
         fi.direct_io = True  # the target is the cache; avoid double caching under loop devices
         fi.keep_cache = False
@@ -170,8 +169,10 @@ class LunFS(pyfuse3.Operations):
                       fields: pyfuse3.SetattrFields, fh: int | None,
                       ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         node = self._node(inode)
-        if fields.update_size and (node.device is None or attr.st_size != node.device.size):
+        if fields.update_size and (node.device is None or
+                                   attr.st_size not in (0, node.device.size)):
             raise pyfuse3.FUSEError(errno.EINVAL)  # a LUN's size is fixed
+        # size 0 is how the kernel passes O_TRUNC: ignored, as block devices ignore it
         return self._attr(node)
 
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
