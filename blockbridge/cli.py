@@ -75,18 +75,23 @@ def add_tls_options(p: argparse.ArgumentParser) -> None:
                    help="verify the target's certificate against this CA file")
     g.add_argument("--tls-fingerprint", metavar="SHA256:HEX",
                    help="accept exactly the certificate with this fingerprint")
+    g.add_argument("--tls-client-cert", metavar="FILE",
+                   help="client certificate (PEM) for portals that require one")
+    g.add_argument("--tls-client-key", metavar="FILE", help="key of the client certificate")
     g.add_argument("--tls-accept-new", action="store_true",
                    help="trust a target seen for the first time and remember its certificate "
                         "in ~/.config/blockbridge/known_hosts (later changes are refused)")
 
 
 def tls_options(args: argparse.Namespace) -> ClientTLS | None:
-    if not (args.tls or args.tls_ca or args.tls_fingerprint or args.tls_accept_new):
+    if not (args.tls or args.tls_ca or args.tls_fingerprint or args.tls_accept_new
+            or args.tls_client_cert):
         return None
     pinned = normalise_fingerprint(args.tls_fingerprint) if args.tls_fingerprint else None
     known = None if args.tls_ca else config_dir() / "known_hosts"
     return ClientTLS(ca_file=args.tls_ca, pinned=pinned, known_hosts=known,
-                     accept_new=args.tls_accept_new)
+                     accept_new=args.tls_accept_new, cert_file=args.tls_client_cert,
+                     key_file=args.tls_client_key)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -48,7 +48,10 @@ class ClientTLS:
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE  # verified by fingerprint after the handshake
         if self.cert_file:
-            ctx.load_cert_chain(self.cert_file, self.key_file)
+            try:
+                ctx.load_cert_chain(self.cert_file, self.key_file)
+            except (OSError, ssl.SSLError) as exc:
+                raise TLSError(f"cannot load the client certificate: {exc}") from None
         return ctx
 
     def check_peer(self, portal: str, der: bytes | None) -> None:

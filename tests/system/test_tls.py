@@ -55,6 +55,20 @@ def test_tls_portal(tmp_path: Path) -> None:
     assert (tmp_path / "d.img").read_bytes()[: 1 << 20] == data
 
 
+def test_client_certificates(tmp_path: Path) -> None:
+    crt, key, fp = generate_self_signed(tmp_path / "server")
+    client_crt, client_key, _ = generate_self_signed(tmp_path / "client", "laptop")
+    args = ["--disk", str(tmp_path / "d.img"), "--size", "16M", "--target-name", IQN,
+            "--tls-portal", "127.0.0.1:0", "--tls-cert", str(crt), "--tls-key", str(key),
+            "--tls-client-ca", str(client_crt)]
+    with our_target(args, tmp_path) as t:
+        anonymous = bb("discover", "--tls-fingerprint", fp, t.portal, home=tmp_path)
+        assert anonymous.returncode == 1
+        ok = bb("discover", "--tls-fingerprint", fp, "--tls-client-cert", str(client_crt),
+                "--tls-client-key", str(client_key), t.portal, home=tmp_path)
+        assert ok.returncode == 0 and IQN in ok.stdout, ok.stderr
+
+
 @pytest.mark.skipif(not have("stunnel4", "tgtd", "tgtadm"), reason="needs stunnel4 and tgt")
 def test_stunnel_in_front_of_tgtd(tmp_path: Path) -> None:
     crt, key, fp = generate_self_signed(tmp_path / "certs")
