@@ -14,6 +14,7 @@ sessions and ``[default]`` for any target without its own section::
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 import tomllib
@@ -22,6 +23,8 @@ from pathlib import Path
 
 from .iscsi.login import ChapCredentials
 from .state import config_dir
+
+log = logging.getLogger(__name__)
 
 
 class CredentialsError(Exception):
@@ -45,6 +48,9 @@ def _pair(values: dict[str, object], origin: str, section: str, user_key: str,
         return None
     if not isinstance(user, str) or not isinstance(secret, str) or not secret:
         raise CredentialsError(f"{origin}: [{section}] needs both {user_key} and {secret_key}")
+    if len(secret.encode()) < 12:
+        log.warning("%s: [%s] %s is shorter than 12 characters; RFC 7143 recommends 12 or "
+                    "more (or TLS)", origin, section, secret_key)
     return ChapCredentials(user, secret.encode())
 
 

@@ -111,7 +111,8 @@ async def serve(req: MountRequest, ready: Callable[[], None]) -> None:
         fs = LunFS(tree, read_only=req.read_only)
         options = set(pyfuse3.default_options)
         options.discard("default_permissions")
-        options |= {"fsname=blockbridge", "subtype=blockbridge", "default_permissions"}
+        options |= {f"fsname=blockbridge:{req.host}:{req.port}", "subtype=blockbridge",
+                    "default_permissions"}
         if req.read_only:
             options.add("ro")
         if req.allow_other:

@@ -116,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     acl.add_argument("--initiators-allow", metavar="FILE", type=Path,
                      help="IET initiators.allow file (default: /etc/iet/initiators.allow if "
                           "it exists)")
+    acl.add_argument("--refuse-weak-secrets", action="store_true",
+                     help="refuse to start when a CHAP secret is shorter than 12 characters "
+                          "(default: warn, as RFC 7143 recommends 12 or more)")
     acl.add_argument("--targets-allow", metavar="FILE", type=Path,
                      help="IET targets.allow file")
     net = p.add_argument_group("network")
@@ -208,7 +211,8 @@ def load_targets(args: argparse.Namespace) -> TargetServer:
         if args.config is not None:
             raise UsageError("give either --disk or --config, not both")
         return TargetServer([quick_target(args)], acl=load_acl(args))
-    return server_from_config(args.config, load_acl(args))
+    return server_from_config(args.config, load_acl(args),
+                              refuse_weak_secrets=args.refuse_weak_secrets)
 
 
 def load_acl(args: argparse.Namespace) -> AccessControl | None:

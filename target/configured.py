@@ -52,7 +52,8 @@ def build_targets(cfg: Config, filename: str) -> list[TargetDef]:
     return targets
 
 
-def server_from_config(path: Path | None, acl: AccessPolicy | None) -> TargetServer:
+def server_from_config(path: Path | None, acl: AccessPolicy | None, *,
+                       refuse_weak_secrets: bool = False) -> TargetServer:
     if path is None:
         path = default_config_path()
         if path is None:
@@ -62,6 +63,10 @@ def server_from_config(path: Path | None, acl: AccessPolicy | None) -> TargetSer
             log.warning("/etc/ietd.conf is a deprecated location; move it to /etc/iet/")
     cfg = load_config(path)
     for w in cfg.warnings:
+        if refuse_weak_secrets and "shorter than 12 characters" in w.message:
+            raise ConfigError(w.filename, w.line, w.message.split(";")[0],
+                              "use a secret of 12 or more characters, or drop "
+                              "--refuse-weak-secrets")
         log.warning("%s", w)
     if not cfg.targets:
         log.warning("%s defines no targets", path)

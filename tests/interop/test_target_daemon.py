@@ -84,6 +84,18 @@ def test_config_file_with_chap_and_acl(tmp_path: Path) -> None:
     assert "authentication" in log.lower()
 
 
+def test_weak_secrets_warn_or_refuse(tmp_path: Path) -> None:
+    disk = tmp_path / "w.img"
+    disk.write_bytes(bytes(1 << 20))
+    conf = tmp_path / "ietd.conf"
+    conf.write_text(f"Target {IQN}\n  Lun 0 Path={disk}\n  IncomingUser bob short\n")
+    r = target_cli("-c", str(conf), "--refuse-weak-secrets", cwd=tmp_path)
+    assert r.returncode == 2
+    assert f"{conf}:3: the CHAP secret of bob is shorter than 12 characters" in r.stderr
+    with our_target(["-c", str(conf), "--portal", "127.0.0.1:0"], tmp_path) as t:
+        assert "shorter than 12 characters" in t.log()
+
+
 def target_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "blockbridge_target", *args], cwd=cwd,
                           capture_output=True, text=True, timeout=30)

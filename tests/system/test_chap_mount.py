@@ -20,7 +20,7 @@ TARGET_SECRET = "target-secret-456"
 
 
 def bb(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "blockbridge", "-v", *args],
+    return subprocess.run([sys.executable, "-m", "blockbridge", "-vv", *args],
                           capture_output=True, text=True, timeout=60)
 
 

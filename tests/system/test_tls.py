@@ -89,6 +89,20 @@ def test_stunnel_in_front_of_tgtd(tmp_path: Path) -> None:
                          f"127.0.0.1:{port}", home=tmp_path)
             assert listing.returncode == 0, listing.stderr
             assert target in listing.stdout and "lun1: 8388608 bytes" in listing.stdout
+            mnt = tmp_path / "mnt"
+            mnt.mkdir()
+            r = bb("mount", "--tls", "--tls-fingerprint", fp, f"127.0.0.1:{port}", str(mnt),
+                   home=tmp_path)
+            assert r.returncode == 0, r.stderr
+            try:
+                payload = os.urandom(1 << 20)
+                with (mnt / target / "lun1").open("r+b") as f:
+                    f.write(payload)
+                    f.flush()
+                    os.fsync(f.fileno())
+                assert disk.read_bytes()[: 1 << 20] == payload
+            finally:
+                assert bb("umount", str(mnt), home=tmp_path).returncode == 0
         finally:
             proc.terminate()
             proc.wait(10)
