@@ -17,6 +17,7 @@ from pathlib import Path
 import trio
 
 from blockbridge.iscsi.constants import DEFAULT_PORT
+from blockbridge.systemd import notify
 from blockbridge.tls import TLSError, generate_self_signed, server_context
 
 from .acl import AccessControl
@@ -193,6 +194,9 @@ async def run(server: TargetServer, portals: list[tuple[str, int]],
         for host, port in addresses:
             kind = " (TLS)" if (host, port) in server.tls_addresses else ""
             print(f"listening on {format_address(host, port)}{kind}", flush=True)
+        luns = sum(len(t.luns) for t in server.targets.values())
+        notify("READY=1", f"STATUS=serving {len(server.targets)} target(s), {luns} LUN(s) on "
+               + ", ".join(format_address(h, p) for h, p in addresses))
         for t in server.targets.values():
             for lu in t.luns.values():
                 log.info("target %s LUN %d: %s, %d bytes%s", t.name, lu.number,
@@ -202,6 +206,7 @@ async def run(server: TargetServer, portals: list[tuple[str, int]],
             async for sig in signals:
                 log.info("%s received: finishing commands in flight and shutting down",
                          signal.Signals(sig).name)
+                notify("STOPPING=1", "STATUS=finishing commands in flight")
                 server.shutdown()
                 break
 
