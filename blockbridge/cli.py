@@ -137,6 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--auth-env", metavar="VAR",
                    help="read the credentials TOML from this environment variable")
     add_tls_options(m)
+    m.add_argument("--replacement-timeout", metavar="SECONDS", type=float, default=120.0,
+                   help="when the target is unreachable, hold I/O this long while "
+                        "reconnecting before failing it with EIO (default 120, like "
+                        "open-iscsi)")
     m.add_argument("--log-file", metavar="FILE", help="log here when in the background")
 
     u = sub.add_parser("umount", help="flush, log out and unmount",
@@ -230,7 +234,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
     req = MountRequest(host, port, os.path.abspath(args.mountpoint),
                        args.initiator_name or initiator_name(), args.target, ro, allow_other,
                        fuse_opts, from_options(args.auth_file, args.auth_env),
-                       tls_options(args))
+                       tls_options(args), args.replacement_timeout)
     if args.foreground:
         trio.run(serve, req, lambda: None)
         return 0
@@ -315,7 +319,10 @@ def cmd_status(args: argparse.Namespace) -> int:
             rec = request(Path(rec["control"]), {"op": "status"}, timeout=5)["status"]
         print(f"{rec['mountpoint']}  (portal {rec['portal']}, pid {rec['pid']})")
         for s in rec.get("sessions", []):
-            print(f"  session {s['target']}: {s['state']}")
+            since = time.strftime("%H:%M:%S", time.localtime(s.get("since", 0)))
+            extra = f" since {since}" if s["state"] != "connected" else ""
+            again = f", {s['reconnects']} reconnect(s)" if s.get("reconnects") else ""
+            print(f"  session {s['target']}: {s['state']}{extra}{again}")
         for lun in rec.get("luns", []):
             print(f"  {lun['path']}: {lun['size']} bytes{' read-only' if lun['read_only'] else ''}"
                   f"  reads {lun['reads']} ({lun['bytes_read']} B)"

@@ -16,6 +16,7 @@ from .credentials import Credentials, lookup
 from .fuse.fs import LunFS
 from .initiator.blockdev import BlockDevice, list_disk_luns
 from .initiator.errors import InitiatorError
+from .initiator.recovery import DEFAULT_REPLACEMENT_TIMEOUT, RecoveringSession
 from .initiator.session import Session
 from .state import record_path, remove_record, write_record
 from .tls import ClientTLS
@@ -39,6 +40,7 @@ class MountRequest:
     fuse_options: list[str] = field(default_factory=list)
     credentials: dict[str, Credentials] = field(default_factory=dict)
     tls: ClientTLS | None = None
+    replacement_timeout: float = DEFAULT_REPLACEMENT_TIMEOUT
 
 
 def check_mountpoint(path: str) -> None:
@@ -89,16 +91,24 @@ async def serve(req: MountRequest, ready: Callable[[], None]) -> None:
     if not wanted:
         raise MountError(f"{req.host}:{req.port} offers no targets to {req.initiator_name}")
     async with trio.open_nursery() as nursery:
-        sessions: list[Session] = []
+        sessions: list[RecoveringSession] = []
         tree: dict[str, dict[int, BlockDevice]] = {}
         try:
             for name in wanted:
                 creds = lookup(req.credentials, name)
-                s = await Session.connect(req.host, req.port, initiator_name=req.initiator_name,
-                                          target_name=name, credentials=creds.chap,
-                                          target_credentials=creds.target, tls=req.tls)
+                isid = bytes([0x80]) + os.urandom(3) + b"\0\0"  # kept across reconnects
+
+                async def connect(name: str = name, creds: Credentials = creds,
+                                  isid: bytes = isid) -> Session:
+                    return await Session.connect(
+                        req.host, req.port, initiator_name=req.initiator_name,
+                        target_name=name, credentials=creds.chap,
+                        target_credentials=creds.target, tls=req.tls, isid=isid)
+
+                s = RecoveringSession(connect, nursery,
+                                      replacement_timeout=req.replacement_timeout)
+                await s.start()
                 sessions.append(s)
-                nursery.start_soon(s.run)
                 tree[name] = {}
                 for info in await list_disk_luns(s):
                     if info.device_type == 0:
@@ -136,8 +146,9 @@ async def serve(req: MountRequest, ready: Callable[[], None]) -> None:
             return {
                 "pid": pid, "mountpoint": os.path.abspath(req.mountpoint),
                 "portal": f"{req.host}:{req.port}", "control": str(control),
-                "sessions": [{"target": s.target_name, "state":
-                              "failed" if s.closed else "connected"} for s in sessions],
+                "sessions": [{"target": s.target_name, "state": s.state,
+                              "since": s.since, "reconnects": s.reconnects}
+                             for s in sessions],
                 "luns": [{"path": path, "size": dev.size, "read_only": dev.read_only,
                           **vars(dev.counters)} for path, dev in fs.devices()],
             }
@@ -158,8 +169,6 @@ async def serve(req: MountRequest, ready: Callable[[], None]) -> None:
                     return
 
         await nursery.start(serve_control, control, fs.devices, snapshot)
-        for s in sessions:
-            nursery.start_soon(s.keepalive)
         record()
         nursery.start_soon(keep_record)
         nursery.start_soon(on_signal)

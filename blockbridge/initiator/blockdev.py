@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import trio
 
+from blockbridge.iscsi.params import SessionParams
+from blockbridge.iscsi.pdu import Buffer
 from blockbridge.scsi import cdb
 from blockbridge.scsi.constants import Status
 
 from .errors import InitiatorError, SCSIError
-from .session import Response, Session
+from .session import Response
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +41,19 @@ class Counters:
     errors: int = 0
 
 
+class CommandChannel(Protocol):
+    """What a block device needs from a session (a Session or a RecoveringSession)."""
+
+    @property
+    def params(self) -> SessionParams: ...
+
+    async def command(self, lun: int, cdb: bytes, *, data_out: Buffer | None = None,
+                      read_length: int = 0) -> Response: ...
+
+
 @dataclass
 class BlockDevice:
-    session: Session
+    session: CommandChannel
     lun: int
     block_size: int = 512
     blocks: int = 0
@@ -71,7 +84,7 @@ class BlockDevice:
         raise AssertionError("unreachable")
 
     @classmethod
-    async def open(cls, session: Session, lun: int) -> BlockDevice:
+    async def open(cls, session: CommandChannel, lun: int) -> BlockDevice:
         dev = cls(session, lun)
         try:
             r = await dev._run("READ CAPACITY(16)", cdb.read_capacity_16(), read_length=32)
@@ -191,7 +204,7 @@ class BlockDevice:
         self.counters.unmaps += 1
 
 
-async def list_disk_luns(session: Session) -> list[LUNInfo]:
+async def list_disk_luns(session: CommandChannel) -> list[LUNInfo]:
     """The LUNs a target reports, with their device type (0 = disk)."""
     r = await session.command(0, cdb.report_luns(), read_length=4096)
     if r.status != Status.GOOD:

@@ -1,0 +1,90 @@
+"""The target is killed and restarted under a writer: the writer sees only a pause."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.interop.daemons import free_port, stop, wait_for_listening
+
+pytestmark = [pytest.mark.system,
+              pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse")]
+
+IQN = "iqn.2026-11.test:recovery"
+
+
+def start_target(disk: Path, port: int, workdir: Path, n: int) -> subprocess.Popen[str]:
+    log = workdir / f"target-{n}.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "blockbridge_target", "--disk", str(disk), "--size", "64M",
+             "--target-name", IQN, "--portal", f"127.0.0.1:{port}"],
+            stdout=out, stderr=subprocess.STDOUT, text=True)
+    wait_for_listening(log, proc, 20)
+    return proc
+
+
+def bb(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "blockbridge", *args], capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_kill_and_restart_the_target_twice_mid_write(tmp_path: Path) -> None:
+    disk, port, mnt = tmp_path / "disk.img", free_port(), tmp_path / "mnt"
+    mnt.mkdir()
+    target = start_target(disk, port, tmp_path, 0)
+    r = bb("mount", f"127.0.0.1:{port}", str(mnt), "--replacement-timeout", "60")
+    assert r.returncode == 0, r.stderr
+    lun = mnt / IQN / "lun0"
+    chunk, chunks = 256 << 10, 160  # 40 MiB of verified writes
+    blobs = [hashlib.sha256(str(i).encode()).digest() * (chunk // 32) for i in range(chunks)]
+    errors: list[BaseException] = []
+    progress = [0]
+
+    def writer() -> None:
+        try:
+            fd = os.open(lun, os.O_WRONLY)
+            try:
+                for i, blob in enumerate(blobs):
+                    os.pwrite(fd, blob, i * chunk)
+                    progress[0] = i + 1
+                    time.sleep(0.005)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except BaseException as exc:  # reported to the test below
+            errors.append(exc)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        for n in (1, 2):
+            while progress[0] < 50 * n and thread.is_alive():
+                time.sleep(0.01)
+            target.send_signal(signal.SIGKILL)
+            target.wait()
+            time.sleep(1)
+            target = start_target(disk, port, tmp_path, n)
+        thread.join(120)
+        assert not thread.is_alive(), "the writer hung"
+        assert errors == [], errors
+        with lun.open("rb") as f:
+            for i, blob in enumerate(blobs):
+                assert f.read(chunk) == blob, f"chunk {i} differs after recovery"
+        status = bb("status").stdout
+        assert "reconnect" in status
+    finally:
+        bb("umount", str(mnt))
+        if os.path.ismount(mnt):
+            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
+        stop(target)
+    data = disk.read_bytes()
+    assert all(data[i * chunk : (i + 1) * chunk] == blob for i, blob in enumerate(blobs))
