@@ -22,8 +22,8 @@ from blockbridge.tls import TLSError, generate_self_signed, server_context
 
 from .acl import AccessControl
 from .backends.file import BackingStoreError, FileBackend
-from .config import ConfigError
-from .configured import StartupError, server_from_config
+from .config import ConfigError, default_config_path
+from .configured import StartupError, reload_config, server_from_config
 from .lun import LogicalUnit
 from .server import ListenError, TargetServer, format_address
 from .targets import TargetDef
@@ -185,7 +185,8 @@ def setup_logging(args: argparse.Namespace) -> None:
 
 
 async def run(server: TargetServer, portals: list[tuple[str, int]],
-              tls_portals: list[tuple[str, int]], tls: ssl.SSLContext | None) -> None:
+              tls_portals: list[tuple[str, int]], tls: ssl.SSLContext | None,
+              config: Path | None = None, refuse_weak_secrets: bool = False) -> None:
     listeners = await server.open_listeners(portals) if portals else []
     if tls_portals:
         listeners += await server.open_listeners(tls_portals, tls)
@@ -194,16 +195,33 @@ async def run(server: TargetServer, portals: list[tuple[str, int]],
         for host, port in addresses:
             kind = " (TLS)" if (host, port) in server.tls_addresses else ""
             print(f"listening on {format_address(host, port)}{kind}", flush=True)
-        luns = sum(len(t.luns) for t in server.targets.values())
-        notify("READY=1", f"STATUS=serving {len(server.targets)} target(s), {luns} LUN(s) on "
-               + ", ".join(format_address(h, p) for h, p in addresses))
+
+        def status() -> str:
+            luns = sum(len(t.luns) for t in server.targets.values())
+            return (f"STATUS=serving {len(server.targets)} target(s), {luns} LUN(s) on "
+                    + ", ".join(format_address(h, p) for h, p in addresses))
+
+        notify("READY=1", status())
         for t in server.targets.values():
             for lu in t.luns.values():
                 log.info("target %s LUN %d: %s, %d bytes%s", t.name, lu.number,
                          lu.backend.description, lu.size_bytes,
                          " (read-only)" if lu.read_only else "")
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async for sig in signals:
+                if sig == signal.SIGHUP:
+                    if config is None:
+                        log.info("SIGHUP: nothing to reload in --disk mode")
+                        continue
+                    notify("RELOADING=1")
+                    try:
+                        changes = reload_config(server, config,
+                                                refuse_weak_secrets=refuse_weak_secrets)
+                        log.info("reloaded %s: %s", config, "; ".join(changes) or "no change")
+                    except (ConfigError, StartupError) as exc:
+                        log.error("reload failed, keeping the running configuration: %s", exc)
+                    notify("READY=1", status())
+                    continue
                 log.info("%s received: finishing commands in flight and shutting down",
                          signal.Signals(sig).name)
                 notify("STOPPING=1", "STATUS=finishing commands in flight")
@@ -249,7 +267,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         server = load_targets(args)
         if args.pid_file:
             args.pid_file.write_text(f"{os.getpid()}\n")
-        trio.run(run, server, portals, tls_portals, tls)
+        config = None
+        if args.disk is None:
+            config = args.config or default_config_path()
+        trio.run(run, server, portals, tls_portals, tls, config, args.refuse_weak_secrets)
     except UsageError as exc:
         print(f"blockbridge-target: {exc}", file=sys.stderr)
         return 2

@@ -52,6 +52,14 @@ def build_targets(cfg: Config, filename: str) -> list[TargetDef]:
     return targets
 
 
+def reload_config(server: TargetServer, path: Path, *, refuse_weak_secrets: bool = False
+                  ) -> list[str]:
+    """Re-read ietd.conf into a running server (raises on errors; nothing changes then)."""
+    fresh = server_from_config(path, server.acl, refuse_weak_secrets=refuse_weak_secrets)
+    return server.reload(list(fresh.targets.values()), fresh.discovery_users,
+                         fresh.discovery_outgoing)
+
+
 def server_from_config(path: Path | None, acl: AccessPolicy | None, *,
                        refuse_weak_secrets: bool = False) -> TargetServer:
     if path is None:

@@ -140,6 +140,42 @@ class TargetServer:
                 result.append((h, p))
         return list(dict.fromkeys(result))
 
+    def reload(self, targets: Sequence[TargetDef], discovery_users: dict[str, bytes],
+               discovery_outgoing: ChapCredentials | None) -> list[str]:
+        """Apply a new configuration without dropping sessions; returns what changed.
+
+        Targets and LUNs are added and removed; a removed target accepts no new logins but
+        its sessions go on. A LUN whose number exists already keeps its backing file.
+        """
+        changes: list[str] = []
+        self.discovery_users, self.discovery_outgoing = discovery_users, discovery_outgoing
+        new = {t.name: t for t in targets}
+        for name in list(self.targets):
+            if name not in new:
+                del self.targets[name]
+                changes.append(f"removed target {name} (its sessions continue)")
+        for name, fresh in new.items():
+            old = self.targets.get(name)
+            if old is None:
+                self.targets[name] = fresh
+                changes.append(f"added target {name}")
+                continue
+            old.alias, old.incoming, old.outgoing = fresh.alias, fresh.incoming, fresh.outgoing
+            old.operational, old.queued_commands = fresh.operational, fresh.queued_commands
+            old.max_sessions = fresh.max_sessions
+            old.nop_interval, old.nop_timeout = fresh.nop_interval, fresh.nop_timeout
+            for number in list(old.luns):
+                if number not in fresh.luns:
+                    del old.luns[number]
+                    changes.append(f"removed LUN {number} of {name}")
+            for number, lu in fresh.luns.items():
+                if number in old.luns:
+                    lu.close()  # keep the unit in use, with its state and reservations
+                else:
+                    old.luns[number] = lu
+                    changes.append(f"added LUN {number} to {name}")
+        return changes
+
     # ---------------------------------------------------------------- serving
 
     async def open_listeners(
