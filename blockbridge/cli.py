@@ -141,6 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="when the target is unreachable, hold I/O this long while "
                         "reconnecting before failing it with EIO (default 120, like "
                         "open-iscsi)")
+    m.add_argument("--nop-interval", metavar="SECONDS", type=float, default=5.0,
+                   help="ping an idle target this often; a target that does not answer "
+                        "within the same time is considered gone and the session "
+                        "reconnects (default 5)")
     m.add_argument("--log-file", metavar="FILE", help="log here when in the background")
 
     u = sub.add_parser("umount", help="flush, log out and unmount",
@@ -234,7 +238,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
     req = MountRequest(host, port, os.path.abspath(args.mountpoint),
                        args.initiator_name or initiator_name(), args.target, ro, allow_other,
                        fuse_opts, from_options(args.auth_file, args.auth_env),
-                       tls_options(args), args.replacement_timeout)
+                       tls_options(args), args.replacement_timeout,
+                       args.nop_interval)
     if args.foreground:
         trio.run(serve, req, lambda: None)
         return 0

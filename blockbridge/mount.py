@@ -41,6 +41,7 @@ class MountRequest:
     credentials: dict[str, Credentials] = field(default_factory=dict)
     tls: ClientTLS | None = None
     replacement_timeout: float = DEFAULT_REPLACEMENT_TIMEOUT
+    nop_interval: float = 5.0
 
 
 def check_mountpoint(path: str) -> None:
@@ -106,7 +107,9 @@ async def serve(req: MountRequest, ready: Callable[[], None]) -> None:
                         target_credentials=creds.target, tls=req.tls, isid=isid)
 
                 s = RecoveringSession(connect, nursery,
-                                      replacement_timeout=req.replacement_timeout)
+                                      replacement_timeout=req.replacement_timeout,
+                                      nop_interval=req.nop_interval,
+                                      nop_timeout=req.nop_interval)
                 await s.start()
                 sessions.append(s)
                 tree[name] = {}
