@@ -67,6 +67,7 @@ class Connection:
         self.server = server
         self.pdus = PDUStream(stream, max_data_segment_length=65536)
         self.peer = peer
+        self._dropped = 0  # commands dropped for a CmdSN outside the window
         self.local = local
         self.session: Session | None = None
         self.statsn = 0x1000
@@ -287,8 +288,12 @@ class Connection:
             return
         verdict = s.window.classify(cmd.cmdsn)
         if verdict == "drop":
-            log.info("%s: dropping command with CmdSN %d outside the window %d..%d",
-                     self.peer, cmd.cmdsn, s.window.expcmdsn, s.window.maxcmdsn)
+            self._dropped += 1
+            log.log(logging.INFO if self._dropped == 1 else logging.DEBUG,
+                    "%s: dropping command with CmdSN %d outside the window %d..%d%s",
+                    self.peer, cmd.cmdsn, s.window.expcmdsn, s.window.maxcmdsn,
+                    " (more on this connection are logged at debug level)"
+                    if self._dropped == 1 else "")
             return
         if verdict == "later":
             if len(self.pending) >= MAX_PENDING_COMMANDS:
@@ -445,7 +450,7 @@ class Connection:
             produced = lu.data_out_length(cmd.cdb) if lu is not None else edtl
         overflow = produced > edtl
         underflow = produced < edtl
-        residual = abs(produced - edtl)
+        residual = min(abs(produced - edtl), 0xFFFFFFFF)  # a CDB may ask for > 4 GiB
         send = data[: min(len(data), edtl)] if cmd.read else memoryview(b"")
         pdus: list[P.PDU] = []
         chunk = params.max_xmit_data_segment_length

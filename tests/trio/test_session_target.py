@@ -120,3 +120,29 @@ async def test_pending_commands_fail_when_the_connection_dies(server: tuple[str,
             with pytest.raises(ConnectionLost):
                 await s.command(0, read10(0, 1), read_length=BS)
             nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("cdb", [
+    # WRITE(16) of 2^32-1 blocks (2 TiB) with 512 bytes of data: the residual exceeds 32 bits
+    bytes([0x8A, 0]) + (0).to_bytes(8, "big") + (0xFFFFFFFF).to_bytes(4, "big") + b"\0\0",
+    # READ(16) likewise, with a small expected length
+    bytes([0x88, 0]) + (0).to_bytes(8, "big") + (0xFFFFFFFF).to_bytes(4, "big") + b"\0\0",
+])
+async def test_huge_transfer_lengths_get_a_status_not_a_dropped_connection(
+        server: tuple[str, int], cdb: bytes) -> None:
+    with trio.fail_after(10):
+        s = await connect(server)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(s.run)
+            if cdb[0] == 0x8A:
+                r = await s.command(0, cdb, data_out=b"\1" * BS)
+            else:
+                r = await s.command(0, cdb, read_length=BS)
+            assert r.status == 0x02  # CHECK CONDITION: beyond the end of the LUN
+            if cdb[0] == 0x8A:
+                assert r.overflow and r.residual == 0xFFFFFFFF  # saturated, not wrapped
+            else:
+                assert r.underflow and r.residual == BS  # no data was sent
+            ok = await s.command(0, read10(0, 1), read_length=BS)
+            assert ok.status == 0 and len(ok.data) == BS
+            nursery.cancel_scope.cancel()
