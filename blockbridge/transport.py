@@ -19,6 +19,7 @@ from .iscsi.pdu import PDU, Buffer
 from .tls import ClientTLS, TLSError
 
 RECEIVE_CHUNK = 256 * 1024
+_IOV_MAX = 1024
 
 
 class ConnectionClosed(Exception):
@@ -34,7 +35,11 @@ class PDUStream:
     ) -> None:
         self.stream = stream
         self._reader = PDUReader(max_data_segment_length=max_data_segment_length)
-        self._send_lock = trio.Lock()
+        self._queue: list[Buffer] = []
+        self._writing = False
+        self._batch_done = trio.Event()
+        # Plain TCP: write with sendmsg (scatter-gather, one system call per batch).
+        self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
         self._broken: str | None = None
         self.header_digest = False
         self.data_digest = False
@@ -99,6 +104,9 @@ class PDUStream:
         await self.send_pdus((pdu,))
 
     async def send_pdus(self, pdus: Iterable[PDU]) -> None:
+        """Send PDUs in call order.  Encoding and queueing happen before the first
+        checkpoint, so callers that number PDUs (CmdSN, StatSN) just before calling keep
+        their order on the wire without a lock of their own."""
         buffers: list[Buffer] = []
         hd, dd = self._header_digest, self._data_digest
         for pdu in pdus:
@@ -106,21 +114,62 @@ class PDUStream:
         await self.send_buffers(buffers)
 
     async def send_buffers(self, buffers: Sequence[Buffer]) -> None:
-        async with self._send_lock:
+        """Queue ``buffers`` and return once they are written.
+
+        Writers that arrive while another one is writing do not wait for a lock: their
+        buffers join the queue and the task already writing sends everything queued in
+        one system call (group commit), which is what makes many small responses cheap.
+        """
+        if self._broken is not None:
+            raise ConnectionClosed(self._broken)
+        self._queue.extend(buffers)
+        if self._writing:
+            batch = self._batch_done
+            await batch.wait()
             if self._broken is not None:
                 raise ConnectionClosed(self._broken)
-            done = False
-            try:
-                for buf in _coalesce(buffers):
-                    await self.stream.send_all(buf)
-                    self.bytes_sent += len(buf)
-                done = True
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                self._broken = f"connection lost: {exc}"
-                raise ConnectionClosed(self._broken) from exc
-            finally:
-                if not done and self._broken is None:
-                    self._broken = "a PDU write was interrupted"
+            return
+        self._writing = True
+        try:
+            while self._queue:
+                out, self._queue = self._queue, []
+                done, self._batch_done = self._batch_done, trio.Event()
+                try:
+                    await self._write(out)
+                finally:
+                    done.set()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            self._broken = f"connection lost: {exc}"
+            raise ConnectionClosed(self._broken) from exc
+        except BaseException:
+            if self._broken is None:
+                self._broken = "a PDU write was interrupted"
+            raise
+        finally:
+            self._writing = False
+            if self._broken is not None:
+                self._queue.clear()
+                self._batch_done.set()
+
+    async def _write(self, buffers: list[Buffer]) -> None:
+        sock = self._socket
+        if sock is None:
+            for buf in _coalesce(buffers):
+                await self.stream.send_all(buf)
+                self.bytes_sent += len(buf)
+            return
+        views = [memoryview(b).cast("B") for b in buffers]
+        while views:
+            n = await sock.sendmsg(views[:_IOV_MAX])
+            self.bytes_sent += n
+            while n:
+                first = views[0]
+                if n >= first.nbytes:
+                    n -= first.nbytes
+                    views.pop(0)
+                else:
+                    views[0] = first[n:]
+                    n = 0
 
     async def aclose(self) -> None:
         if self._broken is None:

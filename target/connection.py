@@ -73,7 +73,6 @@ class Connection:
         self.statsn = 0x1000
         self.tasks: dict[int, Task] = {}
         self.pending: dict[int, P.SCSICommand] = {}
-        self._send_lock = trio.Lock()
         self._ttt = 0x100
         self._nursery: trio.Nursery | None = None
         self._text = TextAssembler()
@@ -261,15 +260,14 @@ class Connection:
         return dataclasses.replace(pdu, **fields)  # type: ignore[arg-type]
 
     async def _send(self, pdus: list[P.PDU]) -> None:
-        async with self._send_lock:
-            await self.pdus.send_pdus(pdus)
+        await self.pdus.send_pdus(pdus)
 
     async def _send_status(self, pdus: list[P.PDU], status_last: bool = True) -> None:
-        """Send PDUs, the last one carrying status (StatSN assigned in send order)."""
-        async with self._send_lock:
-            out = [self._status_fields(p, status_last and i == len(pdus) - 1)
-                   for i, p in enumerate(pdus)]
-            await self.pdus.send_pdus(out)
+        """Send PDUs, the last one carrying status.  StatSN is assigned and the PDUs are
+        queued with no checkpoint in between, so StatSNs go out in order."""
+        out = [self._status_fields(p, status_last and i == len(pdus) - 1)
+               for i, p in enumerate(pdus)]
+        await self.pdus.send_pdus(out)
 
     async def _reject(self, pdu: P.PDU, reason: int) -> None:
         header = bytes(pdu.encode_bhs())

@@ -83,6 +83,9 @@ _READS = {Op.READ_6, Op.READ_10, Op.READ_12, Op.READ_16}
 _WRITES = {Op.WRITE_6, Op.WRITE_10, Op.WRITE_12, Op.WRITE_16}
 _WRITE_VERIFY = {Op.WRITE_VERIFY_10, Op.WRITE_VERIFY_12, Op.WRITE_VERIFY_16}
 _VERIFY = {Op.VERIFY_10, Op.VERIFY_12, Op.VERIFY_16}
+# Reads up to this size are first tried on the event loop with RWF_NOWAIT (a page-cache
+# copy, far cheaper than a hop to a worker thread); misses go to a thread.
+_INLINE_READ = 1 << 20
 # Commands a reservation never blocks.
 _ALWAYS = {Op.INQUIRY, Op.REPORT_LUNS, Op.REQUEST_SENSE, Op.PERSISTENT_RESERVE_IN,
            Op.PERSISTENT_RESERVE_OUT, Op.READ_CAPACITY_10, Op.SERVICE_ACTION_IN_16,
@@ -286,7 +289,9 @@ class LogicalUnit:
         bs = self.block_size
         if n * bs > 64 * 1024 * 1024:
             raise _invalid_cdb(7)
-        out = await self._io(self.backend.read, lba * bs, n * bs)
+        cached = self.backend.read_cached(lba * bs, n * bs) if n * bs <= _INLINE_READ else None
+        out = cached if cached is not None else await self._io(self.backend.read, lba * bs,
+                                                               n * bs)
         self.stats["reads"] += 1
         self.stats["bytes_read"] += len(out)
         return SCSIResult(data=out)
@@ -326,7 +331,7 @@ class LogicalUnit:
         return SCSIResult()
 
     @staticmethod
-    def _compare(medium: bytes, expected: bytes) -> None:
+    def _compare(medium: bytes | bytearray, expected: bytes) -> None:
         if medium != expected[: len(medium)]:
             pairs = enumerate(zip(medium, expected, strict=False))
             offset = next(i for i, (a, b) in pairs if a != b)

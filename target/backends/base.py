@@ -14,7 +14,12 @@ class Backend(Protocol):
     can_unmap: bool
     description: str
 
-    def read(self, offset: int, length: int) -> bytes: ...
+    def read(self, offset: int, length: int) -> bytes | bytearray: ...
+
+    def read_cached(self, offset: int, length: int) -> bytearray | None:
+        """The range if it can be read without waiting for the disk (it is in the page
+        cache), else None.  Called on the event loop, so it must never block."""
+        ...
 
     def write(
         self, offset: int, data: bytes | bytearray | memoryview, sync: bool = False

@@ -57,6 +57,7 @@ class FileBackend:
             os.close(self.fd)
             raise BackingStoreError(f"backing file {path} is empty (size 0)")
         self.can_unmap = not read_only and self._probe_punch()
+        self._nowait = hasattr(os, "RWF_NOWAIT") and not self.is_block_device
         kind = "block device" if self.is_block_device else "file"
         self.description = f"{kind} {path}"
 
@@ -70,7 +71,7 @@ class FileBackend:
         except OSError as exc:
             return exc.errno not in (errno.EOPNOTSUPP, errno.ENOSYS)
 
-    def read(self, offset: int, length: int) -> bytes:
+    def read(self, offset: int, length: int) -> bytearray:
         out = bytearray(length)
         view = memoryview(out)
         done = 0
@@ -79,7 +80,23 @@ class FileBackend:
             if n == 0:
                 break  # past EOF of a file that shrank: zeros
             done += n
-        return bytes(out)
+        return out
+
+    def read_cached(self, offset: int, length: int) -> bytearray | None:
+        # RWF_NOWAIT: the kernel copies from the page cache or says EAGAIN; about a
+        # microsecond on a hit, against tens of microseconds for a hop to a thread.
+        if not self._nowait:
+            return None
+        out = bytearray(length)
+        try:
+            n = os.preadv(self.fd, [out], offset, os.RWF_NOWAIT)
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL):
+                self._nowait = False  # file system without RWF_NOWAIT reads
+            return None
+        return out if n == length else None
 
     def write(self, offset: int, data: bytes | bytearray | memoryview, sync: bool = False) -> None:
         view = memoryview(data)
@@ -125,8 +142,11 @@ class NullBackend:
         self.size = size
         self.description = f"nullio {size} bytes"
 
-    def read(self, offset: int, length: int) -> bytes:
-        return bytes(length)
+    def read(self, offset: int, length: int) -> bytearray:
+        return bytearray(length)
+
+    def read_cached(self, offset: int, length: int) -> bytearray | None:
+        return bytearray(length)
 
     def write(self, offset: int, data: bytes | bytearray | memoryview, sync: bool = False) -> None:
         return None
