@@ -42,7 +42,9 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "troubleshooting.md"
 DOCUMENTED: dict[str, str] = {
     # blockbridge (initiator)
     "cannot connect to HOST:PORT: Connection refused": "test_connection_refused",
-    "cannot connect to HOST:PORT: host name not found": "test_host_name_not_found",
+    "cannot connect to HOST:PORT: host name not found": "test_host_name_lookup_fails[not-found]",
+    "cannot connect to HOST:PORT: no answer from the DNS server (check the network and "
+    "/etc/resolv.conf, or use an address)": "test_host_name_lookup_fails[dns-silent]",
     "HOST:PORT closed the connection during login (if it is a TLS portal, add --tls)":
         "test_plain_client_on_a_tls_portal",
     "target IQN is not offered by HOST:PORT (offered: …)": "test_target_not_offered",
@@ -294,27 +296,59 @@ def test_connection_refused(home: Home) -> None:
     expect_error("cannot connect to HOST:PORT: Connection refused", r)
 
 
+@contextlib.contextmanager
+def silent_name_server() -> Iterator[Callable[[], bool]]:
+    """Hold UDP port 53 of the loopback interface and never answer: a name server that
+    does not respond, and the proof that no other one listens there.  Yields a function
+    telling whether a query arrived."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.bind(("127.0.0.1", 53))
+        except OSError as exc:
+            pytest.skip(f"cannot hold 127.0.0.1:53 ({exc.strerror}); a resolver listening "
+                        "there might forward the query beyond this machine")
+        s.setblocking(False)
+
+        def asked() -> bool:
+            try:
+                return bool(s.recv(4096))
+            except BlockingIOError:
+                return False
+
+        yield asked
+
+
 @system
 @pytest.mark.skipif(os.path.exists("/run/nscd/socket"),
                     reason="nscd would answer host lookups with its own configuration")
-def test_host_name_not_found(home: Home, tmp_path: Path) -> None:
+@pytest.mark.parametrize("hosts, message", [
+    pytest.param("files", "cannot connect to HOST:PORT: host name not found", id="not-found"),
+    pytest.param("files dns", "cannot connect to HOST:PORT: no answer from the DNS server "
+                 "(check the network and /etc/resolv.conf, or use an address)",
+                 id="dns-silent"),
+])
+def test_host_name_lookup_fails(hosts: str, message: str, home: Home, tmp_path: Path
+                                ) -> None:
     if not can_isolate():
         pytest.skip("needs root and unshare for a private /etc/nsswitch.conf; without it the "
                     "lookup would ask the DNS server of this machine, which is not loopback")
-    # Name lookups go to /etc/hosts only (nsswitch "hosts: files"), and the resolver is
-    # pointed at the loopback interface in case anything still asks DNS: the lookup of a
-    # name under the reserved .invalid domain fails on this machine, sending nothing.
+    # The lookup sees private copies of nsswitch.conf and resolv.conf: names come from
+    # /etc/hosts, and from DNS only through a server on 127.0.0.1 that this test holds
+    # silent. A name under the reserved .invalid domain sends nothing beyond loopback.
     nsswitch, resolv = tmp_path / "nsswitch.conf", tmp_path / "resolv.conf"
-    nsswitch.write_text("passwd: files\ngroup: files\nhosts: files\n")
+    nsswitch.write_text(f"passwd: files\ngroup: files\nhosts: {hosts}\n")
     resolv.write_text("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
     command = private_mounts({"/etc/nsswitch.conf": nsswitch, "/etc/resolv.conf": resolv},
                              [sys.executable, "-m", "blockbridge", "discover",
                               "blockbridge-test.invalid:3260"])
-    start = time.monotonic()
-    r = subprocess.run(command, capture_output=True, text=True, timeout=60, env=home.env)
-    expect_error("cannot connect to HOST:PORT: host name not found", r)
+    with silent_name_server() as asked:
+        start = time.monotonic()
+        r = subprocess.run(command, capture_output=True, text=True, timeout=60, env=home.env)
+        elapsed = time.monotonic() - start
+        assert asked() == ("dns" in hosts)  # DNS went to loopback, or was not asked at all
+    expect_error(message, r)
     assert "blockbridge-test.invalid:3260" in r.stderr
-    assert time.monotonic() - start < 30
+    assert elapsed < 30
 
 
 @pytest.fixture(scope="module")
