@@ -55,6 +55,20 @@ class UsageError(Exception):
     pass
 
 
+USER_ERRORS: tuple[type[Exception], ...] = (
+    UsageError, MountError, InitiatorError, ISCSIError, CredentialsError, TLSError)
+
+
+def user_error(exc: BaseException, kinds: tuple[type[Exception], ...] = USER_ERRORS
+               ) -> BaseException | None:
+    """The error to show the user as one line, or None for a bug.  Trio wraps what a task
+    raises inside a nursery in exception groups; a single user error inside them counts
+    as itself."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc if isinstance(exc, kinds) else None
+
+
 def parse_portal(text: str) -> tuple[str, int]:
     m = re.match(r"^\[([0-9a-fA-F:.]+)\](?::(\d+))?$", text) or \
         re.match(r"^([^:\[\]]+)(?::(\d+))?$", text)
@@ -276,14 +290,16 @@ def cmd_mount(args: argparse.Namespace) -> int:
     try:
         trio.run(serve, req, ready)
         status = 0
-    except (MountError, InitiatorError, ISCSIError, OSError) as exc:
+    except BaseException as exc:
+        shown = user_error(exc, (*USER_ERRORS, OSError))
+        # a bug: say so, never hang the parent
+        text = str(shown) if shown is not None else f"internal error: {exc!r}"
         if not reported:
-            os.write(write_fd, f"{exc}\n".encode())
+            os.write(write_fd, f"{text}\n".encode())
+        elif shown is not None:
+            log.error("%s", text)
         else:
-            log.error("%s", exc)
-    except BaseException as exc:  # a bug: say so, never hang the parent
-        if not reported:
-            os.write(write_fd, f"internal error: {exc!r}\n".encode())
+            log.critical("%s", text, exc_info=exc)
     os._exit(status)
 
 
@@ -369,9 +385,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return COMMANDS[args.command](args)
-    except (UsageError, MountError, InitiatorError, ISCSIError, CredentialsError,
-            TLSError) as exc:
-        print(f"blockbridge: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         return 130
+    except BaseException as exc:
+        shown = user_error(exc)
+        if shown is None:
+            raise
+        print(f"blockbridge: {shown}", file=sys.stderr)
+        return 1

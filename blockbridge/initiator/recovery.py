@@ -42,12 +42,14 @@ class RecoveringSession:
         self.since = time.time()
         self.reconnects = 0
         self._closing = False
+        self._why = ""  # why the latest reconnection attempt failed
 
     async def start(self) -> None:
         self._attach(await self._connect())
 
     def _attach(self, session: Session) -> None:
         self._session = session
+        self._why = ""
         self._generation += 1
         self.state, self.since = "connected", time.time()
         self._nursery.start_soon(session.run)
@@ -100,12 +102,20 @@ class RecoveringSession:
                     with trio.fail_after(max(deadline - trio.current_time(), 0.01) + 0.5):
                         session = await self._connect()
                 except (InitiatorError, ISCSIError, OSError, trio.TooSlowError) as exc:
+                    if isinstance(exc, trio.TooSlowError):
+                        # cut short by the deadline (a target may hold a refused login)
+                        why = self._why or "the target did not answer in time"
+                    else:
+                        why = str(exc) or type(exc).__name__
+                    if why != self._why:  # once per reason, not once per attempt
+                        log.warning("%s: reconnecting failed: %s", self.session.portal, why)
+                        self._why = why
                     if trio.current_time() >= deadline:
                         if self.state != "failed":
                             log.error("%s: target unreachable for %.0f s; failing I/O (%s)",
-                                      self.session.portal, self.replacement_timeout, exc)
+                                      self.session.portal, self.replacement_timeout, why)
                             self.state, self.since = "failed", time.time()
-                        raise ConnectionLost(f"target unreachable: {exc}") from None
+                        raise ConnectionLost(f"target unreachable: {why}") from None
                     await trio.sleep(min(delay, max(deadline - trio.current_time(), 0)))
                     delay = min(delay * 2, 5.0)
                     continue

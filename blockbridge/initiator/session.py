@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -42,11 +43,20 @@ def _reason(exc: BaseException) -> str:
     inner = getattr(cause, "exceptions", None)
     if inner:
         exc = inner[0]
-    if isinstance(exc, OSError) and exc.errno is not None:
-        if exc.errno < 0:  # getaddrinfo failures
+    if isinstance(exc, socket.gaierror):
+        if exc.errno in _NOT_FOUND:
             return "host name not found"
+        if exc.errno == socket.EAI_AGAIN:
+            return ("no answer from the DNS server (check the network and /etc/resolv.conf, "
+                    "or use an address)")
+        return f"cannot resolve the host name: {exc.strerror}"
+    if isinstance(exc, OSError) and exc.errno is not None:
         return os.strerror(exc.errno)
     return str(exc)
+
+
+# getaddrinfo's answers for a name that does not exist (EAI_NODATA: no address for it)
+_NOT_FOUND = {socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)}
 
 
 def _newer(a: int, b: int) -> bool:

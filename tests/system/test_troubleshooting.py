@@ -1,0 +1,729 @@
+"""Every message of docs/troubleshooting.md, provoked through the real programs.
+
+Each documented message is turned into a regular expression (HOST, PORT, FILE... match a
+value, a repeated placeholder must repeat the same value, ``…`` matches anything) and a
+test runs ``python -m blockbridge`` or ``python -m blockbridge_target`` until the message
+appears on standard error or in a log.  Peers are real processes on 127.0.0.1.
+
+``test_every_documented_message_has_a_test`` reads the tables of the page: a row without
+an entry in ``DOCUMENTED`` fails the suite.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from blockbridge.iscsi import pdu as P
+from blockbridge.tls import generate_self_signed
+from tests.interop.daemons import RunningTarget, free_port, have, our_target
+
+system = pytest.mark.system  # every test but the two that only read the page
+needs_fuse = pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse")
+PROGRAMS = ("blockbridge: ", "blockbridge-target: ")
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "troubleshooting.md"
+
+# Documented message (as written in the first column of the page) -> the test provoking it.
+DOCUMENTED: dict[str, str] = {
+    # blockbridge (initiator)
+    "cannot connect to HOST:PORT: Connection refused": "test_connection_refused",
+    "cannot connect to HOST:PORT: host name not found": "test_host_name_lookup_fails[not-found]",
+    "cannot connect to HOST:PORT: no answer from the DNS server (check the network and "
+    "/etc/resolv.conf, or use an address)": "test_host_name_lookup_fails[dns-silent]",
+    "HOST:PORT closed the connection during login (if it is a TLS portal, add --tls)":
+        "test_plain_client_on_a_tls_portal",
+    "target IQN is not offered by HOST:PORT (offered: …)": "test_target_not_offered",
+    "…: authentication failed (status 0x0201)": "test_wrong_chap_secret",
+    "the target failed mutual CHAP authentication": "test_mutual_chap[wrong-target-secret]",
+    "the target skipped authentication but mutual CHAP was required":
+        "test_mutual_chap[target-without-chap]",
+    "…: this initiator is not allowed to use the target (status 0x0202)":
+        "test_initiator_refused_by_initiators_allow",
+    "FILE is readable by other users; run: chmod 600 FILE": "test_credentials_readable_by_others",
+    "mount point DIR does not exist (create it with mkdir -p DIR)":
+        "test_mount_point_does_not_exist",
+    "DIR is already a mount point (unmount it first with blockbridge umount DIR)":
+        "test_already_a_mount_point",
+    "-o allow_other needs 'user_allow_other' in /etc/fuse.conf":
+        "test_allow_other_without_user_allow_other",
+    "certificate of HOST:PORT does not match the pinned fingerprint (…)":
+        "test_tls_certificate_checks[pinned-mismatch]",
+    "HOST:PORT is not a known host; its certificate is SHA256:…":
+        "test_tls_certificate_checks[unknown-host]",
+    "certificate of HOST:PORT changed: expected …, got …":
+        "test_tls_certificate_checks[changed-certificate]",
+    "FILE is not a LUN file of a running blockbridge mount": "test_discard_outside_a_mount",
+    "I/O errors (EIO) after a pause": "test_eio_after_the_replacement_timeout",
+    "HOST:PORT: reconnecting failed: …": "test_eio_after_the_replacement_timeout",
+    # blockbridge-target
+    "FILE:LINE: …": "test_target_refuses_to_start[config-error]",
+    "FILE:LINE: Lun N: backing file PATH does not exist":
+        "test_target_refuses_to_start[backing-file-missing]",
+    "PATH does not exist: give --size to create it, e.g. --size 1G":
+        "test_target_refuses_to_start[disk-without-size]",
+    "cannot listen on HOST:PORT: address already in use — is another target running? …":
+        "test_port_already_in_use",
+    "cannot listen on HOST:PORT: permission denied …": "test_low_port_without_privileges",
+    "--tls-portal needs --tls-cert and --tls-key …":
+        "test_target_refuses_to_start[tls-portal-without-key]",
+    "FILE:LINE: the CHAP secret of USER is shorter than 12 characters":
+        "test_target_refuses_to_start[weak-secret]",
+    "login of IQN to TARGET refused: authentication failed: …": "test_wrong_chap_secret",
+    "N failed logins in the last minute; slowing this address down":
+        "test_repeated_failures_slow_the_address_down",
+    "dropping connection: …": "test_protocol_violation_drops_the_connection",
+    "TLS handshake failed (…)": "test_plain_client_on_a_tls_portal",
+}
+
+# ----------------------------------------------------------------------------- the page
+
+_PLACEHOLDERS = {"HOST": r"[^\s:]+", "PORT": r"\d+", "LINE": r"\d+", "N": r"\d+",
+                 "FILE": r"\S+", "DIR": r"\S+", "PATH": r"\S+", "IQN": r"\S+",
+                 "TARGET": r"\S+", "USER": r"\S+"}
+_TOKEN = re.compile(r"(…|\b(?:" + "|".join(_PLACEHOLDERS) + r")\b)")
+
+
+def documented_messages() -> list[str]:
+    """The first column of every table row: its backquoted messages (several when
+    separated by ' / '), or the plain text of a row that describes a symptom."""
+    out = []
+    for line in DOC.read_text().splitlines():
+        if not line.startswith("|"):
+            continue
+        first = line.split("|")[1].strip()
+        if first in ("Message", "") or set(first) <= {"-"}:
+            continue
+        for part in first.split(" / "):
+            quoted = re.search(r"`([^`]+)`", part)
+            out.append(quoted[1] if quoted else part.strip())
+    return out
+
+
+def pattern(message: str) -> re.Pattern[str]:
+    """A documented message as a regular expression; a placeholder used twice must stand
+    for the same text both times."""
+    seen: set[str] = set()
+    parts = []
+    for piece in _TOKEN.split(message):
+        if piece == "…":
+            parts.append(".+?")
+        elif piece in _PLACEHOLDERS:
+            parts.append(f"(?P={piece})" if piece in seen else
+                         f"(?P<{piece}>{_PLACEHOLDERS[piece]})")
+            seen.add(piece)
+        else:
+            parts.append(re.escape(piece))
+    return re.compile("".join(parts))
+
+
+def expect(message: str, text: str) -> None:
+    assert message in DOCUMENTED, f"not a documented message: {message}"
+    assert pattern(message).search(text), f"documented {message!r} not found in:\n{text}"
+
+
+def expect_error(message: str, r: subprocess.CompletedProcess[str]) -> None:
+    """A user-facing failure: non-zero status, no traceback, and a line of standard error
+    that is the program's name followed by the documented message."""
+    output = r.stdout + r.stderr
+    assert r.returncode != 0, output
+    assert "Traceback" not in output and "internal error" not in output, output
+    assert message in DOCUMENTED, f"not a documented message: {message}"
+    documented = pattern(message)
+    assert any(line.startswith(PROGRAMS) and documented.match(line.split(": ", 1)[1])
+               for line in r.stderr.splitlines()), f"no line {message!r} in:\n{r.stderr}"
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+@dataclass
+class Home:
+    """A private configuration and runtime directory for the initiator."""
+
+    root: Path
+
+    @property
+    def env(self) -> dict[str, str]:
+        return dict(os.environ, XDG_CONFIG_HOME=str(self.root / "config"),
+                    XDG_RUNTIME_DIR=str(self.root / "run"))
+
+    def bb(self, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "blockbridge", *args],
+                              capture_output=True, text=True, timeout=timeout, env=self.env)
+
+    def credentials(self, name: str, secret: str, target_secret: str | None = None,
+                    mode: int = 0o600) -> Path:
+        text = f'[default]\nuser = "alice"\nsecret = "{secret}"\n'
+        if target_secret:
+            text += f'target_user = "filer"\ntarget_secret = "{target_secret}"\n'
+        path = self.root / name
+        path.write_text(text)
+        path.chmod(mode)
+        return path
+
+    @contextlib.contextmanager
+    def mounted(self, portal: str, mnt: Path, *extra: str) -> Iterator[Path]:
+        mnt.mkdir(exist_ok=True)
+        r = self.bb("mount", portal, str(mnt), *extra)
+        assert r.returncode == 0, r.stderr
+        try:
+            yield mnt
+        finally:
+            self.bb("umount", str(mnt))
+            if os.path.ismount(mnt):
+                subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Home:
+    (tmp_path / "run").mkdir(mode=0o700)
+    return Home(tmp_path)
+
+
+def target_cli(*args: str, cwd: Path, prefix: tuple[str, ...] = ()
+               ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*prefix, sys.executable, "-m", "blockbridge_target", *args],
+                          cwd=cwd, capture_output=True, text=True, timeout=60)
+
+
+def quick(disk: Path, iqn: str, *extra: str) -> list[str]:
+    return ["--disk", str(disk), "--size", "16M", "--target-name", iqn,
+            "--portal", "127.0.0.1:0", *extra]
+
+
+def chap_config(workdir: Path, iqn: str, *, incoming: str | None, outgoing: str | None,
+                port: int = 0, acl: Path | None = None) -> list[str]:
+    disk = workdir / "chap.img"
+    if not disk.exists():
+        disk.write_bytes(bytes(4 << 20))
+    text = f"Target {iqn}\n  Lun 0 Path={disk}\n"
+    if incoming:
+        text += f"  IncomingUser alice {incoming}\n"
+    if outgoing:
+        text += f"  OutgoingUser filer {outgoing}\n"
+    conf = workdir / "ietd.conf"
+    conf.write_text(text)
+    args = ["-c", str(conf), "--portal", f"127.0.0.1:{port}"]
+    return [*args, "--initiators-allow", str(acl)] if acl else args
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 15) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return predicate()
+
+
+def private_mounts(binds: dict[str, Path], command: list[str]) -> list[str]:
+    """COMMAND in a private mount namespace where each key path shows the given file; the
+    real files are never touched and the bind mounts vanish with the namespace."""
+    script = " && ".join(f"mount --bind {shlex.quote(str(src))} {shlex.quote(dst)}"
+                         for dst, src in binds.items())
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+            f'{script} && exec "$@"', "sh", *command]
+
+
+AS_NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+
+
+def can_isolate() -> bool:
+    """Root with unshare: private mount namespaces and dropping to nobody work here."""
+    if os.geteuid() != 0 or not have("unshare", "setpriv"):
+        return False
+    r = subprocess.run(["unshare", "--mount", "--propagation", "private", "true"],
+                       capture_output=True, timeout=10)
+    return r.returncode == 0
+
+
+def nobody_can_run_the_code() -> bool:
+    r = subprocess.run([*AS_NOBODY, sys.executable, "-c", "import blockbridge.cli, "
+                        "blockbridge_target.cli"], capture_output=True, cwd="/", timeout=30)
+    return r.returncode == 0
+
+
+# ----------------------------------------------------------------------------- the page
+
+
+def test_every_documented_message_has_a_test() -> None:
+    listed = documented_messages()
+    assert len(listed) == len(set(listed)), "a message is listed twice"
+    assert set(listed) == set(DOCUMENTED), (
+        f"rows without a test: {sorted(set(listed) - set(DOCUMENTED))}; "
+        f"tests of messages no longer documented: {sorted(set(DOCUMENTED) - set(listed))}")
+    ids = set()
+    for name, func in globals().items():
+        if not name.startswith("test_") or not callable(func):
+            continue
+        ids.add(name)
+        for mark in getattr(func, "pytestmark", []):
+            if mark.name == "parametrize":
+                ids |= {f"{name}[{p.id}]" for p in mark.args[1] if getattr(p, "id", None)}
+    missing = {m: t for m, t in DOCUMENTED.items() if t not in ids}
+    assert not missing, f"DOCUMENTED names tests that do not exist: {missing}"
+
+
+def test_placeholders_become_patterns() -> None:
+    chmod = pattern("FILE is readable by other users; run: chmod 600 FILE")
+    assert chmod.fullmatch("/a/c.toml is readable by other users; run: chmod 600 /a/c.toml")
+    assert not chmod.search("/a/c.toml is readable by other users; run: chmod 600 /b")
+    assert pattern("cannot connect to HOST:PORT: Connection refused").fullmatch(
+        "cannot connect to 127.0.0.1:3260: Connection refused")
+
+
+# ----------------------------------------------------------------------------- initiator
+
+
+@system
+def test_connection_refused(home: Home) -> None:
+    r = home.bb("discover", f"127.0.0.1:{free_port()}")
+    expect_error("cannot connect to HOST:PORT: Connection refused", r)
+
+
+@contextlib.contextmanager
+def silent_name_server() -> Iterator[Callable[[], bool]]:
+    """Hold UDP port 53 of the loopback interface and never answer: a name server that
+    does not respond, and the proof that no other one listens there.  Yields a function
+    telling whether a query arrived."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.bind(("127.0.0.1", 53))
+        except OSError as exc:
+            pytest.skip(f"cannot hold 127.0.0.1:53 ({exc.strerror}); a resolver listening "
+                        "there might forward the query beyond this machine")
+        s.setblocking(False)
+
+        def asked() -> bool:
+            try:
+                return bool(s.recv(4096))
+            except BlockingIOError:
+                return False
+
+        yield asked
+
+
+@system
+@pytest.mark.skipif(os.path.exists("/run/nscd/socket"),
+                    reason="nscd would answer host lookups with its own configuration")
+@pytest.mark.parametrize("hosts, message", [
+    pytest.param("files", "cannot connect to HOST:PORT: host name not found", id="not-found"),
+    pytest.param("files dns", "cannot connect to HOST:PORT: no answer from the DNS server "
+                 "(check the network and /etc/resolv.conf, or use an address)",
+                 id="dns-silent"),
+])
+def test_host_name_lookup_fails(hosts: str, message: str, home: Home, tmp_path: Path
+                                ) -> None:
+    if not can_isolate():
+        pytest.skip("needs root and unshare for a private /etc/nsswitch.conf; without it the "
+                    "lookup would ask the DNS server of this machine, which is not loopback")
+    # The lookup sees private copies of nsswitch.conf and resolv.conf: names come from
+    # /etc/hosts, and from DNS only through a server on 127.0.0.1 that this test holds
+    # silent. A name under the reserved .invalid domain sends nothing beyond loopback.
+    nsswitch, resolv = tmp_path / "nsswitch.conf", tmp_path / "resolv.conf"
+    nsswitch.write_text(f"passwd: files\ngroup: files\nhosts: {hosts}\n")
+    resolv.write_text("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
+    command = private_mounts({"/etc/nsswitch.conf": nsswitch, "/etc/resolv.conf": resolv},
+                             [sys.executable, "-m", "blockbridge", "discover",
+                              "blockbridge-test.invalid:3260"])
+    with silent_name_server() as asked:
+        start = time.monotonic()
+        r = subprocess.run(command, capture_output=True, text=True, timeout=60, env=home.env)
+        elapsed = time.monotonic() - start
+        assert asked() == ("dns" in hosts)  # DNS went to loopback, or was not asked at all
+    expect_error(message, r)
+    assert "blockbridge-test.invalid:3260" in r.stderr
+    assert elapsed < 30
+
+
+@pytest.fixture(scope="module")
+def tls_target(tmp_path_factory: pytest.TempPathFactory
+               ) -> Iterator[tuple[RunningTarget, str]]:
+    work = tmp_path_factory.mktemp("tls")
+    crt, key, fp = generate_self_signed(work / "certs")
+    args = ["--disk", str(work / "d.img"), "--size", "16M", "--target-name",
+            "iqn.2026-11.test:trouble-tls", "--tls-portal", "127.0.0.1:0", "--tls-cert",
+            str(crt), "--tls-key", str(key)]
+    with our_target(args, work) as t:
+        yield t, fp
+
+
+@system
+def test_plain_client_on_a_tls_portal(home: Home, tls_target: tuple[RunningTarget, str]
+                                      ) -> None:
+    t, _ = tls_target
+    r = home.bb("discover", t.portal)
+    expect_error("HOST:PORT closed the connection during login (if it is a TLS portal, "
+                 "add --tls)", r)
+    assert wait_for(lambda: "TLS handshake failed" in t.log())
+    expect("TLS handshake failed (…)", t.log())
+    assert t.process.poll() is None
+
+
+@system
+@pytest.mark.parametrize("case", [
+    pytest.param("pinned", id="pinned-mismatch"),
+    pytest.param("unknown", id="unknown-host"),
+    pytest.param("changed", id="changed-certificate"),
+])
+def test_tls_certificate_checks(case: str, home: Home, tls_target: tuple[RunningTarget, str]
+                                ) -> None:
+    t, fp = tls_target
+    other = "SHA256:" + "ab" * 32
+    if case == "pinned":
+        r = home.bb("discover", "--tls-fingerprint", other, t.portal)
+        message = "certificate of HOST:PORT does not match the pinned fingerprint (…)"
+    elif case == "unknown":
+        r = home.bb("discover", "--tls", t.portal)
+        message = "HOST:PORT is not a known host; its certificate is SHA256:…"
+        assert fp in r.stderr
+    else:
+        known = home.root / "config" / "blockbridge" / "known_hosts"
+        known.parent.mkdir(parents=True)
+        known.write_text(f"{t.portal} {other}\n")
+        r = home.bb("discover", "--tls", t.portal)
+        message = "certificate of HOST:PORT changed: expected …, got …"
+        assert f"expected {other}, got {fp}" in r.stderr
+    expect_error(message, r)
+    assert t.portal in r.stderr
+
+
+@pytest.fixture(scope="module")
+def plain_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningTarget]:
+    work = tmp_path_factory.mktemp("plain")
+    with our_target(quick(work / "d.img", "iqn.2026-11.test:trouble-plain"), work) as t:
+        yield t
+
+
+@system
+@needs_fuse
+def test_target_not_offered(home: Home, plain_target: RunningTarget) -> None:
+    mnt = home.root / "mnt"
+    mnt.mkdir()
+    r = home.bb("mount", plain_target.portal, str(mnt), "-t", "iqn.2026-11.test:not-there")
+    expect_error("target IQN is not offered by HOST:PORT (offered: …)", r)
+    assert "(offered: iqn.2026-11.test:trouble-plain)" in r.stderr
+    assert not os.path.ismount(mnt)
+
+
+CHAP_IQN = "iqn.2026-11.test:trouble-chap"
+SECRET, TARGET_SECRET = "alice-secret-123", "target-secret-456"
+
+
+@system
+@needs_fuse
+@pytest.mark.parametrize("mode", [pytest.param([], id="background"),
+                                  pytest.param(["--foreground"], id="foreground")])
+def test_wrong_chap_secret(mode: list[str], home: Home, tmp_path: Path) -> None:
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    wrong = home.credentials("wrong.toml", "not-the-secret-0")
+    with our_target(chap_config(tmp_path, CHAP_IQN, incoming=SECRET, outgoing=None),
+                    tmp_path) as t:
+        r = home.bb("mount", *mode, t.portal, str(mnt), "--auth-file", str(wrong))
+        expect_error("…: authentication failed (status 0x0201)", r)
+        assert f"blockbridge: {CHAP_IQN}: authentication failed" in r.stderr
+        assert not os.path.ismount(mnt)
+        assert wait_for(lambda: "refused" in t.log())
+        expect("login of IQN to TARGET refused: authentication failed: …", t.log())
+        assert f"to {CHAP_IQN} refused: authentication failed: CHAP response did not " \
+            "match" in t.log()
+        assert "Traceback" not in t.log() and "not-the-secret-0" not in t.log()
+
+
+@system
+@needs_fuse
+@pytest.mark.parametrize("incoming, outgoing, message", [
+    pytest.param(SECRET, "not-what-we-expect", "the target failed mutual CHAP authentication",
+                 id="wrong-target-secret"),
+    pytest.param(None, None, "the target skipped authentication but mutual CHAP was required",
+                 id="target-without-chap"),
+])
+def test_mutual_chap(incoming: str | None, outgoing: str | None, message: str, home: Home,
+                     tmp_path: Path) -> None:
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    creds = home.credentials("mutual.toml", SECRET, TARGET_SECRET)
+    with our_target(chap_config(tmp_path, CHAP_IQN, incoming=incoming, outgoing=outgoing),
+                    tmp_path) as t:
+        r = home.bb("mount", t.portal, str(mnt), "--auth-file", str(creds))
+        expect_error(message, r)
+        assert not os.path.ismount(mnt)
+
+
+@system
+def test_repeated_failures_slow_the_address_down(home: Home, tmp_path: Path) -> None:
+    wrong = home.credentials("wrong.toml", "not-the-secret-0")
+    with our_target(chap_config(tmp_path, CHAP_IQN, incoming=SECRET, outgoing=None),
+                    tmp_path) as t:
+        for _ in range(3):
+            r = home.bb("discover", "--luns", t.portal, "--auth-file", str(wrong))
+            expect_error("…: authentication failed (status 0x0201)", r)
+        assert wait_for(lambda: "slowing" in t.log())
+        expect("N failed logins in the last minute; slowing this address down", t.log())
+        assert "127.0.0.1: 3 failed logins in the last minute" in t.log()
+
+
+@system
+@needs_fuse
+def test_initiator_refused_by_initiators_allow(home: Home, tmp_path: Path) -> None:
+    # Our target (like tgtd) hides a target from SendTargets when the initiator may not
+    # use it, so a fresh mount says "not offered".  The refusal itself reaches a mount
+    # that was allowed when it started: the access list changes, the target restarts,
+    # and the reconnection is refused until I/O fails.
+    me = "iqn.2026-11.test:trusted-host"
+    allow = tmp_path / "initiators.allow"
+    allow.write_text(f"ALL {re.escape(me)}\n")
+    port = free_port()
+    args = chap_config(tmp_path, CHAP_IQN, incoming=None, outgoing=None, port=port, acl=allow)
+    mount_log = tmp_path / "mount.log"
+    with our_target(args, tmp_path) as t:
+        mounted = home.mounted(t.portal, tmp_path / "mnt", "--initiator-name", me,
+                               "--replacement-timeout", "2", "--log-file", str(mount_log))
+        with mounted as mnt:
+            allow.write_text("ALL iqn\\.2026-11\\.test:someone-else\n")
+            t.process.send_signal(signal.SIGTERM)
+            t.process.wait(30)
+            with our_target(args, tmp_path) as again:
+                with pytest.raises(OSError) as failed:
+                    fd = os.open(mnt / CHAP_IQN / "lun0", os.O_RDONLY)
+                    try:
+                        os.pread(fd, 4096, 0)
+                    finally:
+                        os.close(fd)
+                assert failed.value.errno == errno.EIO
+                assert "not allowed" in again.log()
+    log = mount_log.read_text()
+    expect("…: this initiator is not allowed to use the target (status 0x0202)", log)
+    # the refusal is the reason given, also when the last attempt was cut short while
+    # the target held its answer to a repeated failure
+    assert f"failing I/O ({CHAP_IQN}: this initiator is not allowed" in log
+    assert "Traceback" not in log
+
+
+@system
+def test_credentials_readable_by_others(home: Home) -> None:
+    loose = home.credentials("loose.toml", SECRET, mode=0o644)
+    r = home.bb("discover", "127.0.0.1:1", "--auth-file", str(loose))
+    expect_error("FILE is readable by other users; run: chmod 600 FILE", r)
+    assert str(loose) in r.stderr
+
+
+@system
+def test_mount_point_does_not_exist(home: Home) -> None:
+    r = home.bb("mount", "127.0.0.1:1", str(home.root / "no" / "such" / "dir"))
+    expect_error("mount point DIR does not exist (create it with mkdir -p DIR)", r)
+
+
+@system
+@needs_fuse
+def test_already_a_mount_point(home: Home, plain_target: RunningTarget) -> None:
+    with home.mounted(plain_target.portal, home.root / "mnt") as mnt:
+        r = home.bb("mount", plain_target.portal, str(mnt))
+        expect_error("DIR is already a mount point (unmount it first with blockbridge umount "
+                     "DIR)", r)
+        assert (mnt / "iqn.2026-11.test:trouble-plain" / "lun0").exists()
+
+
+def fuse_conf_allows_other() -> bool:
+    try:
+        return any(line.strip() == "user_allow_other"
+                   for line in Path("/etc/fuse.conf").read_text().splitlines())
+    except OSError:
+        return False
+
+
+@system
+def test_allow_other_without_user_allow_other(home: Home, tmp_path: Path) -> None:
+    if os.geteuid() != 0 and fuse_conf_allows_other():
+        pytest.skip("/etc/fuse.conf has user_allow_other, and only root could hide it")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    command = [sys.executable, "-m", "blockbridge", "mount", "-o", "ro,allow_other",
+               "127.0.0.1:1", str(mnt)]
+    if os.geteuid() == 0:
+        # root may always use allow_other: run as nobody, with an /etc/fuse.conf without
+        # the line seen only inside a private mount namespace.
+        if not can_isolate():
+            pytest.skip("needs unshare and setpriv to run as a user without user_allow_other")
+        if not nobody_can_run_the_code():
+            pytest.skip("the user nobody cannot read this Python installation")
+        conf = tmp_path / "fuse.conf"
+        conf.write_text("# mount_max = 1000\n")
+        conf.chmod(0o644)
+        command = private_mounts({"/etc/fuse.conf": conf}, [*AS_NOBODY, *command])
+    r = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd="/",
+                       env=home.env)
+    expect_error("-o allow_other needs 'user_allow_other' in /etc/fuse.conf", r)
+
+
+@system
+def test_discard_outside_a_mount(home: Home) -> None:
+    f = home.root / "plain.img"
+    f.write_bytes(bytes(4096))
+    r = home.bb("discard", str(f))
+    expect_error("FILE is not a LUN file of a running blockbridge mount", r)
+    assert str(f) in r.stderr
+
+
+@system
+@needs_fuse
+def test_eio_after_the_replacement_timeout(home: Home, tmp_path: Path) -> None:
+    iqn = "iqn.2026-11.test:trouble-gone"
+    mount_log = tmp_path / "mount.log"
+    with our_target(quick(tmp_path / "d.img", iqn), tmp_path) as t:
+        mounted = home.mounted(t.portal, tmp_path / "mnt", "--replacement-timeout", "2",
+                               "--log-file", str(mount_log))
+        with mounted as mnt:
+            fd = os.open(mnt / iqn / "lun0", os.O_RDONLY)
+            try:
+                assert len(os.pread(fd, 4096, 0)) == 4096
+                t.process.send_signal(signal.SIGTERM)
+                t.process.wait(30)
+                start = time.monotonic()
+                with pytest.raises(OSError) as failed:
+                    os.pread(fd, 4096, 4096)
+                waited = time.monotonic() - start
+            finally:
+                os.close(fd)
+            assert failed.value.errno == errno.EIO
+            assert 1.5 < waited < 30, waited
+    log = mount_log.read_text()
+    expect("HOST:PORT: reconnecting failed: …", log)
+    assert f"{t.portal}: reconnecting failed: cannot connect to {t.portal}: Connection " \
+        "refused" in log
+    assert f"failing I/O (cannot connect to {t.portal}: Connection refused)" in log
+    assert log.count("reconnecting failed") == 1, log  # said once, not once per attempt
+
+
+# ----------------------------------------------------------------------------- target
+
+
+def _config_error(work: Path) -> list[str]:
+    conf = work / "ietd.conf"
+    conf.write_text("Target iqn.2026-11.test:cfg\n  Lun 0 Type=fileio\n")
+    return ["-c", str(conf), "--portal", "127.0.0.1:0"]
+
+
+def _backing_file_missing(work: Path) -> list[str]:
+    conf = work / "ietd.conf"
+    conf.write_text(f"Target iqn.2026-11.test:cfg\n  Lun 0 Path={work / 'missing.img'}\n")
+    return ["-c", str(conf), "--portal", "127.0.0.1:0"]
+
+
+def _disk_without_size(work: Path) -> list[str]:
+    return ["--disk", str(work / "new.img"), "--portal", "127.0.0.1:0"]
+
+
+def _tls_portal_without_key(work: Path) -> list[str]:
+    return ["--disk", str(work / "d.img"), "--size", "1M", "--tls-portal", "127.0.0.1:0"]
+
+
+def _weak_secret(work: Path) -> list[str]:
+    (work / "w.img").write_bytes(bytes(1 << 20))
+    conf = work / "ietd.conf"
+    conf.write_text(f"Target iqn.2026-11.test:cfg\n  Lun 0 Path={work / 'w.img'}\n"
+                    "  IncomingUser bob short\n")
+    return ["-c", str(conf), "--refuse-weak-secrets", "--portal", "127.0.0.1:0"]
+
+
+@system
+@pytest.mark.parametrize("make_args, message, exact", [
+    pytest.param(_config_error, "FILE:LINE: …", "ietd.conf:2: Lun 0 has no Path",
+                 id="config-error"),
+    pytest.param(_backing_file_missing, "FILE:LINE: Lun N: backing file PATH does not exist",
+                 "ietd.conf:2: Lun 0: backing file ", id="backing-file-missing"),
+    pytest.param(_disk_without_size,
+                 "PATH does not exist: give --size to create it, e.g. --size 1G", "new.img",
+                 id="disk-without-size"),
+    pytest.param(_tls_portal_without_key, "--tls-portal needs --tls-cert and --tls-key …",
+                 "--generate-cert DIR", id="tls-portal-without-key"),
+    pytest.param(_weak_secret, "FILE:LINE: the CHAP secret of USER is shorter than 12 "
+                 "characters", "ietd.conf:3: the CHAP secret of bob", id="weak-secret"),
+])
+def test_target_refuses_to_start(make_args: Callable[[Path], list[str]], message: str,
+                                 exact: str, tmp_path: Path) -> None:
+    r = target_cli(*make_args(tmp_path), cwd=tmp_path)
+    expect_error(message, r)
+    assert r.returncode == 2
+    assert exact in r.stderr
+    assert "listening on" not in r.stdout
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("blockbridge-target: ")
+    expect(message, last)
+
+
+@system
+def test_port_already_in_use(tmp_path: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        r = target_cli("--disk", str(tmp_path / "d.img"), "--size", "1M",
+                       "--portal", f"127.0.0.1:{port}", cwd=tmp_path)
+    expect_error("cannot listen on HOST:PORT: address already in use — is another target "
+                 "running? …", r)
+    assert f"127.0.0.1:{port}" in r.stderr
+
+
+def _unprivileged_port_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text())
+    except (OSError, ValueError):
+        return 1024
+
+
+LOW_PORT = 860  # iSCSI's system port, unused by the tests
+
+
+@system
+def test_low_port_without_privileges() -> None:
+    if _unprivileged_port_start() <= LOW_PORT:
+        pytest.skip("every user may bind low ports here (net.ipv4.ip_unprivileged_port_start)")
+    prefix: tuple[str, ...] = ()
+    if os.geteuid() == 0:
+        # root may bind it: run as nobody (no capabilities), who only needs to read the
+        # configuration, so it lives in a directory of its own that nobody can read.
+        if not have("setpriv") or not nobody_can_run_the_code():
+            pytest.skip("needs setpriv and a Python installation the user nobody can read")
+        prefix = tuple(AS_NOBODY)
+    with tempfile.TemporaryDirectory(prefix="bb-lowport-") as name:
+        work = Path(name)
+        work.chmod(0o755)
+        conf = work / "ietd.conf"
+        conf.write_text("Target iqn.2026-11.test:low\n  Lun 0 Type=nullio,Blocks=2048\n")
+        conf.chmod(0o644)
+        r = target_cli("-c", str(conf), "--portal", f"127.0.0.1:{LOW_PORT}", cwd=Path("/"),
+                       prefix=prefix)
+    expect_error("cannot listen on HOST:PORT: permission denied …", r)
+    assert f"127.0.0.1:{LOW_PORT}" in r.stderr
+    assert r.returncode == 2
+
+
+@system
+def test_protocol_violation_drops_the_connection(plain_target: RunningTarget) -> None:
+    command_before_login = P.encode_pdu(P.SCSICommand(cdb=bytes(16)))
+    with socket.create_connection(("127.0.0.1", plain_target.port), timeout=10) as s:
+        s.sendall(command_before_login)
+        s.settimeout(10)
+        assert s.recv(4096) == b""  # closed without an answer
+    assert wait_for(lambda: "dropping connection" in plain_target.log())
+    expect("dropping connection: …", plain_target.log())
+    assert plain_target.process.poll() is None
+    with socket.create_connection(("127.0.0.1", plain_target.port), timeout=10):
+        pass  # and it still accepts others
