@@ -85,20 +85,26 @@ class PDUStream:
                 return pdu
             if self._broken is not None:
                 raise ConnectionClosed(self._broken)
+            want = max(self._reader.bytes_needed(), RECEIVE_CHUNK)
             try:
-                want = max(self._reader.bytes_needed(), RECEIVE_CHUNK)
-                chunk = await self.stream.receive_some(want)
+                if self._socket is not None:  # straight into the reader's buffer
+                    with self._reader.get_buffer(want) as view:
+                        n = await self._socket.recv_into(view)
+                    self._reader.commit(n)
+                else:
+                    chunk = await self.stream.receive_some(want)
+                    n = len(chunk)
+                    self._reader.feed(chunk)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 self._broken = f"connection lost: {exc}"
                 raise ConnectionClosed(self._broken) from exc
-            if not chunk:
+            if not n:
                 if self._reader.buffered:
                     self._broken = "connection closed in the middle of a PDU"
                 else:
                     self._broken = "connection closed by peer"
                 raise ConnectionClosed(self._broken)
-            self.bytes_received += len(chunk)
-            self._reader.feed(chunk)
+            self.bytes_received += n
 
     async def send_pdu(self, pdu: PDU) -> None:
         await self.send_pdus((pdu,))

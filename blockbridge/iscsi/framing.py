@@ -71,19 +71,42 @@ class PDUReader:
         self.header_digest = header_digest
         self.data_digest = data_digest
         self.max_data_segment_length = max_data_segment_length
-        self._buf = bytearray()
+        # Bytes self._buf[self._pos:self._end] are received and not yet parsed; the rest
+        # of the buffer is free space that get_buffer() hands out for recv_into.
+        self._buf = bytearray(0)
         self._pos = 0
+        self._end = 0
         self._failed: PDUFormatError | None = None
 
     def feed(self, data: Buffer) -> None:
-        if self._pos and self._pos == len(self._buf):
-            self._buf.clear()
-            self._pos = 0
-        self._buf += data
+        n = len(data) if not isinstance(data, memoryview) else data.nbytes
+        with self.get_buffer(n) as view:
+            view[:n] = data
+        self.commit(n)
+
+    def get_buffer(self, size: int) -> memoryview:
+        """Writable space for at least ``size`` more bytes (for ``socket.recv_into``); call
+        :meth:`commit` with the count received and release the view before the next call."""
+        if self._pos == self._end:
+            self._pos = self._end = 0
+        if len(self._buf) - self._end < size:
+            if self._pos:  # move the unparsed tail to the front
+                live = self._end - self._pos
+                self._buf[:live] = self._buf[self._pos : self._end]
+                self._pos, self._end = 0, live
+            if len(self._buf) - self._end < size:
+                self._buf.extend(bytes(size - (len(self._buf) - self._end)))
+        return memoryview(self._buf)[self._end :]
+
+    def commit(self, n: int) -> None:
+        """``n`` bytes were written into the view from :meth:`get_buffer`."""
+        if not 0 <= n <= len(self._buf) - self._end:
+            raise ValueError("commit() beyond the buffer handed out")
+        self._end += n
 
     @property
     def buffered(self) -> int:
-        return len(self._buf) - self._pos
+        return self._end - self._pos
 
     def _frame_lengths(self, bhs: Buffer) -> tuple[int, int, int]:
         """(header length incl. AHS and digest, data length, padded data incl. digest)."""
@@ -119,7 +142,7 @@ class PDUReader:
             raise
 
     def _next(self) -> PDU | None:
-        avail = len(self._buf) - self._pos
+        avail = self._end - self._pos
         if avail < BHS_LENGTH:
             return None
         view = memoryview(self._buf)
@@ -145,12 +168,9 @@ class PDUReader:
                     self._pos = start + hlen + plen
                     raise DigestError("data digest mismatch", header=False)
         bhs_copy = bytes(bhs)
-        del bhs, view
+        bhs.release()
+        view.release()
         self._pos = start + hlen + plen
-        if self._pos == len(self._buf):
-            self._buf.clear()
-            self._pos = 0
-        elif self._pos > 1 << 20:
-            del self._buf[: self._pos]
-            self._pos = 0
+        if self._pos == self._end:
+            self._pos = self._end = 0
         return decode_pdu(bhs_copy, ahs, data)

@@ -102,3 +102,29 @@ def test_garbage_stream_raises_only_typed_errors(blob: bytes) -> None:
             pass
     except PDUFormatError:
         pass
+
+
+@given(st.lists(st.integers(1, 9000), min_size=1, max_size=60), st.booleans())
+def test_receive_into_the_readers_own_buffer(splits: list[int], parse_between: bool) -> None:
+    """get_buffer/commit (the recv_into path) gives the same PDUs as feed, whatever the
+    read sizes and however much is parsed between reads (the buffer moves and grows)."""
+    pdus = [p.DataIn(itt=i, data=bytes([i]) * (i * 997 % 5000)) for i in range(1, 12)]
+    wire = b"".join(encode_bytes(x) for x in pdus)
+    reader = PDUReader()
+    got: list[p.PDU] = []
+    pos, k = 0, 0
+    while pos < len(wire):
+        n = min(splits[k % len(splits)], len(wire) - pos)
+        k += 1
+        with reader.get_buffer(n) as view:
+            view[:n] = wire[pos : pos + n]
+        reader.commit(n)
+        pos += n
+        while parse_between and (pdu := reader.next_pdu()) is not None:
+            got.append(pdu)
+    while (pdu := reader.next_pdu()) is not None:
+        got.append(pdu)
+    assert [(x.itt, bytes(x.data)) for x in got] == [(x.itt, bytes(x.data)) for x in pdus]
+    assert reader.buffered == 0
+    with pytest.raises(ValueError):
+        reader.commit(1 << 30)
