@@ -129,7 +129,8 @@ class LunFS(pyfuse3.Operations):
         fi.keep_cache = False
         return fi
 
-    async def read(self, fh: int, off: int, size: int) -> bytes:
+    # pyfuse3 replies with any contiguous buffer (its stub says bytes): no copy here.
+    async def read(self, fh: int, off: int, size: int) -> memoryview:  # type: ignore[override]
         dev = self.nodes[fh].device
         assert dev is not None
         try:

@@ -122,23 +122,34 @@ class BlockDevice:
             dev.block_size or dev.block_size
         return dev
 
-    async def read(self, offset: int, length: int) -> bytes:
+    async def read(self, offset: int, length: int) -> memoryview:
+        """``length`` bytes at ``offset`` (fewer at the end of the LUN), as a view of the
+        buffer the data arrived in: no copy when one command covers the range."""
         if offset >= self.size or length <= 0:
-            return b""
+            return memoryview(b"")
         length = min(length, self.size - offset)
         bs = self.block_size
         first, last = offset // bs, (offset + length - 1) // bs
-        out = bytearray()
+        skip = offset - first * bs
+        total = (last - first + 1) * bs
+        out: bytearray | None = None
         lba = first
         while lba <= last:
             n = min(last - lba + 1, self.max_io // bs)
             r = await self._run("READ", cdb.read(lba, n), read_length=n * bs)
-            out += r.data[: n * bs]
+            if len(r.data) < n * bs:
+                r.data.extend(bytes(n * bs - len(r.data)))  # a short read: zeros
+            if n * bs == total:
+                out = r.data
+            else:
+                if out is None:
+                    out = bytearray(total)
+                out[(lba - first) * bs : (lba - first + n) * bs] = memoryview(r.data)[: n * bs]
             lba += n
+        assert out is not None
         self.counters.reads += 1
         self.counters.bytes_read += length
-        skip = offset - first * bs
-        return bytes(out[skip : skip + length])
+        return memoryview(out)[skip : skip + length]
 
     async def write(self, offset: int, data: bytes | memoryview) -> int:
         if self.read_only:
