@@ -21,7 +21,7 @@ from .initiator.errors import InitiatorError
 from .iscsi.constants import DEFAULT_PORT
 from .iscsi.errors import ISCSIError
 from .mount import MountError, MountRequest, discover, serve
-from .state import config_dir, initiator_name, records
+from .state import config_dir, initiator_name, log_file_for, records
 from .tls import ClientTLS, TLSError, normalise_fingerprint
 
 log = logging.getLogger("blockbridge")
@@ -159,7 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ping an idle target this often; a target that does not answer "
                         "within the same time is considered gone and the session "
                         "reconnects (default 5)")
-    m.add_argument("--log-file", metavar="FILE", help="log here when in the background")
+    m.add_argument("--log-file", metavar="FILE",
+                   help="log here when in the background (default: "
+                        "~/.local/state/blockbridge/log/mount-<mount point>.log; "
+                        "`blockbridge status` shows it)")
 
     u = sub.add_parser("umount", help="flush, log out and unmount",
                        description="Flush every LUN (SYNCHRONIZE CACHE), log out and unmount.")
@@ -255,6 +258,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
                        tls_options(args), args.replacement_timeout,
                        args.nop_interval)
     if args.foreground:
+        req.log_file = args.log_file
         trio.run(serve, req, lambda: None)
         return 0
     read_fd, write_fd = os.pipe()
@@ -272,6 +276,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         return 1
     os.close(read_fd)
     os.setsid()
+    req.log_file = args.log_file or str(log_file_for(req.mountpoint))
     status = 1
     reported = False
 
@@ -282,10 +287,15 @@ def cmd_mount(args: argparse.Namespace) -> int:
         reported = True
         devnull = os.open(os.devnull, os.O_RDWR)
         os.dup2(devnull, 0)
-        out = os.open(args.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600) \
-            if args.log_file else devnull
+        try:
+            out = os.open(req.log_file or os.devnull, os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+                          0o600)
+        except OSError:
+            out = devnull
         os.dup2(out, 1)
         os.dup2(out, 2)
+        if not args.quiet and not args.verbose:  # the log file records the mount's story
+            logging.getLogger().setLevel(logging.INFO)
 
     try:
         trio.run(serve, req, ready)
@@ -339,6 +349,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         with contextlib.suppress(OSError, KeyError, ValueError):
             rec = request(Path(rec["control"]), {"op": "status"}, timeout=5)["status"]
         print(f"{rec['mountpoint']}  (portal {rec['portal']}, pid {rec['pid']})")
+        if rec.get("log"):
+            print(f"  log {rec['log']}")
         for s in rec.get("sessions", []):
             since = time.strftime("%H:%M:%S", time.localtime(s.get("since", 0)))
             extra = f" since {since}" if s["state"] != "connected" else ""
@@ -381,6 +393,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
+    if args.command != "mount":  # `blockbridge status | head` ends quietly
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     level = logging.ERROR if args.quiet else logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

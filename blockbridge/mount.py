@@ -42,6 +42,7 @@ class MountRequest:
     tls: ClientTLS | None = None
     replacement_timeout: float = DEFAULT_REPLACEMENT_TIMEOUT
     nop_interval: float = 5.0
+    log_file: str | None = None
 
 
 def check_mountpoint(path: str) -> None:
@@ -149,6 +150,7 @@ async def serve(req: MountRequest, ready: Callable[[], None]) -> None:
             return {
                 "pid": pid, "mountpoint": os.path.abspath(req.mountpoint),
                 "portal": f"{req.host}:{req.port}", "control": str(control),
+                "log": req.log_file,
                 "sessions": [{"target": s.target_name, "state": s.state,
                               "since": s.since, "reconnects": s.reconnects}
                              for s in sessions],

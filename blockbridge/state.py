@@ -19,6 +19,15 @@ def config_dir() -> Path:
     return Path(platformdirs.user_config_dir("blockbridge"))
 
 
+def log_file_for(mountpoint: str) -> Path:
+    """Where a background mount logs unless told otherwise: the user's state directory
+    (~/.local/state/blockbridge/log/), one file per mount point."""
+    directory = Path(platformdirs.user_log_dir("blockbridge"))
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    name = mountpoint.strip("/").replace("/", "-") or "root"
+    return directory / f"mount-{name}.log"
+
+
 def runtime_dir() -> Path:
     with warnings.catch_warnings():  # no XDG_RUNTIME_DIR (root, cron): a /tmp fallback is fine
         warnings.simplefilter("ignore")

@@ -137,6 +137,9 @@ class PDUStream:
             return
         self._writing = True
         try:
+            # Let every task that is ready to run now queue its PDUs too, so that they
+            # share this write; it costs one pass of the scheduler, not a timer.
+            await trio.lowlevel.cancel_shielded_checkpoint()
             while self._queue:
                 out, self._queue = self._queue, []
                 done, self._batch_done = self._batch_done, trio.Event()
