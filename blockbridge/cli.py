@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import trio
 
 from . import __version__
+from .copy import CopyError
 from .credentials import Credentials, CredentialsError, from_options, lookup
 from .initiator.errors import InitiatorError
 from .iscsi.constants import DEFAULT_PORT
@@ -56,7 +57,7 @@ class UsageError(Exception):
 
 
 USER_ERRORS: tuple[type[Exception], ...] = (
-    UsageError, MountError, InitiatorError, ISCSIError, CredentialsError, TLSError)
+    UsageError, MountError, InitiatorError, ISCSIError, CredentialsError, TLSError, CopyError)
 
 
 def user_error(exc: BaseException, kinds: tuple[type[Exception], ...] = USER_ERRORS
@@ -177,6 +178,18 @@ def build_parser() -> argparse.ArgumentParser:
     dc.add_argument("file", metavar="FILE", help="a LUN file under a blockbridge mount")
     dc.add_argument("--offset", type=int, default=0, help="start of the range in bytes")
     dc.add_argument("--length", type=int, help="length in bytes (default: to the end)")
+
+    cp = sub.add_parser(
+        "cp", help="copy a disk image onto a LUN file, with progress",
+        description="Copy a disk image (raw) onto the start of a LUN file, or any file at "
+                    "least as large, showing progress on a terminal. Holes in the image are "
+                    "not read; the matching range of the LUN is written with zeros, which "
+                    "thin LUNs deallocate (UNMAP). Ends with fsync: when the command "
+                    "returns, the data is on the target's disk.",
+        epilog="example:\n  blockbridge cp debian.raw ~/luns/iqn.2026-01.filer:vm1/lun0",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    cp.add_argument("image", metavar="IMAGE", help="the raw image to copy")
+    cp.add_argument("dest", metavar="LUNFILE", help="the LUN file (or file) to copy onto")
 
     sub.add_parser("status", help="show mounts, sessions and I/O counters",
                    description="Show every blockbridge mount of this user with its sessions "
@@ -383,7 +396,13 @@ def cmd_discard(args: argparse.Namespace) -> int:
     raise UsageError(f"{args.file} is not a LUN file of a running blockbridge mount")
 
 
-COMMANDS = {"discover": cmd_discover, "discard": cmd_discard, "mount": cmd_mount,
+def cmd_cp(args: argparse.Namespace) -> int:
+    from .copy import run
+
+    return run(args.image, args.dest, quiet=args.quiet)
+
+
+COMMANDS = {"cp": cmd_cp, "discover": cmd_discover, "discard": cmd_discard, "mount": cmd_mount,
             "umount": cmd_umount, "status": cmd_status}
 
 
