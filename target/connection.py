@@ -462,14 +462,14 @@ class Connection:
                 residual_overflow=last and collapse and overflow,
                 residual_underflow=last and collapse and underflow,
                 residual_count=residual if last and collapse else 0))
-        if pdus and collapse:
-            await self._send_status(pdus)
-            return
-        rsp = P.SCSIResponse.with_sense(
-            result.sense, itt=cmd.itt, status=result.status, expdatasn=len(pdus),
-            residual_overflow=overflow, residual_underflow=underflow,
-            residual_count=residual if (overflow or underflow) else 0)
-        await self._send_status([*pdus, rsp])
+        if not (pdus and collapse):
+            pdus.append(P.SCSIResponse.with_sense(
+                result.sense, itt=cmd.itt, status=result.status, expdatasn=len(pdus),
+                residual_overflow=overflow, residual_underflow=underflow,
+                residual_count=residual if (overflow or underflow) else 0))
+        await self._send_status(pdus)
+        if result.release is not None:  # sent: the buffer may be reused
+            result.release()
 
     # ---------------------------------------------------------------- other requests
 

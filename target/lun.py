@@ -9,10 +9,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TypeVar
 
 import trio
 
+from blockbridge.buffers import BufferPool
 from blockbridge.iscsi.pdu import Buffer
 from blockbridge.scsi import constants as c
 from blockbridge.scsi.constants import Op, SenseKey, Status
@@ -50,6 +52,8 @@ class SCSIResult:
     status: int = Status.GOOD
     data: Buffer = b""
     sense: bytes = b""
+    # called once ``data`` has been sent, to recycle its buffer (not after a failed send)
+    release: Callable[[], None] | None = None
 
 
 class CheckCondition(Exception):
@@ -150,6 +154,7 @@ class LogicalUnit:
         self.reservations = Reservations()
         self.nexuses: dict[Nexus, NexusState] = {}
         self._limiter = trio.CapacityLimiter(8)
+        self._pool = BufferPool()  # read buffers, recycled once sent
         self._atomic = trio.Lock()
         self.stats = {"reads": 0, "writes": 0, "bytes_read": 0, "bytes_written": 0}
 
@@ -289,11 +294,17 @@ class LogicalUnit:
         bs = self.block_size
         if n * bs > 64 * 1024 * 1024:
             raise _invalid_cdb(7)
-        cached = self.backend.read_cached(lba * bs, n * bs) if n * bs <= _INLINE_READ else None
-        out = cached if cached is not None else await self._io(self.backend.read, lba * bs,
-                                                               n * bs)
+        length = n * bs
+        if length <= _INLINE_READ:
+            buf = self._pool.take(length)
+            if self.backend.read_cached(lba * bs, buf):
+                self.stats["reads"] += 1
+                self.stats["bytes_read"] += length
+                return SCSIResult(data=buf, release=partial(self._pool.give, buf))
+            self._pool.give(buf)
+        out = await self._io(self.backend.read, lba * bs, length)
         self.stats["reads"] += 1
-        self.stats["bytes_read"] += len(out)
+        self.stats["bytes_read"] += length
         return SCSIResult(data=out)
 
     async def _write(self, cdb: bytes, data: Buffer, nexus: Nexus) -> SCSIResult:

@@ -16,9 +16,9 @@ class Backend(Protocol):
 
     def read(self, offset: int, length: int) -> bytes | bytearray: ...
 
-    def read_cached(self, offset: int, length: int) -> bytearray | None:
-        """The range if it can be read without waiting for the disk (it is in the page
-        cache), else None.  Called on the event loop, so it must never block."""
+    def read_cached(self, offset: int, into: bytearray) -> bool:
+        """Fill ``into`` from ``offset`` if that needs no wait for the disk (the range is
+        in the page cache); False otherwise.  Called on the event loop: never blocks."""
         ...
 
     def write(
