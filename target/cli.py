@@ -192,22 +192,24 @@ async def run(server: TargetServer, portals: list[tuple[str, int]],
         listeners += await server.open_listeners(tls_portals, tls)
     async with trio.open_nursery() as nursery:
         addresses = await nursery.start(server.serve_listeners, listeners)
-        for host, port in addresses:
-            kind = " (TLS)" if (host, port) in server.tls_addresses else ""
-            print(f"listening on {format_address(host, port)}{kind}", flush=True)
-
-        def status() -> str:
-            luns = sum(len(t.luns) for t in server.targets.values())
-            return (f"STATUS=serving {len(server.targets)} target(s), {luns} LUN(s) on "
-                    + ", ".join(format_address(h, p) for h, p in addresses))
-
-        notify("READY=1", status())
-        for t in server.targets.values():
-            for lu in t.luns.values():
-                log.info("target %s LUN %d: %s, %d bytes%s", t.name, lu.number,
-                         lu.backend.description, lu.size_bytes,
-                         " (read-only)" if lu.read_only else "")
+        # Signals are caught before anyone can learn that we listen (READY, the log
+        # line): a SIGTERM right after READY must drain, not kill.
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            for host, port in addresses:
+                kind = " (TLS)" if (host, port) in server.tls_addresses else ""
+                print(f"listening on {format_address(host, port)}{kind}", flush=True)
+
+            def status() -> str:
+                luns = sum(len(t.luns) for t in server.targets.values())
+                return (f"STATUS=serving {len(server.targets)} target(s), {luns} LUN(s) on "
+                        + ", ".join(format_address(h, p) for h, p in addresses))
+
+            notify("READY=1", status())
+            for t in server.targets.values():
+                for lu in t.luns.values():
+                    log.info("target %s LUN %d: %s, %d bytes%s", t.name, lu.number,
+                             lu.backend.description, lu.size_bytes,
+                             " (read-only)" if lu.read_only else "")
             async for sig in signals:
                 if sig == signal.SIGHUP:
                     if config is None:
