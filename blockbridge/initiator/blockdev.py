@@ -8,6 +8,7 @@ from typing import Protocol
 
 import trio
 
+from blockbridge.buffers import BufferPool
 from blockbridge.iscsi.params import SessionParams
 from blockbridge.iscsi.pdu import Buffer
 from blockbridge.scsi import cdb
@@ -48,7 +49,8 @@ class CommandChannel(Protocol):
     def params(self) -> SessionParams: ...
 
     async def command(self, lun: int, cdb: bytes, *, data_out: Buffer | None = None,
-                      read_length: int = 0) -> Response: ...
+                      read_length: int = 0, read_into: bytearray | None = None
+                      ) -> Response: ...
 
 
 @dataclass
@@ -64,16 +66,18 @@ class BlockDevice:
     max_io: int = MAX_IO
     counters: Counters = field(default_factory=Counters)
     _rmw: trio.Lock = field(default_factory=trio.Lock)
+    _pool: BufferPool = field(default_factory=BufferPool)
+    _sent: list[bytearray] = field(default_factory=list)
 
     @property
     def size(self) -> int:
         return self.blocks * self.block_size
 
     async def _run(self, what: str, command: bytes, *, data_out: bytes | memoryview | None = None,
-                   read_length: int = 0) -> Response:
+                   read_length: int = 0, read_into: bytearray | None = None) -> Response:
         for attempt in range(3):
             r = await self.session.command(self.lun, command, data_out=data_out,
-                                           read_length=read_length)
+                                           read_length=read_length, read_into=read_into)
             if r.status == Status.GOOD:
                 return r
             err = SCSIError(r.status, r.sense, what)
@@ -124,7 +128,14 @@ class BlockDevice:
 
     async def read(self, offset: int, length: int) -> memoryview:
         """``length`` bytes at ``offset`` (fewer at the end of the LUN), as a view of the
-        buffer the data arrived in: no copy when one command covers the range."""
+        buffer the data arrived in: no copy when one command covers the range.
+
+        The view is valid until the next call to read(): FUSE copies the reply out as
+        soon as the handler returns, so the buffer is then recycled for the next read
+        (a cache-warm buffer is several times cheaper to fill than a fresh one)."""
+        for buf in self._sent:
+            self._pool.give(buf)
+        self._sent.clear()
         if offset >= self.size or length <= 0:
             return memoryview(b"")
         length = min(length, self.size - offset)
@@ -136,17 +147,23 @@ class BlockDevice:
         lba = first
         while lba <= last:
             n = min(last - lba + 1, self.max_io // bs)
-            r = await self._run("READ", cdb.read(lba, n), read_length=n * bs)
-            if len(r.data) < n * bs:
-                r.data.extend(bytes(n * bs - len(r.data)))  # a short read: zeros
-            if n * bs == total:
-                out = r.data
+            single = n * bs == total
+            into = self._pool.take(total) if single else None
+            r = await self._run("READ", cdb.read(lba, n), read_length=n * bs, read_into=into)
+            data = r.data
+            if r.received < n * bs:  # a short read: zeros, never a reused buffer's bytes
+                if len(data) < n * bs:
+                    data.extend(bytes(n * bs - len(data)))
+                data[r.received : n * bs] = bytes(n * bs - r.received)
+            if single:
+                out = data
             else:
                 if out is None:
                     out = bytearray(total)
-                out[(lba - first) * bs : (lba - first + n) * bs] = memoryview(r.data)[: n * bs]
+                out[(lba - first) * bs : (lba - first + n) * bs] = memoryview(data)[: n * bs]
             lba += n
         assert out is not None
+        self._sent.append(out)
         self.counters.reads += 1
         self.counters.bytes_read += length
         return memoryview(out)[skip : skip + length]

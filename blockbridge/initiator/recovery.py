@@ -73,13 +73,13 @@ class RecoveringSession:
         return None if self.state == "connected" else self.state
 
     async def command(self, lun: int, cdb: bytes, *, data_out: Buffer | None = None,
-                      read_length: int = 0) -> Response:
+                      read_length: int = 0, read_into: bytearray | None = None) -> Response:
         deadline: float | None = None
         while True:
             session, generation = self.session, self._generation
             try:
                 return await session.command(lun, cdb, data_out=data_out,
-                                             read_length=read_length)
+                                             read_length=read_length, read_into=read_into)
             except ConnectionLost as exc:
                 if self._closing:
                     raise

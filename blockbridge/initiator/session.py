@@ -306,8 +306,11 @@ class Session:
         self.stats["bytes_out"] += end - offset
 
     async def command(self, lun: int, cdb: bytes, *, data_out: Buffer | None = None,
-                      read_length: int = 0) -> Response:
-        """Run one SCSI command; raises ConnectionLost if the session dies first."""
+                      read_length: int = 0, read_into: bytearray | None = None) -> Response:
+        """Run one SCSI command; raises ConnectionLost if the session dies first.
+
+        Read data lands in ``read_into`` when it is exactly ``read_length`` bytes (only
+        the first ``Response.received`` bytes are written), else in a new buffer."""
         if self._closed is not None:
             raise ConnectionLost(self._closed)
         lun_field = P.encode_lun(lun)
@@ -316,7 +319,8 @@ class Session:
         edtl = len(out) if out is not None else read_length
         pending = _Pending(lun=lun_field)
         if read_length:
-            pending.buffer = bytearray(read_length)
+            exact = read_into is not None and len(read_into) == read_length
+            pending.buffer = read_into if exact else bytearray(read_length)
         params = self.params
         immediate: Buffer = b""
         unsolicited = 0
