@@ -311,13 +311,16 @@ class LogicalUnit:
         lba, n, flags = rw_fields(cdb)
         if flags & 0xE0:
             raise _invalid_cdb(1)
+        fua = bool(flags & 0x08) and cdb[0] != Op.WRITE_6
+        return await self._write_blocks(lba, n, data, sync=fua or not self.mode.write_cache)
+
+    async def _write_blocks(self, lba: int, n: int, data: Buffer, *, sync: bool) -> SCSIResult:
+        """Write the blocks that both the CDB (``n``) and the data received cover."""
         self._check_writable()
         self._check_range(lba, n)
         bs = self.block_size
-        blocks = min(n, len(data) // bs)  # write only what both the CDB and EDTL cover
+        blocks = min(n, len(data) // bs)
         if blocks:
-            fua = bool(flags & 0x08) and cdb[0] != Op.WRITE_6
-            sync = fua or not self.mode.write_cache
             await self._io(self.backend.write, lba * bs, memoryview(data)[: blocks * bs], sync)
             self.stats["writes"] += 1
             self.stats["bytes_written"] += blocks * bs
@@ -351,19 +354,10 @@ class LogicalUnit:
 
     async def _write_verify(self, cdb: bytes, data: Buffer, nexus: Nexus) -> SCSIResult:
         lba, n, flags = rw_fields(cdb)
-        if flags & 0xE0:
+        if flags & 0xE0 or (flags >> 1) & 3 in (2, 3):
             raise _invalid_cdb(1)
-        if (flags >> 1) & 3 == 2 or (flags >> 1) & 3 == 3:
-            raise _invalid_cdb(1)
-        self._check_writable()
-        self._check_range(lba, n)
-        bs = self.block_size
-        blocks = min(n, len(data) // bs)
-        if blocks:
-            await self._io(self.backend.write, lba * bs, memoryview(data)[: blocks * bs], True)
-            self.stats["writes"] += 1
-            self.stats["bytes_written"] += blocks * bs
-        return SCSIResult()
+        # the medium is the backing store: verifying means writing through to it
+        return await self._write_blocks(lba, n, data, sync=True)
 
     async def _orwrite(self, cdb: bytes, data: Buffer, nexus: Nexus) -> SCSIResult:
         lba, n, flags = rw_fields(cdb)
