@@ -100,7 +100,7 @@ class Session:
         self.expstatsn = (login.statsn + 1) & 0xFFFFFFFF
         self._itt = 1
         self._pending: dict[int, _Pending] = {}
-        self._window = trio.Condition()
+        self._window_opened: trio.Event | None = None  # set when MaxCmdSN may have moved
         self._closed: str | None = None
         self.stats = {"commands": 0, "bytes_in": 0, "bytes_out": 0}
 
@@ -204,6 +204,12 @@ class Session:
         for p in self._pending.values():
             p.error = reason
             p.done.set()
+        self._wake_window_waiters()
+
+    def _wake_window_waiters(self) -> None:
+        if self._window_opened is not None:
+            self._window_opened.set()
+            self._window_opened = None
 
     def _update_window(self, expcmdsn: int, maxcmdsn: int) -> None:
         if _newer(maxcmdsn, self.maxcmdsn) or maxcmdsn == self.maxcmdsn:
@@ -214,8 +220,7 @@ class Session:
     async def _dispatch(self, pdu: P.PDU) -> None:
         if hasattr(pdu, "maxcmdsn"):
             self._update_window(pdu.expcmdsn, pdu.maxcmdsn)  # type: ignore[attr-defined]
-            async with self._window:
-                self._window.notify_all()
+            self._wake_window_waiters()
         if isinstance(pdu, P.DataIn):
             p = self._pending.get(pdu.itt)
             if p is None or p.buffer is None:
@@ -282,10 +287,14 @@ class Session:
         return itt
 
     async def _take_cmdsn(self) -> int:
-        async with self._window:
-            while not (_newer(self.maxcmdsn, self.cmdsn) or self.maxcmdsn == self.cmdsn) \
-                    and self._closed is None:
-                await self._window.wait()
+        """The next CmdSN, waiting while the target's command window is full.  Returns
+        without a checkpoint when the window is open, so the caller's send keeps the
+        CmdSN order."""
+        while not (_newer(self.maxcmdsn, self.cmdsn) or self.maxcmdsn == self.cmdsn) \
+                and self._closed is None:
+            if self._window_opened is None:
+                self._window_opened = trio.Event()
+            await self._window_opened.wait()
         if self._closed is not None:
             raise ConnectionLost(self._closed)
         cmdsn = self.cmdsn
