@@ -146,3 +146,27 @@ async def test_huge_transfer_lengths_get_a_status_not_a_dropped_connection(
             ok = await s.command(0, read10(0, 1), read_length=BS)
             assert ok.status == 0 and len(ok.data) == BS
             nursery.cancel_scope.cancel()
+
+
+async def test_commands_wait_for_a_full_command_window(tmp_path: Path) -> None:
+    """QueuedCommands 2: 40 concurrent reads queue behind MaxCmdSN and all complete."""
+    lu = LogicalUnit(0, FileBackend(str(tmp_path / "w.img"), create_size=1 << 20),
+                     target_name=IQN)
+    srv = TargetServer([TargetDef(name=IQN, luns={0: lu}, queued_commands=2)])
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            host, port = (await nursery.start(srv.serve, [("127.0.0.1", 0)]))[0]
+            s = await connect((host, port))
+            nursery.start_soon(s.run)
+            statuses: list[int] = []
+
+            async def one(i: int) -> None:
+                r = await s.command(0, read10(i, 1), read_length=BS)
+                statuses.append(r.status)
+
+            async with trio.open_nursery() as readers:
+                for i in range(40):
+                    readers.start_soon(one, i)
+            assert statuses == [0] * 40
+            assert s.maxcmdsn - s.expcmdsn < 2 + 1  # the target really kept the window small
+            nursery.cancel_scope.cancel()
