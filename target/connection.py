@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from blockbridge.buffers import BufferPool
 from blockbridge.iscsi import pdu as P
 from blockbridge.iscsi.constants import (
     RESERVED_TAG,
@@ -58,6 +59,7 @@ class Task:
     burst_start: int = 0
     burst_end: int = 0
     next_datasn: int = 0
+    next_offset: int = 0  # Data-Out must arrive in order and without gaps (DataPDUInOrder)
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     aborted: bool = False
 
@@ -68,6 +70,7 @@ class Connection:
         self.pdus = PDUStream(stream, max_data_segment_length=65536)
         self.peer = peer
         self._dropped = 0  # commands dropped for a CmdSN outside the window
+        self._buffers = BufferPool()  # write data buffers, recycled after each command
         self.local = local
         self.session: Session | None = None
         self.statsn = 0x1000
@@ -321,9 +324,11 @@ class Connection:
             if edtl > MAX_WRITE_BUFFER:
                 task.buffer = None  # refused in _run; data that follows is discarded
             else:
-                task.buffer = bytearray(edtl)
+                # every byte is overwritten by the data the initiator sends before the
+                # command runs (all of EDTL is collected first), so a reused buffer is safe
+                task.buffer = self._buffers.take(edtl)
                 task.buffer[:data_len] = cmd.data
-            task.received = data_len
+            task.received = task.next_offset = data_len
             if not params.initial_r2t and not cmd.final:
                 task.unsolicited_limit = min(params.first_burst_length, edtl)
             else:
@@ -349,11 +354,17 @@ class Connection:
                 raise Drop("solicited Data-Out outside its R2T")
         if d.datasn != task.next_datasn:
             raise Drop(f"Data-Out DataSN {d.datasn}, expected {task.next_datasn}")
+        if d.offset != task.next_offset:
+            raise Drop(f"Data-Out at offset {d.offset}, expected {task.next_offset}")
         task.next_datasn += 1
+        task.next_offset += n
         if task.buffer is not None:
             task.buffer[d.offset : d.offset + n] = d.data
         task.received = max(task.received, d.offset + n)
         if d.final:
+            end = task.unsolicited_limit if d.ttt == RESERVED_TAG else task.burst_end
+            if task.next_offset != end:
+                raise Drop(f"Data-Out sequence ended at {task.next_offset}, before {end}")
             if d.ttt == RESERVED_TAG:
                 task.unsolicited_done.set()
             else:
@@ -371,8 +382,10 @@ class Connection:
         except ConnectionClosed:
             pass
         finally:
-            self.tasks.pop(cmd.itt, None)
+            self.tasks.pop(cmd.itt, None)  # late Data-Out for it is ignored from now on
             self.session.window.in_flight -= 1
+            if task.buffer is not None:
+                self._buffers.give(task.buffer)
 
     async def _collect(self, task: Task) -> None:
         assert self.session is not None
@@ -386,6 +399,7 @@ class Connection:
             self._ttt = (self._ttt + 1) & 0x7FFFFFFF
             task.ttt, task.burst_start, task.burst_end = self._ttt, offset, offset + length
             task.next_datasn = 0
+            task.next_offset = offset
             task.burst_done = trio.Event()
             r2t = P.R2T(itt=task.cmd.itt, lun=task.cmd.lun, ttt=task.ttt, r2tsn=r2tsn,
                         offset=offset, length=length)

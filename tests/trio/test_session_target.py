@@ -170,3 +170,27 @@ async def test_commands_wait_for_a_full_command_window(tmp_path: Path) -> None:
             assert statuses == [0] * 40
             assert s.maxcmdsn - s.expcmdsn < 2 + 1  # the target really kept the window small
             nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(("offset", "final"), [(512, True), (0, True), (512, False)])
+async def test_data_out_with_a_gap_or_ending_early_drops_the_connection(
+        server: tuple[str, int], offset: int, final: bool) -> None:
+    """Unsolicited Data-Out for a 4-block WRITE must start at offset 0 and run to the
+    end without gaps; anything else would leave blocks of the buffer unwritten."""
+    from blockbridge.iscsi import pdu as P
+    from blockbridge.transport import ConnectionClosed
+
+    with trio.fail_after(10):
+        s = await connect(server)
+        cmd = P.SCSICommand(itt=7, lun=0, cdb=write10(0, 4), expected_length=4 * BS,
+                            cmdsn=s.cmdsn, expstatsn=s.expstatsn, write=True, final=False)
+        out = P.DataOut(itt=7, lun=0, offset=offset, datasn=0, final=final,
+                        data=b"\1" * BS)
+        await s.stream.send_pdus([cmd, out])
+        if not final:  # a gap: the rest follows, but the target must not wait for it
+            await s.stream.send_pdu(P.DataOut(itt=7, lun=0, offset=offset + BS, datasn=1,
+                                              final=True, data=b"\1" * (3 * BS - offset)))
+        with pytest.raises(ConnectionClosed):
+            while True:
+                pdu = await s.stream.receive_pdu()
+                assert not isinstance(pdu, P.SCSIResponse), "the write was accepted"
