@@ -20,10 +20,10 @@ def test_generated_man_pages_and_completions(tmp_path: Path) -> None:
     subprocess.run([str(ROOT / "scripts" / "gen-man-and-completion"), str(tmp_path)],
                    check=True, capture_output=True, env=env, timeout=120)
     man = (tmp_path / "man/man1/blockbridge.1").read_text()
-    for command in ("discover", "mount", "umount", "status", "discard"):
+    for command in ("discover", "mount", "umount", "status", "discard", "cp"):
         assert f"blockbridge {command}" in man
     target_man = (tmp_path / "man/man1/blockbridge-target.1").read_text()
     assert "tls" in target_man and "initiators" in target_man
     bash = (tmp_path / "bash-completion/completions/blockbridge").read_text()
-    assert "discover" in bash and "--replacement-timeout" in bash
+    assert "discover" in bash and "--replacement-timeout" in bash and "--nop-interval" in bash
     assert (tmp_path / "zsh/site-functions/_blockbridge-target").read_text().strip()
