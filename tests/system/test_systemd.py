@@ -56,3 +56,14 @@ def test_ready_is_sent_after_listening(tmp_path: Path) -> None:
             proc.kill()
             proc.wait()
         sock.close()
+
+
+@pytest.mark.skipif(not shutil.which("systemd-sysusers"), reason="needs systemd-sysusers")
+def test_the_target_users_sysusers_file_is_valid() -> None:
+    conf = ROOT / "systemd" / "blockbridge.sysusers.conf"
+    r = subprocess.run(["systemd-sysusers", "--dry-run", str(conf)], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "blockbridge-target" in r.stdout + r.stderr
+    unit = (ROOT / "systemd" / "blockbridge-target.service").read_text()
+    assert "User=blockbridge-target" in unit
