@@ -41,6 +41,7 @@ commands:
   umount MOUNTPOINT              flush, log out and unmount
   status                         show mounts, sessions and per-LUN I/O counters
   discard FILE [--offset --length]   trim a region of a LUN file on the target
+  cp IMAGE LUNFILE               copy a disk image onto a LUN file, with progress
 
 examples:
   blockbridge discover filer.network.local

@@ -27,3 +27,9 @@ def test_generated_man_pages_and_completions(tmp_path: Path) -> None:
     bash = (tmp_path / "bash-completion/completions/blockbridge").read_text()
     assert "discover" in bash and "--replacement-timeout" in bash and "--nop-interval" in bash
     assert (tmp_path / "zsh/site-functions/_blockbridge-target").read_text().strip()
+
+
+def test_cli_reference_is_up_to_date() -> None:
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "gen_cli_doc.py"), "--check"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
