@@ -22,8 +22,9 @@ def help_text(parser: argparse.ArgumentParser) -> str:
 
 
 def render() -> str:
-    from blockbridge.cli import build_parser as initiator_parser
     from blockbridge_target.cli import build_parser as target_parser
+
+    from blockbridge.cli import build_parser as initiator_parser
 
     parts = ["# Command-line reference",
              "",
