@@ -90,6 +90,7 @@ _VERIFY = {Op.VERIFY_10, Op.VERIFY_12, Op.VERIFY_16}
 # Reads up to this size are first tried on the event loop with RWF_NOWAIT (a page-cache
 # copy, far cheaper than a hop to a worker thread); misses go to a thread.
 _INLINE_READ = 1 << 20
+IO_THREADS = 32
 # Commands a reservation never blocks.
 _ALWAYS = {Op.INQUIRY, Op.REPORT_LUNS, Op.REQUEST_SENSE, Op.PERSISTENT_RESERVE_IN,
            Op.PERSISTENT_RESERVE_OUT, Op.READ_CAPACITY_10, Op.SERVICE_ACTION_IN_16,
@@ -153,7 +154,10 @@ class LogicalUnit:
             max(max_transfer_bytes // block_size, 1))
         self.reservations = Reservations()
         self.nexuses: dict[Nexus, NexusState] = {}
-        self._limiter = trio.CapacityLimiter(8)
+        # Worker threads for I/O that must wait for the disk (page-cache misses, writes):
+        # enough to keep a queue of 32 commands busy on a device that serves them in
+        # parallel, as tgtd's 16 threads per LUN do.
+        self._limiter = trio.CapacityLimiter(IO_THREADS)
         self._pool = BufferPool()  # read buffers, recycled once sent
         self._atomic = trio.Lock()
         self.stats = {"reads": 0, "writes": 0, "bytes_read": 0, "bytes_written": 0}
