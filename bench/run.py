@@ -653,8 +653,8 @@ def sparse_lun(workdir: Path, size: int, data: Data, head: int) -> Path:
     path = workdir / f"sparse-{size // GiB}g.img"
     with data.source.open("rb") as src, path.open("wb") as dst:
         dst.truncate(size)
-        for _ in range(0, head, 8 * MiB):
-            dst.write(src.read(8 * MiB))
+        for offset in range(0, head, 8 * MiB):
+            dst.write(src.read(min(8 * MiB, head - offset)))
     return path
 
 
