@@ -67,7 +67,6 @@ class Options:
     quick: bool
     workdir: Path
     drop_caches: bool
-    loadavg: str = ""
 
     @property
     def stream_bytes(self) -> int:
@@ -160,11 +159,12 @@ class Resources(contextlib.ExitStack):
     def log_path(self, name: str) -> Path:
         return self.workdir / f"{name}.log"
 
-    def spawn(self, name: str, cmd: Sequence[str]) -> subprocess.Popen[bytes]:
+    def spawn(self, name: str, cmd: Sequence[str],
+              stop_timeout: float = 15.0) -> subprocess.Popen[bytes]:
         with self.log_path(name).open("ab") as log:
             proc = subprocess.Popen(list(cmd), stdin=subprocess.DEVNULL, stdout=log,
                                     stderr=subprocess.STDOUT, start_new_session=True)
-        self.callback(quietly, stop_child, proc)
+        self.callback(quietly, stop_child, proc, stop_timeout)
         return proc
 
     def defer(self, action: Callable[..., object], *args: Any) -> None:
@@ -245,7 +245,8 @@ def start_tgtd(res: Resources, disk: Path) -> tuple[str, int]:
     port = free_port()
     control = 1000 + port % 20000
     proc = res.spawn("tgtd", ["tgtd", "-f", "-C", str(control), "--iscsi",
-                              f"portal=127.0.0.1:{port}"])
+                              f"portal=127.0.0.1:{port}"],
+                     stop_timeout=3)  # tgtd ignores SIGTERM while it has targets
 
     def answers() -> bool:
         try:
@@ -836,7 +837,22 @@ def section_lines(outcome: Outcome) -> list[str]:
     return [head, *render(headers, lines)]
 
 
-def notes(opts: Options, fingerprint: dict[str, Any], ran: set[str]) -> list[str]:
+@dataclass
+class Context:
+    """What the figures of one run depend on besides the options."""
+
+    started: str
+    fingerprint: dict[str, Any]
+    blockbridge: str
+    load_start: str
+    load_end: str = ""
+
+
+def load_average() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def notes(opts: Options, ctx: Context, ran: set[str]) -> list[str]:
     """The conditions behind the figures of the sections in RAN."""
     cache = ("the page cache is dropped (sync; echo 3 > /proc/sys/vm/drop_caches) before "
              "every read run and every scaling run" if opts.drop_caches else
@@ -855,20 +871,21 @@ def notes(opts: Options, fingerprint: dict[str, Any], ran: set[str]) -> list[str
                    "(multi-conn), blockbridge one iSCSI session; dd writes end with fsync")
     if ran & {"fuse", "loop", "initiator"}:
         out.append("fio: libaio, direct=1, one job")
-    out.append(f"load average at start: {opts.loadavg} on "
-               f"{fingerprint.get('nproc')} CPU(s) shared by the load generator, the client "
-               "and the server")
+    out.append(f"load average (1, 5, 15 min) at start {ctx.load_start}, at end {ctx.load_end}, "
+               f"on {ctx.fingerprint['nproc']} CPU(s) shared by the load generator, the "
+               "client and the server")
     return out
 
 
-def report(opts: Options, outcomes: Sequence[Outcome], fingerprint: dict[str, Any]) -> str:
-    lines = [f"blockbridge benchmark on {fingerprint['hostname']} ({fingerprint['cpu_model']}, "
-             f"{fingerprint['nproc']} CPUs, kernel {fingerprint['kernel']}, "
-             f"Python {fingerprint['python']})", ""]
+def report(opts: Options, outcomes: Sequence[Outcome], ctx: Context) -> str:
+    fp = ctx.fingerprint
+    lines = [f"blockbridge {ctx.blockbridge} benchmark, {ctx.started}, on {fp['hostname']} "
+             f"({fp['cpu_model']}, {fp['nproc']} CPUs, {fp['memory_kib'] // 1024} MiB, kernel "
+             f"{fp['kernel']}, Python {fp['python']})", ""]
     for outcome in outcomes:
         lines += [*section_lines(outcome), ""]
     ran = {o.section.name for o in outcomes if o.status == "ok"}
-    lines += ["notes:", *(f"- {n}" for n in notes(opts, fingerprint, ran))]
+    lines += ["notes:", *(f"- {n}" for n in notes(opts, ctx, ran))]
     return "\n".join(lines)
 
 
@@ -891,6 +908,21 @@ def machine_fingerprint() -> dict[str, Any]:
             "python": platform.python_version()}
 
 
+def blockbridge_version() -> str:
+    """The version of the blockbridge the daemons run, with its git commit if it has one."""
+    code = "import blockbridge, os; print(blockbridge.__version__, os.path.dirname(" \
+           "blockbridge.__file__))"
+    with contextlib.suppress(OSError, subprocess.SubprocessError, ValueError):
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              timeout=60, check=True)
+        version, where = done.stdout.split()
+        git = subprocess.run(["git", "-C", where, "describe", "--always", "--dirty"],
+                             capture_output=True, text=True, timeout=30)
+        commit = git.stdout.strip()
+        return f"{version} (git {commit})" if git.returncode == 0 and commit else version
+    return "(not importable)"
+
+
 def tool_versions() -> dict[str, str]:
     versions = {}
     for tool, flag in (("tgtd", "--version"), ("fio", "--version"), ("nbdkit", "--version"),
@@ -902,15 +934,16 @@ def tool_versions() -> dict[str, str]:
     return versions
 
 
-def write_json(path: Path, opts: Options, outcomes: Sequence[Outcome],
-               fingerprint: dict[str, Any], started: str) -> None:
-    doc = {"format": "blockbridge-bench/1", "started": started, "fingerprint": fingerprint,
+def write_json(path: Path, opts: Options, outcomes: Sequence[Outcome], ctx: Context) -> None:
+    ran = {o.section.name for o in outcomes if o.status == "ok"}
+    doc = {"format": "blockbridge-bench/1", "started": ctx.started,
+           "fingerprint": ctx.fingerprint, "blockbridge": ctx.blockbridge,
            "tools": tool_versions(),
            "options": {"runs": opts.runs, "seconds": opts.seconds, "size": opts.size,
-                       "quick": opts.quick, "page_cache_dropped": opts.drop_caches,
-                       "load_average_at_start": opts.loadavg},
+                       "quick": opts.quick, "page_cache_dropped": opts.drop_caches},
+           "load_average": {"start": ctx.load_start, "end": ctx.load_end},
            "sections": {o.section.name: o.to_json() for o in outcomes},
-           "notes": notes(opts, fingerprint, {o.section.name for o in outcomes})}
+           "notes": notes(opts, ctx, ran)}
     path.write_text(json.dumps(doc, indent=1) + "\n")
 
 
@@ -1038,18 +1071,19 @@ def work_directory(parent: Path, keep: bool) -> Iterator[Path]:
 
 
 def benchmark(args: argparse.Namespace) -> int:
-    started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-    fingerprint = machine_fingerprint()
+    ctx = Context(started=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+                  fingerprint=machine_fingerprint(), blockbridge=blockbridge_version(),
+                  load_start=load_average())
     wanted = [s for s in SECTION_LIST if not args.only or s.name in args.only]
     with work_directory(args.workdir, args.keep_workdir) as workdir:
         opts = Options(runs=1 if args.quick else args.runs,
                        seconds=args.seconds or (1 if args.quick else 5), size=args.size,
-                       quick=args.quick, workdir=workdir, drop_caches=can_drop_caches(),
-                       loadavg=" ".join(f"{x:.2f}" for x in os.getloadavg()))
+                       quick=args.quick, workdir=workdir, drop_caches=can_drop_caches())
         outcomes = [run_section(opts, s) for s in wanted]
-    print(report(opts, outcomes, fingerprint))
+    ctx.load_end = load_average()
+    print(report(opts, outcomes, ctx))
     if args.json:
-        write_json(args.json, opts, outcomes, fingerprint, started)
+        write_json(args.json, opts, outcomes, ctx)
     return 1 if any(o.status == "failed" for o in outcomes) else 0
 
 
