@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import fcntl
 import json
 import os
 import platform
@@ -53,10 +54,6 @@ SECTIONS = ("target", "fuse", "loop", "initiator", "scaling")
 
 class BenchError(Exception):
     """A step of the benchmark failed; the section is reported as failed."""
-
-
-class Skip(Exception):
-    """A section cannot run here (a tool or a permission is missing)."""
 
 
 @dataclass(frozen=True)
@@ -131,8 +128,9 @@ def stop_child(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
 def run(cmd: Sequence[str], timeout: float, check: bool = True) -> subprocess.CompletedProcess[str]:
     """Run a tool to completion; on timeout or Ctrl-C subprocess.run kills it by PID."""
     try:
-        done = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout,
-                              stdin=subprocess.DEVNULL, start_new_session=True)
+        done = subprocess.run(list(cmd), capture_output=True, encoding="utf-8",
+                              errors="replace", timeout=timeout, stdin=subprocess.DEVNULL,
+                              start_new_session=True)
     except subprocess.TimeoutExpired:
         raise BenchError(f"{' '.join(cmd)} did not finish within {timeout:.0f} s") from None
     if check and done.returncode != 0:
@@ -240,20 +238,35 @@ def tgtadm(control: int, *args: str) -> None:
     run(["tgtadm", "-C", str(control), "--lld", "iscsi", *args], timeout=15)
 
 
+def tgtd_control_free(control: int) -> bool:
+    """Whether no running tgtd holds the lock of this control port number."""
+    try:
+        fd = os.open(f"/var/run/tgtd/socket.{control}.lock", os.O_RDWR)
+    except FileNotFoundError:
+        return True
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
 def start_tgtd(res: Resources, disk: Path) -> tuple[str, int]:
     """tgtd with DISK as LUN 1 of TGTD_IQN (LUN 0 is its controller); returns (portal, pid)."""
     port = free_port()
-    control = 1000 + port % 20000
+    control = next(c for c in range(1000 + port % 20000, 32000) if tgtd_control_free(c))
     proc = res.spawn("tgtd", ["tgtd", "-f", "-C", str(control), "--iscsi",
                               f"portal=127.0.0.1:{port}"],
                      stop_timeout=3)  # tgtd ignores SIGTERM while it has targets
 
-    def answers() -> bool:
+    def answers() -> bool:  # ours, not another tgtd that took the control port meanwhile
         try:
             tgtadm(control, "--op", "show", "--mode", "target")
         except BenchError:
             return False
-        return True
+        return proc.poll() is None and not tgtd_control_free(control)
 
     wait_until(answers, "tgtd", 15, proc)
     tgtadm(control, "--op", "new", "--mode", "target", "--tid", "1", "-T", TGTD_IQN)
@@ -884,8 +897,8 @@ def report(opts: Options, outcomes: Sequence[Outcome], ctx: Context) -> str:
              f"{fp['kernel']}, Python {fp['python']})", ""]
     for outcome in outcomes:
         lines += [*section_lines(outcome), ""]
-    ran = {o.section.name for o in outcomes if o.status == "ok"}
-    lines += ["notes:", *(f"- {n}" for n in notes(opts, ctx, ran))]
+    if ran := {o.section.name for o in outcomes if o.status == "ok"}:
+        lines += ["notes:", *(f"- {n}" for n in notes(opts, ctx, ran))]
     return "\n".join(lines)
 
 
