@@ -50,6 +50,9 @@ STRIDE_BLOCKS = 7919  # a prime: 4 KiB writes this many 4 KiB blocks apart cover
 MACHINE_KEYS = ("hostname", "cpu_model", "nproc", "memory_kib")
 LISTENING = re.compile(r"listening on (?:\[[^\]]+\]|[^\s:]+):(\d+)")
 SECTIONS = ("target", "fuse", "loop", "initiator", "scaling")
+# Children run in "/", so that `python -m blockbridge` imports the installed package and not
+# a checkout that happens to be the current directory.
+CHILD_CWD = "/"
 
 
 class BenchError(Exception):
@@ -130,7 +133,7 @@ def run(cmd: Sequence[str], timeout: float, check: bool = True) -> subprocess.Co
     try:
         done = subprocess.run(list(cmd), capture_output=True, encoding="utf-8",
                               errors="replace", timeout=timeout, stdin=subprocess.DEVNULL,
-                              start_new_session=True)
+                              start_new_session=True, cwd=CHILD_CWD)
     except subprocess.TimeoutExpired:
         raise BenchError(f"{' '.join(cmd)} did not finish within {timeout:.0f} s") from None
     if check and done.returncode != 0:
@@ -161,7 +164,8 @@ class Resources(contextlib.ExitStack):
               stop_timeout: float = 15.0) -> subprocess.Popen[bytes]:
         with self.log_path(name).open("ab") as log:
             proc = subprocess.Popen(list(cmd), stdin=subprocess.DEVNULL, stdout=log,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
+                                    stderr=subprocess.STDOUT, start_new_session=True,
+                                    cwd=CHILD_CWD)
         self.callback(quietly, stop_child, proc, stop_timeout)
         return proc
 
@@ -745,7 +749,7 @@ class Outcome:
 def have_blockbridge() -> str | None:
     """None if `python -m blockbridge(_target)` works, else why not."""
     done = subprocess.run([sys.executable, "-c", "import blockbridge, blockbridge_target"],
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60, cwd=CHILD_CWD)
     if done.returncode == 0:
         return None
     return f"blockbridge is not importable by {sys.executable}"
@@ -927,8 +931,8 @@ def blockbridge_version() -> str:
            "blockbridge.__file__))"
     with contextlib.suppress(OSError, subprocess.SubprocessError, ValueError):
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                              timeout=60, check=True)
-        version, where = done.stdout.split()
+                              timeout=60, check=True, cwd=CHILD_CWD)
+        version, where = done.stdout.strip().split(" ", 1)
         git = subprocess.run(["git", "-C", where, "describe", "--always", "--dirty"],
                              capture_output=True, text=True, timeout=30)
         commit = git.stdout.strip()
