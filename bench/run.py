@@ -863,6 +863,7 @@ class Context:
     blockbridge: str
     load_start: str
     load_end: str = ""
+    blockbridge_end: str = ""
 
 
 def load_average() -> str:
@@ -888,6 +889,9 @@ def notes(opts: Options, ctx: Context, ran: set[str]) -> list[str]:
                    "(multi-conn), blockbridge one iSCSI session; dd writes end with fsync")
     if ran & {"fuse", "loop", "initiator"}:
         out.append("fio: libaio, direct=1, one job")
+    if ctx.blockbridge_end and ctx.blockbridge_end != ctx.blockbridge:
+        out.append(f"WARNING: the installed blockbridge changed during the run, from "
+                   f"{ctx.blockbridge} to {ctx.blockbridge_end}")
     out.append(f"load average (1, 5, 15 min) at start {ctx.load_start}, at end {ctx.load_end}, "
                f"on {ctx.fingerprint['nproc']} CPU(s) shared by the load generator, the "
                "client and the server")
@@ -1097,7 +1101,7 @@ def benchmark(args: argparse.Namespace) -> int:
                        seconds=args.seconds or (1 if args.quick else 5), size=args.size,
                        quick=args.quick, workdir=workdir, drop_caches=can_drop_caches())
         outcomes = [run_section(opts, s) for s in wanted]
-    ctx.load_end = load_average()
+    ctx.load_end, ctx.blockbridge_end = load_average(), blockbridge_version()
     print(report(opts, outcomes, ctx))
     if args.json:
         write_json(args.json, opts, outcomes, ctx)
