@@ -526,7 +526,7 @@ class Section:
     reference_label: str
     needs: tuple[str, ...]
     body: Callable[[Options, Resources, Data], list[Row]]
-    root: bool = False
+    root_for: str = ""  # what root is needed for, if it is
 
 
 def section_target(opts: Options, res: Resources, data: Data) -> list[Row]:
@@ -549,7 +549,7 @@ def section_target(opts: Options, res: Resources, data: Data) -> list[Row]:
 
         rows.append(measure(opts, f"{label} (iscsi-perf)", unit, reader(ours_url),
                             reader(tgtd_url), cold=True, goal=goal))
-    if shutil.which("qemu-img"):
+    if not qemu_iscsi_missing():
         rows += target_writes(opts, ours_url, tgtd_url)
     rows.append(memory_row("peak RSS: blockbridge-target | tgtd", ours_pid, tgtd_pid))
     return rows
@@ -713,17 +713,18 @@ def section_scaling(opts: Options, res: Resources, data: Data) -> list[Row]:
 FUSE_TOOLS = ("/dev/fuse", "fusermount3", "nbdkit", "nbdfuse", "dd", "fio")
 SECTION_LIST = (
     Section("target", "blockbridge-target vs tgtd, same backing file, driven by libiscsi",
-            "blockbridge-target", "tgtd", ("tgtd", "tgtadm", "iscsi-perf"), section_target),
+            "blockbridge-target", "tgtd", ("tgtd", "tgtadm", "iscsi-perf"), section_target,
+            root_for="tgtd"),
     Section("fuse", "FUSE file: blockbridge mount + blockbridge-target vs nbdfuse + nbdkit "
             "file plugin, same backing file", "blockbridge", "nbdfuse", FUSE_TOOLS,
             section_fuse),
     Section("loop", "loop device (losetup --direct-io=on) on each FUSE file of the fuse "
             "section", "blockbridge", "nbdfuse", (*FUSE_TOOLS, "losetup"), section_loop,
-            root=True),
+            root_for="loop devices"),
     Section("initiator", "initiators reading from tgtd: blockbridge mount (fio on the FUSE "
             "file) vs libiscsi (iscsi-perf)", "blockbridge", "libiscsi",
             ("/dev/fuse", "fusermount3", "tgtd", "tgtadm", "iscsi-perf", "fio"),
-            section_initiator),
+            section_initiator, root_for="tgtd"),
     Section("scaling", "blockbridge-target + blockbridge mount on a sparse LUN: 16 GiB "
             "compared with 1 GiB (must not grow)", "16 GiB", "1 GiB",
             ("/dev/fuse", "fusermount3", "dd"), section_scaling),
@@ -757,15 +758,23 @@ def have_blockbridge() -> str | None:
 
 def missing(section: Section) -> str | None:
     """Why SECTION cannot run here, or None."""
-    if section.root and os.geteuid() != 0:
-        return "needs root (loop devices)"
+    if section.root_for and os.geteuid() != 0:
+        return f"needs root ({section.root_for})"
     for need in section.needs:
         found = os.path.exists(need) if need.startswith("/") else shutil.which(need)
         if not found:
             return f"needs {need}, which is not available"
-    if section.name in ("target", "initiator") and os.geteuid() != 0:
-        return "needs root (tgtd)"
     return have_blockbridge()
+
+
+def qemu_iscsi_missing() -> str | None:
+    """Why the target section cannot have write rows (qemu-img with libiscsi), or None."""
+    if not shutil.which("qemu-img"):
+        return "qemu-img is not installed"
+    done = run(["qemu-img", "--help"], timeout=30, check=False)
+    if not re.search(r"^Supported formats:.* iscsi\b", done.stdout, re.MULTILINE):
+        return "qemu-img has no iscsi driver (Debian: qemu-block-extra)"
+    return None
 
 
 def make_data(opts: Options) -> Data:
@@ -881,6 +890,8 @@ def notes(opts: Options, ctx: Context, ran: set[str]) -> list[str]:
            "MiB (peak RSS) and s: lower is better", cache,
            "peak RSS is VmHWM from /proc/PID/status, read at the end of the section (after "
            "all its runs); in scaling, each run has a fresh target and mount"]
+    if "target" in ran and (why := qemu_iscsi_missing()):
+        out.append(f"target: no write rows: {why}")
     if "target" in ran:
         out.append("target: iscsi-perf reads at random 512-byte LBAs; qemu-img bench has no "
                    f"random mode, so its 4 KiB writes step {STRIDE_BLOCKS} x 4 KiB at a time")
