@@ -872,7 +872,6 @@ class Context:
     blockbridge: str
     load_start: str
     load_end: str = ""
-    blockbridge_end: str = ""
 
 
 def load_average() -> str:
@@ -900,9 +899,6 @@ def notes(opts: Options, ctx: Context, ran: set[str]) -> list[str]:
                    "(multi-conn), blockbridge one iSCSI session; dd writes end with fsync")
     if ran & {"fuse", "loop", "initiator"}:
         out.append("fio: libaio, direct=1, one job")
-    if ctx.blockbridge_end and ctx.blockbridge_end != ctx.blockbridge:
-        out.append(f"WARNING: the installed blockbridge changed during the run, from "
-                   f"{ctx.blockbridge} to {ctx.blockbridge_end}")
     out.append(f"load average (1, 5, 15 min) at start {ctx.load_start}, at end {ctx.load_end}, "
                f"on {ctx.fingerprint['nproc']} CPU(s) shared by the load generator, the "
                "client and the server")
@@ -940,19 +936,29 @@ def machine_fingerprint() -> dict[str, Any]:
             "python": platform.python_version()}
 
 
-def blockbridge_version() -> str:
-    """The version of the blockbridge the daemons run, with its git commit if it has one."""
-    code = "import blockbridge, os; print(blockbridge.__version__, os.path.dirname(" \
-           "blockbridge.__file__))"
-    with contextlib.suppress(OSError, subprocess.SubprocessError, ValueError):
+def snapshot_blockbridge(dest: Path) -> str:
+    """Copy the installed blockbridge packages into DEST and put DEST first on the children's
+    PYTHONPATH, so that every daemon of the run runs the same code even if the installation
+    changes meanwhile. Returns its version and git commit, if it has one."""
+    code = "import blockbridge, blockbridge_target as t; print(blockbridge.__version__); " \
+           "print(blockbridge.__file__); print(t.__file__)"
+    try:
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                               timeout=60, check=True, cwd=CHILD_CWD)
-        version, where = done.stdout.strip().split(" ", 1)
-        git = subprocess.run(["git", "-C", where, "describe", "--always", "--dirty"],
-                             capture_output=True, text=True, timeout=30)
-        commit = git.stdout.strip()
-        return f"{version} (git {commit})" if git.returncode == 0 and commit else version
-    return "(not importable)"
+    except (OSError, subprocess.SubprocessError):
+        return "(not importable)"
+    version, *files = done.stdout.strip().splitlines()
+    where = Path(files[0]).parent
+    git = subprocess.run(["git", "-C", str(where), "describe", "--always", "--dirty"],
+                         capture_output=True, text=True, timeout=30)
+    if git.returncode == 0 and git.stdout.strip():
+        version += f" (git {git.stdout.strip()})"
+    for name, file in zip(("blockbridge", "blockbridge_target"), files, strict=True):
+        shutil.copytree(Path(file).parent, dest / name,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        filter(None, (str(dest), os.environ.get("PYTHONPATH"))))
+    return version
 
 
 def tool_versions() -> dict[str, str]:
@@ -1104,15 +1110,15 @@ def work_directory(parent: Path, keep: bool) -> Iterator[Path]:
 
 def benchmark(args: argparse.Namespace) -> int:
     ctx = Context(started=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-                  fingerprint=machine_fingerprint(), blockbridge=blockbridge_version(),
-                  load_start=load_average())
+                  fingerprint=machine_fingerprint(), blockbridge="", load_start=load_average())
     wanted = [s for s in SECTION_LIST if not args.only or s.name in args.only]
     with work_directory(args.workdir, args.keep_workdir) as workdir:
+        ctx.blockbridge = snapshot_blockbridge(workdir / "code")
         opts = Options(runs=1 if args.quick else args.runs,
                        seconds=args.seconds or (1 if args.quick else 5), size=args.size,
                        quick=args.quick, workdir=workdir, drop_caches=can_drop_caches())
         outcomes = [run_section(opts, s) for s in wanted]
-    ctx.load_end, ctx.blockbridge_end = load_average(), blockbridge_version()
+    ctx.load_end = load_average()
     print(report(opts, outcomes, ctx))
     if args.json:
         write_json(args.json, opts, outcomes, ctx)
