@@ -474,10 +474,17 @@ class Row:
             return None
         return self.ratio <= self.goal if self.lower_is_better else self.ratio >= self.goal
 
+    @property
+    def spread(self) -> float | None:
+        """(max - min) / median over the runs, the larger of the two sides; None for one run."""
+        spreads = [(max(v) - min(v)) / statistics.median(v)
+                   for v in (self.ours, self.reference) if len(v) > 1 and statistics.median(v)]
+        return max(spreads, default=None)
+
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data.update(ours_median=self.ours_median, reference_median=self.reference_median,
-                    ratio=self.ratio, meets_goal=self.meets_goal)
+                    ratio=self.ratio, meets_goal=self.meets_goal, spread=self.spread)
         return data
 
 
@@ -857,9 +864,11 @@ def section_lines(outcome: Outcome) -> list[str]:
     head = f"[{s.name}] {s.title}"
     if outcome.status != "ok":
         return [head, f"  {outcome.status}: {outcome.reason}"]
-    headers = ("  test", "unit", s.ours_label, s.reference_label, "ratio", "goal", "")
+    headers = ("  test", "unit", s.ours_label, s.reference_label, "ratio", "goal", "",
+               "spread")
     lines = [(f"  {r.test}", r.unit, fmt(r.ours_median), fmt(r.reference_median),
-              fmt(r.ratio), goal_text(r), verdict(r)) for r in outcome.rows]
+              fmt(r.ratio), goal_text(r), verdict(r),
+              "" if r.spread is None else f"{100 * r.spread:.0f}%") for r in outcome.rows]
     return [head, *render(headers, lines)]
 
 
@@ -886,7 +895,8 @@ def notes(opts: Options, ctx: Context, ran: set[str]) -> list[str]:
     out = [f"figures are medians of {opts.runs} run(s); time-based runs last {opts.seconds} "
            f"s, dd moves {opts.stream_bytes // MiB} MiB of random data per run",
            "ratio = first figure / second figure; MiB/s and IOPS: higher is better; "
-           "MiB (peak RSS) and s: lower is better", cache,
+           "MiB (peak RSS) and s: lower is better; spread = (max - min) / median over the "
+           "runs, the larger of the two sides", cache,
            "peak RSS is VmHWM from /proc/PID/status, read at the end of the section (after "
            "all its runs); in scaling, each run has a fresh target and mount"]
     if "target" in ran and (why := qemu_iscsi_missing()):
