@@ -26,6 +26,7 @@ from blockbridge.initiator.blockdev import BlockDevice
 from blockbridge.initiator.errors import InitiatorError
 from blockbridge.initiator.session import Session
 from blockbridge.iscsi import pdu as P
+from blockbridge.iscsi.constants import Stage
 from blockbridge.iscsi.errors import ISCSIError
 from blockbridge.iscsi.framing import encode_bytes
 from blockbridge.iscsi.text import encode_text
@@ -46,7 +47,7 @@ def _login_request(rng: random.Random, target: str) -> P.LoginRequest:
     keys = [("InitiatorName", f"iqn.2026-11.fuzz:{rng.randrange(1000)}"),
             ("TargetName", target), ("SessionType", "Normal"), ("AuthMethod", "None")]
     return P.LoginRequest(itt=rng.getrandbits(32), isid=rng.randbytes(6), tsih=0,
-                          csg=P.Stage.SECURITY, nsg=P.Stage.OPERATIONAL, transit=True,
+                          csg=Stage.SECURITY, nsg=Stage.OPERATIONAL, transit=True,
                           cmdsn=0, expstatsn=0, data=encode_text(keys))
 
 
