@@ -407,20 +407,37 @@ COMMANDS = {"cp": cmd_cp, "discover": cmd_discover, "discard": cmd_discard, "mou
             "umount": cmd_umount, "status": cmd_status}
 
 
+def _stdout_closed() -> bool:
+    """Whether our standard output is a pipe whose reader has gone (POLLERR)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError):
+        return False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.command:
         parser.print_help()
         return 2
-    if args.command != "mount":  # `blockbridge status | head` ends quietly
-        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     level = logging.ERROR if args.quiet else logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `blockbridge status | head`: the reader of our output went away, not an error
+        # to report.  (SIGPIPE stays ignored: a peer closing a socket is an error.)
+        if _stdout_closed():
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 1
+        raise
     except BaseException as exc:
         shown = user_error(exc)
         if shown is None:
