@@ -91,6 +91,9 @@ _VERIFY = {Op.VERIFY_10, Op.VERIFY_12, Op.VERIFY_16}
 # copy, far cheaper than a hop to a worker thread); misses go to a thread.
 _INLINE_READ = 1 << 20
 IO_THREADS = 32
+# Write-back writes up to this size go straight into the page cache from the event loop
+# (see FileBackend.write_cached); write-through and FUA writes always use a thread.
+_INLINE_WRITE = 1 << 20
 # Commands a reservation never blocks.
 _ALWAYS = {Op.INQUIRY, Op.REPORT_LUNS, Op.REQUEST_SENSE, Op.PERSISTENT_RESERVE_IN,
            Op.PERSISTENT_RESERVE_OUT, Op.READ_CAPACITY_10, Op.SERVICE_ACTION_IN_16,
@@ -325,7 +328,10 @@ class LogicalUnit:
         bs = self.block_size
         blocks = min(n, len(data) // bs)
         if blocks:
-            await self._io(self.backend.write, lba * bs, memoryview(data)[: blocks * bs], sync)
+            piece = memoryview(data)[: blocks * bs]
+            inline = not sync and blocks * bs <= _INLINE_WRITE
+            if not (inline and self.backend.write_cached(lba * bs, piece)):
+                await self._io(self.backend.write, lba * bs, piece, sync)
             self.stats["writes"] += 1
             self.stats["bytes_written"] += blocks * bs
         return SCSIResult()

@@ -25,6 +25,11 @@ class Backend(Protocol):
         self, offset: int, data: bytes | bytearray | memoryview, sync: bool = False
     ) -> None: ...
 
+    def write_cached(self, offset: int, data: memoryview) -> bool:
+        """Write into the page cache on the event loop if that is expected to be quick;
+        False (nothing written) when the caller should use a worker thread instead."""
+        ...
+
     def flush(self) -> None: ...
 
     def unmap(self, offset: int, length: int) -> None:
