@@ -17,7 +17,6 @@ import argparse
 import random
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -94,23 +93,14 @@ def soak_faults(workdir: Path, seconds: float, every: float) -> bool:
     disk, port, iqn = workdir / "disk.img", free_port(), "iqn.2026-11.soak:faults"
     target = start_target(disk, port, workdir, iqn, size="1G")
     log_start = kernel_log_lines()
-    stop_cuts = threading.Event()
     try:
         with FaultProxy("127.0.0.1", port) as proxy, \
                 mounted(f"127.0.0.1:{proxy.port}", workdir / "mnt", "--nop-interval", "1",
                         "--replacement-timeout", "60") as mnt, \
                 loop_filesystem(mnt / iqn / "lun0", workdir / "fs") as fs:
-            def cuts() -> None:
-                n = 0
-                while not stop_cuts.wait(every):
-                    proxy.cut(mid_pdu=n % 2 == 1)
-                    n += 1
-
-            thread = threading.Thread(target=cuts)
-            thread.start()
             totals = {"written": 0, "verified": 0, "errors": 0}
             ok, end, rounds = True, time.monotonic() + seconds, 0
-            try:
+            with proxy.repeating(every, [proxy.cut, lambda: proxy.cut(mid_pdu=True)]):
                 while ok and time.monotonic() < end:
                     fio = start_fio_verify(fs.directory, "64M", workdir / "fio.json")
                     try:
@@ -122,9 +112,6 @@ def soak_faults(workdir: Path, seconds: float, every: float) -> bool:
                     for k in totals:
                         totals[k] += result[k]
                     rounds += 1
-            finally:
-                stop_cuts.set()
-                thread.join()
             print(f"fio: {rounds} rounds, {totals['written'] >> 20} MiB written, "
                   f"{totals['verified'] >> 20} MiB verified, {totals['errors']} errors; "
                   f"proxy cut {proxy.cuts} times, {proxy.connections} connections")

@@ -51,7 +51,6 @@ class Task:
     cmd: P.SCSICommand
     lun_number: int
     buffer: bytearray | None = None
-    received: int = 0
     unsolicited_limit: int = 0
     unsolicited_done: trio.Event = field(default_factory=trio.Event)
     burst_done: trio.Event = field(default_factory=trio.Event)
@@ -59,7 +58,8 @@ class Task:
     burst_start: int = 0
     burst_end: int = 0
     next_datasn: int = 0
-    next_offset: int = 0  # Data-Out must arrive in order and without gaps (DataPDUInOrder)
+    # bytes received so far; Data-Out must continue here, no gaps (DataPDUInOrder)
+    next_offset: int = 0
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     aborted: bool = False
 
@@ -239,7 +239,8 @@ class Connection:
             self._ttt += 1
             ttt = self._ttt & 0x7FFFFFFF
             self._nop_ttt = ttt
-            await self._send([self._status_fields(P.NopIn(itt=RESERVED_TAG, ttt=ttt), False)])
+            await self.pdus.send_pdus(
+                [self._status_fields(P.NopIn(itt=RESERVED_TAG, ttt=ttt), False)])
             with trio.move_on_after(timeout):
                 while self._nop_ttt == ttt:
                     await trio.sleep(0.1)
@@ -261,9 +262,6 @@ class Connection:
         elif not isinstance(pdu, P.DataIn | P.R2T) or isinstance(pdu, P.R2T):
             fields["statsn"] = self.statsn
         return dataclasses.replace(pdu, **fields)  # type: ignore[arg-type]
-
-    async def _send(self, pdus: list[P.PDU]) -> None:
-        await self.pdus.send_pdus(pdus)
 
     async def _send_status(self, pdus: list[P.PDU], status_last: bool = True) -> None:
         """Send PDUs, the last one carrying status.  StatSN is assigned and the PDUs are
@@ -328,7 +326,7 @@ class Connection:
                 # command runs (all of EDTL is collected first), so a reused buffer is safe
                 task.buffer = self._buffers.take(edtl)
                 task.buffer[:data_len] = cmd.data
-            task.received = task.next_offset = data_len
+            task.next_offset = data_len
             if not params.initial_r2t and not cmd.final:
                 task.unsolicited_limit = min(params.first_burst_length, edtl)
             else:
@@ -360,7 +358,6 @@ class Connection:
         task.next_offset += n
         if task.buffer is not None:
             task.buffer[d.offset : d.offset + n] = d.data
-        task.received = max(task.received, d.offset + n)
         if d.final:
             end = task.unsolicited_limit if d.ttt == RESERVED_TAG else task.burst_end
             if task.next_offset != end:
@@ -392,7 +389,7 @@ class Connection:
         params = self.session.params
         edtl = task.cmd.expected_length
         await task.unsolicited_done.wait()
-        offset = task.received
+        offset = task.next_offset
         r2tsn = 0
         while offset < edtl:
             length = min(params.max_burst_length, edtl - offset)

@@ -19,8 +19,7 @@ import random
 import socket
 import struct
 import threading
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import trio
@@ -75,6 +74,26 @@ class FaultProxy:
     def stall(self, seconds: float) -> None:
         """Stop forwarding in both directions for ``seconds``, keeping connections open."""
         self._call(self._stall, seconds)
+
+    @contextlib.contextmanager
+    def repeating(self, every: float, steps: Sequence[Callable[[], object]]) -> Iterator[None]:
+        """Inside the block, run ``steps`` in turn, one every ``every`` seconds, from a
+        background thread (e.g. ``[proxy.cut, lambda: proxy.cut(mid_pdu=True)]``)."""
+        done = threading.Event()
+
+        def loop() -> None:
+            n = 0
+            while not done.wait(every):
+                steps[n % len(steps)]()
+                n += 1
+
+        thread = threading.Thread(target=loop, daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join()
 
     def _call(self, fn: Callable[..., Any], *args: Any) -> None:
         assert self._token is not None
@@ -167,12 +186,10 @@ def main() -> None:
     host, _, port = args.upstream.rpartition(":")
     with FaultProxy(host, int(port), args.listen) as proxy:
         print(f"listening on 127.0.0.1:{proxy.port}", flush=True)
-        n = 0
-        while True:
-            time.sleep(args.cut_every or 3600)
-            if args.cut_every:
-                n += 1
-                proxy.cut(mid_pdu=n % 2 == 0)
+        if not args.cut_every:
+            threading.Event().wait()
+        with proxy.repeating(args.cut_every, [proxy.cut, lambda: proxy.cut(mid_pdu=True)]):
+            threading.Event().wait()
 
 
 if __name__ == "__main__":

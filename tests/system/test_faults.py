@@ -5,7 +5,6 @@ finish with no I/O error, no mismatch, a clean fsck and no error in the kernel l
 from __future__ import annotations
 
 import os
-import threading
 import time
 from pathlib import Path
 
@@ -66,7 +65,6 @@ def test_connection_cut_every_few_seconds_under_a_filesystem_workload(tmp_path: 
     disk, port = tmp_path / "disk.img", free_port()
     target = start_target(disk, port, tmp_path, IQN)
     log_start = kernel_log_lines()
-    stop_faults = threading.Event()
     try:
         with FaultProxy("127.0.0.1", port) as proxy, \
                 mounted(f"127.0.0.1:{proxy.port}", tmp_path / "mnt", "--nop-interval", "1",
@@ -75,25 +73,14 @@ def test_connection_cut_every_few_seconds_under_a_filesystem_workload(tmp_path: 
             fio = start_fio_verify(fs.directory, "32M", tmp_path / "fio.json",
                                    ("--loops=12",))
 
-            def faults() -> None:
-                # a clean cut, a cut in the middle of a PDU, a pause shorter than the NOP
-                # timeout, one longer (detected as a dead peer), then latency; repeated
-                steps = [lambda: proxy.cut(), lambda: proxy.cut(mid_pdu=True),
-                         lambda: proxy.stall(0.5), lambda: proxy.stall(3),
-                         lambda: setattr(proxy, "delay", 0.002),
-                         lambda: setattr(proxy, "delay", 0.0)]
-                n = 0
-                while not stop_faults.wait(1.5):
-                    steps[n % len(steps)]()
-                    n += 1
-
-            thread = threading.Thread(target=faults)
-            thread.start()
-            try:
+            # a clean cut, a cut in the middle of a PDU, a pause shorter than the NOP
+            # timeout, one longer (detected as a dead peer), then latency; repeated
+            steps = [proxy.cut, lambda: proxy.cut(mid_pdu=True),
+                     lambda: proxy.stall(0.5), lambda: proxy.stall(3),
+                     lambda: setattr(proxy, "delay", 0.002),
+                     lambda: setattr(proxy, "delay", 0.0)]
+            with proxy.repeating(1.5, steps):
                 result = fio_result(fio, tmp_path / "fio.json", timeout=300)
-            finally:
-                stop_faults.set()
-                thread.join()
             assert result["errors"] == 0
             assert result["verified"] == result["written"] > 0
             assert proxy.cuts >= 2, "the workload ended before the proxy cut anything"

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.interop.daemons import have, our_target, tgtd
+
+from .workload import bb, loop_filesystem, mounted
 
 pytestmark = [
     pytest.mark.system,
@@ -22,25 +21,6 @@ root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (loop devic
 
 T1 = "iqn.2026-11.test.tgt:one"
 T2 = "iqn.2026-11.test.tgt:two"
-
-
-def bb(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "blockbridge", *args], capture_output=True,
-                          text=True, timeout=timeout)
-
-
-@contextlib.contextmanager
-def mounted(portal: str, mnt: Path, *extra: str) -> Iterator[Path]:
-    mnt.mkdir(exist_ok=True)
-    r = bb("mount", portal, str(mnt), *extra)
-    assert r.returncode == 0, r.stderr
-    try:
-        yield mnt
-    finally:
-        u = bb("umount", str(mnt))
-        if os.path.ismount(mnt):
-            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
-        assert u.returncode == 0, u.stderr
 
 
 def sparse(path: Path, size: int) -> Path:
@@ -84,24 +64,13 @@ def test_three_luns_of_tgtd_as_files(tmp_path: Path) -> None:
 
 
 def filesystem_round_trip(lun: Path, workdir: Path) -> bytes:
-    """losetup + mkfs.ext4 + mount + write + umount + mount + re-read on a LUN file."""
+    """losetup + mkfs.ext4 + mount + write + umount + mount + re-read (+ fsck) on a LUN."""
     data = os.urandom(5 << 20)
-    loop = subprocess.run(["losetup", "--find", "--show", str(lun)], capture_output=True,
-                          text=True, check=True).stdout.strip()
-    fsdir = workdir / "fs"
-    fsdir.mkdir()
-    try:
-        subprocess.run(["mkfs.ext4", "-q", loop], check=True)
-        subprocess.run(["mount", loop, str(fsdir)], check=True)
-        (fsdir / "data.bin").write_bytes(data)
-        subprocess.run(["umount", str(fsdir)], check=True)
-        subprocess.run(["mount", loop, str(fsdir)], check=True)
-        assert (fsdir / "data.bin").read_bytes() == data
-        subprocess.run(["umount", str(fsdir)], check=True)
-    finally:
-        if os.path.ismount(fsdir):
-            subprocess.run(["umount", "-l", str(fsdir)], check=False)
-        subprocess.run(["losetup", "-d", loop], check=False)
+    with loop_filesystem(lun, workdir / "fs") as fs:
+        (fs.directory / "data.bin").write_bytes(data)
+        subprocess.run(["umount", str(fs.directory)], check=True)
+        subprocess.run(["mount", fs.device, str(fs.directory)], check=True)
+        assert (fs.directory / "data.bin").read_bytes() == data
     return data
 
 

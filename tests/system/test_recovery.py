@@ -6,14 +6,15 @@ import hashlib
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.interop.daemons import free_port, stop, wait_for_listening
+from tests.interop.daemons import free_port, stop
+
+from .workload import bb, start_target
 
 pytestmark = [pytest.mark.system,
               pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse")]
@@ -21,26 +22,10 @@ pytestmark = [pytest.mark.system,
 IQN = "iqn.2026-11.test:recovery"
 
 
-def start_target(disk: Path, port: int, workdir: Path, n: int) -> subprocess.Popen[str]:
-    log = workdir / f"target-{n}.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "blockbridge_target", "--disk", str(disk), "--size", "64M",
-             "--target-name", IQN, "--portal", f"127.0.0.1:{port}"],
-            stdout=out, stderr=subprocess.STDOUT, text=True)
-    wait_for_listening(log, proc, 20)
-    return proc
-
-
-def bb(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "blockbridge", *args], capture_output=True,
-                          text=True, timeout=120)
-
-
 def test_kill_and_restart_the_target_twice_mid_write(tmp_path: Path) -> None:
     disk, port, mnt = tmp_path / "disk.img", free_port(), tmp_path / "mnt"
     mnt.mkdir()
-    target = start_target(disk, port, tmp_path, 0)
+    target = start_target(disk, port, tmp_path, IQN, 0, size="64M")
     r = bb("mount", f"127.0.0.1:{port}", str(mnt), "--replacement-timeout", "60")
     assert r.returncode == 0, r.stderr
     lun = mnt / IQN / "lun0"
@@ -72,7 +57,7 @@ def test_kill_and_restart_the_target_twice_mid_write(tmp_path: Path) -> None:
             target.send_signal(signal.SIGKILL)
             target.wait()
             time.sleep(1)
-            target = start_target(disk, port, tmp_path, n)
+            target = start_target(disk, port, tmp_path, IQN, n, size="64M")
         thread.join(120)
         assert not thread.is_alive(), "the writer hung"
         assert errors == [], errors

@@ -47,9 +47,10 @@ def mounted(portal: str, mnt: Path, *extra: str) -> Iterator[Path]:
     try:
         yield mnt
     finally:
-        bb("umount", str(mnt))
+        u = bb("umount", str(mnt))
         if mnt.is_mount():
             subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
+        assert u.returncode == 0, u.stderr
 
 
 def kernel_log_lines() -> int:
