@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ssl
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import trio
 
@@ -36,6 +36,7 @@ class PDUStream:
         self.stream = stream
         self._reader = PDUReader(max_data_segment_length=max_data_segment_length)
         self._queue: list[Buffer] = []
+        self._after: list[Callable[[], None]] = []  # run once the queued buffers are written
         self._writing = False
         self._batch_done = trio.Event()
         # Plain TCP: write with sendmsg (scatter-gather, one system call per batch).
@@ -119,6 +120,26 @@ class PDUStream:
             buffers.extend(encode_buffers(pdu, header_digest=hd, data_digest=dd))
         await self.send_buffers(buffers)
 
+    def post(self, pdus: Iterable[PDU], after: Callable[[], None] | None = None) -> None:
+        """Queue PDUs without waiting: they go out with the write in progress or the next
+        ``flush``/send, in call order with every other PDU.  ``after`` runs once they have
+        been written (not if the write fails), e.g. to recycle a data buffer."""
+        if self._broken is not None:
+            raise ConnectionClosed(self._broken)
+        hd, dd = self._header_digest, self._data_digest
+        for pdu in pdus:
+            self._queue.extend(encode_buffers(pdu, header_digest=hd, data_digest=dd))
+        if after is not None:
+            self._after.append(after)
+
+    async def flush(self) -> None:
+        """Write everything posted so far (joining a write in progress, if any)."""
+        # With nothing queued, whatever was posted is in the batch being written (or has
+        # been written); waiting for the *next* batch would wait for a write that may
+        # never come.
+        if self._queue:
+            await self.send_buffers(())
+
     async def send_buffers(self, buffers: Sequence[Buffer]) -> None:
         """Queue ``buffers`` and return once they are written.
 
@@ -142,11 +163,14 @@ class PDUStream:
             await trio.lowlevel.cancel_shielded_checkpoint()
             while self._queue:
                 out, self._queue = self._queue, []
+                after, self._after = self._after, []
                 done, self._batch_done = self._batch_done, trio.Event()
                 try:
                     await self._write(out)
                 finally:
                     done.set()
+                for fn in after:
+                    fn()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             self._broken = f"connection lost: {exc}"
             raise ConnectionClosed(self._broken) from exc
@@ -158,6 +182,7 @@ class PDUStream:
             self._writing = False
             if self._broken is not None:
                 self._queue.clear()
+                self._after.clear()
                 self._batch_done.set()
 
     async def _write(self, buffers: list[Buffer]) -> None:

@@ -22,7 +22,9 @@ from blockbridge.scsi.sense import build_sense
 
 from . import pages
 from .backends.base import Backend
+from .backends.file import FileBackend
 from .reservations import Conflict, Illegal, Reservations
+from .uring import Uring, open_uring
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -88,11 +90,12 @@ _WRITES = {Op.WRITE_6, Op.WRITE_10, Op.WRITE_12, Op.WRITE_16}
 _WRITE_VERIFY = {Op.WRITE_VERIFY_10, Op.WRITE_VERIFY_12, Op.WRITE_VERIFY_16}
 _VERIFY = {Op.VERIFY_10, Op.VERIFY_12, Op.VERIFY_16}
 # Reads up to this size are first tried on the event loop with RWF_NOWAIT (a page-cache
-# copy, far cheaper than a hop to a worker thread); misses go to a thread.
+# copy); misses go to io_uring, or to a worker thread where io_uring is unavailable.
 _INLINE_READ = 1 << 20
 IO_THREADS = 32
+_URING_READ = 64 << 10
 # Write-back writes up to this size go straight into the page cache from the event loop
-# (see FileBackend.write_cached); write-through and FUA writes always use a thread.
+# (see FileBackend.write_cached); write-through and FUA writes go to io_uring (or a thread).
 _INLINE_WRITE = 1 << 20
 # Commands a reservation never blocks.
 _ALWAYS = {Op.INQUIRY, Op.REPORT_LUNS, Op.REQUEST_SENSE, Op.PERSISTENT_RESERVE_IN,
@@ -161,6 +164,10 @@ class LogicalUnit:
         # enough to keep a queue of 32 commands busy on a device that serves them in
         # parallel, as tgtd's 16 threads per LUN do.
         self._limiter = trio.CapacityLimiter(IO_THREADS)
+        # Reads that miss the page cache, writes that cannot go inline, and flushes of a
+        # file or block device go through io_uring where the kernel allows it.
+        self._fd = backend.fd if isinstance(backend, FileBackend) else None
+        self._ring: Uring | None = None
         self._pool = BufferPool()  # read buffers, recycled once sent
         self._atomic = trio.Lock()
         self.stats = {"reads": 0, "writes": 0, "bytes_read": 0, "bytes_written": 0}
@@ -251,8 +258,87 @@ class LogicalUnit:
             sense = build_sense(SenseKey.MEDIUM_ERROR, asc, descriptor=self.mode.d_sense)
             return SCSIResult(Status.CHECK_CONDITION, sense=sense)
 
+    def execute_now(self, cdb: bytes, nexus: Nexus) -> SCSIResult | None:
+        """Run a read whose data is in the page cache at once, without a task switch.
+
+        Returns None for anything else (another command, a pending unit attention, a
+        reservation, an error to report, a page-cache miss): the caller then runs the
+        command through ``execute``, which handles every case.
+        """
+        if not cdb or cdb[0] not in _READS:
+            return None
+        st = self.nexuses.get(nexus)
+        if st is not None and st.unit_attentions:
+            return None
+        res = self.reservations
+        if res.spc2_holder is not None or res.pr_type:
+            return None
+        try:
+            lba, n, flags = rw_fields(cdb)
+        except CheckCondition:
+            return None
+        bs = self.block_size
+        length = n * bs
+        if flags & 0xE0 or not 0 < length <= _INLINE_READ or lba + n > self.blocks:
+            return None
+        buf = self._pool.take(length)
+        if not self.backend.read_cached(lba * bs, buf):
+            self._pool.give(buf)
+            return None
+        self.stats["reads"] += 1
+        self.stats["bytes_read"] += length
+        return SCSIResult(data=buf, release=partial(self._pool.give, buf))
+
     async def _io(self, fn: Callable[..., T], *args: object) -> T:
         return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+
+    def _uring(self) -> Uring | None:
+        """This trio run's io_uring for the backing file, or None to use threads."""
+        if self._fd is None:
+            return None
+        ring = self._ring
+        if ring is not None and ring.token is trio.lowlevel.current_trio_token():
+            return ring
+        if ring is not None:  # made in an earlier trio run (tests)
+            ring.close()
+        self._ring = ring = open_uring()
+        if ring is None:
+            self._fd = None
+        return ring
+
+    async def _read_into(self, offset: int, buf: bytearray) -> None:
+        """Fill ``buf`` from the backing store; zeros past its end (a file that shrank)."""
+        ring = self._uring() if len(buf) <= _URING_READ else None
+        if ring is None or self._fd is None:
+            buf[:] = await self._io(self.backend.read, offset, len(buf))
+            return
+        view = memoryview(buf)
+        done = 0
+        while done < len(buf):
+            n = await ring.read(self._fd, view[done:], offset + done)
+            if n == 0:
+                view[done:] = bytes(len(buf) - done)
+                break
+            done += n
+
+    async def _write_at(self, offset: int, data: Buffer, sync: bool) -> None:
+        ring = self._uring()
+        if ring is None or self._fd is None:
+            await self._io(self.backend.write, offset, data, sync)
+            return
+        view = memoryview(data)
+        done = 0
+        while done < len(view):
+            done += await ring.write(self._fd, view[done:], offset + done)
+        if sync:
+            await ring.fdatasync(self._fd)
+
+    async def _flush_backend(self) -> None:
+        ring = self._uring()
+        if ring is None or self._fd is None:
+            await self._io(self.backend.flush)
+        elif not self.backend.read_only:
+            await ring.fdatasync(self._fd)
 
     async def _execute(self, cdb: bytes, data: Buffer, nexus: Nexus, edtl: int) -> SCSIResult:
         if not cdb:
@@ -302,17 +388,12 @@ class LogicalUnit:
         if n * bs > 64 * 1024 * 1024:
             raise _invalid_cdb(7)
         length = n * bs
-        if length <= _INLINE_READ:
-            buf = self._pool.take(length)
-            if self.backend.read_cached(lba * bs, buf):
-                self.stats["reads"] += 1
-                self.stats["bytes_read"] += length
-                return SCSIResult(data=buf, release=partial(self._pool.give, buf))
-            self._pool.give(buf)
-        out = await self._io(self.backend.read, lba * bs, length)
+        buf = self._pool.take(length)
+        if length > _INLINE_READ or not self.backend.read_cached(lba * bs, buf):
+            await self._read_into(lba * bs, buf)
         self.stats["reads"] += 1
         self.stats["bytes_read"] += length
-        return SCSIResult(data=out)
+        return SCSIResult(data=buf, release=partial(self._pool.give, buf))
 
     async def _write(self, cdb: bytes, data: Buffer, nexus: Nexus) -> SCSIResult:
         lba, n, flags = rw_fields(cdb)
@@ -331,7 +412,7 @@ class LogicalUnit:
             piece = memoryview(data)[: blocks * bs]
             inline = not sync and blocks * bs <= _INLINE_WRITE
             if not (inline and self.backend.write_cached(lba * bs, piece)):
-                await self._io(self.backend.write, lba * bs, piece, sync)
+                await self._write_at(lba * bs, piece, sync)
             self.stats["writes"] += 1
             self.stats["bytes_written"] += blocks * bs
         return SCSIResult()
@@ -502,7 +583,7 @@ class LogicalUnit:
         else:
             lba, n = int.from_bytes(cdb[2:10], "big"), int.from_bytes(cdb[10:14], "big")
         self._check_range(lba, n)
-        await self._io(self.backend.flush)
+        await self._flush_backend()
         return SCSIResult()
 
     async def _prefetch(self, cdb: bytes, data: Buffer, nexus: Nexus) -> SCSIResult:
@@ -715,9 +796,12 @@ class LogicalUnit:
 
     async def flush(self) -> None:
         if not self.read_only:
-            await self._io(self.backend.flush)
+            await self._flush_backend()
 
     def close(self) -> None:
+        if self._ring is not None:
+            self._ring.close()
+            self._ring = None
         self.backend.close()
 
 
@@ -747,4 +831,4 @@ for _ops, _fn in (
     ({Op.PERSISTENT_RESERVE_OUT}, LogicalUnit._prout),
 ):
     for _op in _ops:
-        _HANDLERS[_op] = _fn  # type: ignore[assignment]
+        _HANDLERS[_op] = _fn

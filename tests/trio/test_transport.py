@@ -76,3 +76,42 @@ async def test_cancelled_write_marks_stream_broken() -> None:
     assert left.broken
     with pytest.raises(ConnectionClosed):
         await left.send_pdu(p.NopOut())
+
+
+async def test_posted_pdus_go_out_with_the_next_flush_in_order() -> None:
+    left, right = pair()
+    released: list[int] = []
+    left.post([p.DataIn(itt=1, data=b"a")], after=lambda: released.append(1))
+    left.post([p.DataIn(itt=2, data=b"b")], after=lambda: released.append(2))
+    assert released == []  # nothing is written before a flush
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(left.send_pdu, p.DataIn(itt=3, data=b"c"))  # joins the batch
+        got = [await right.receive_pdu() for _ in range(3)]
+    assert [x.itt for x in got] == [1, 2, 3]
+    assert released == [1, 2]
+
+
+async def test_flush_while_the_last_batch_is_being_written_returns() -> None:
+    # A flush that finds the queue empty while another task writes the last batch
+    # must not wait for a batch that never comes (it hung the target's flusher).
+    a, b = trio.testing.lockstep_stream_pair()  # a write blocks until it is received
+    left, right = PDUStream(a), PDUStream(b)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(left.send_pdu, p.DataIn(itt=1, data=bytes(100_000)))
+        await trio.testing.wait_all_tasks_blocked()  # the writer is inside its write
+        with trio.fail_after(5):
+            await left.flush()
+        assert (await right.receive_pdu()).itt == 1
+
+
+async def test_post_after_a_failed_write_raises_and_skips_callbacks() -> None:
+    a, _b = trio.testing.memory_stream_pair()
+    left = PDUStream(a)
+    await a.aclose()
+    released: list[int] = []
+    left.post([p.DataIn(itt=1, data=b"a")], after=lambda: released.append(1))
+    with pytest.raises(ConnectionClosed):
+        await left.flush()
+    with pytest.raises(ConnectionClosed):
+        left.post([p.DataIn(itt=2, data=b"b")])
+    assert released == []

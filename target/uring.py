@@ -1,0 +1,188 @@
+"""File I/O through io_uring, completed on the trio event loop without threads.
+
+A read that misses the page cache has to wait for the disk.  Handing it to a worker
+thread costs more than the disk here: each completion has to take the GIL back from the
+event loop, and on a small VM every such hand-over is a pair of context switches
+(about 150-250 µs of CPU per 4 KiB read in all).  With io_uring the event loop queues
+the read, the kernel does it asynchronously, and a completion costs a few microseconds:
+a single Python thread reads 50k random 4 KiB blocks per second from a cold file here.
+
+One ring per logical unit.  Completions are signalled on an eventfd that a trio system
+task waits on; it reschedules every finished task in one pass.  The Python binding is the
+``liburing`` package; where it is missing or the kernel refuses io_uring (old kernels,
+``kernel.io_uring_disabled``, seccomp filters in containers), ``open_uring`` says why
+and the caller keeps using threads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from typing import Any
+
+import outcome
+import trio
+
+log = logging.getLogger(__name__)
+
+_lu: Any
+try:
+    import liburing as _lu  # type: ignore[import-untyped,no-redef]
+except ImportError:  # pragma: no cover - liburing is a dependency; this is a safety net
+    _lu = None
+
+ENTRIES = 256  # submission queue size; the completion queue is twice as large
+
+
+class UringUnavailable(Exception):
+    """io_uring cannot be used here; the message says why."""
+
+
+def _wait_forever(_raise_cancel: Any) -> trio.lowlevel.Abort:
+    # A submitted operation cannot be taken back from the kernel cheaply, and its buffer
+    # must stay alive until it completes: the caller waits for it, as it would for a
+    # thread.  Operations on local files finish in bounded time.
+    return trio.lowlevel.Abort.FAILED
+
+
+def _result_of(entry: Any) -> int:
+    res: int = entry.res  # a negative result raises the matching OSError
+    return res
+
+
+class Uring:
+    """An io_uring bound to the current trio run (see ``open_uring``)."""
+
+    def __init__(self) -> None:
+        if _lu is None:
+            raise UringUnavailable("the liburing Python package is not installed")
+        self._ring = _lu.Ring()
+        try:
+            _lu.io_uring_queue_init(ENTRIES, self._ring)
+        except OSError as exc:
+            raise UringUnavailable(f"the kernel refused io_uring: {exc.strerror}") from None
+        self._cqe = _lu.Cqe()
+        self._efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        try:
+            _lu.io_uring_register_eventfd(self._ring, self._efd)
+        except OSError as exc:
+            _lu.io_uring_queue_exit(self._ring)
+            self._close_fds()
+            raise UringUnavailable(f"io_uring eventfd: {exc.strerror}") from None
+        # user_data -> (waiting task, objects the kernel reads or writes until completion)
+        self._pending: dict[int, tuple[trio.lowlevel.Task, object]] = {}
+        self._next_key = 1
+        self._room = trio.lowlevel.ParkingLot()  # tasks waiting for a free slot
+        self.token = trio.lowlevel.current_trio_token()
+        self._closed = False
+        trio.lowlevel.spawn_system_task(self._reap, name="io_uring completions")
+
+    # ------------------------------------------------------------------ operations
+
+    async def read(self, fd: int, buf: bytearray | memoryview, offset: int) -> int:
+        """Read into ``buf`` at ``offset``; returns the byte count (short at end of file)."""
+        iov = _lu.Iovec([buf])
+        return await self._submit(_lu.io_uring_prep_readv, fd, iov, offset, keep=(iov, buf))
+
+    async def write(self, fd: int, data: bytes | bytearray | memoryview, offset: int) -> int:
+        iov = _lu.Iovec([data])
+        return await self._submit(_lu.io_uring_prep_writev, fd, iov, offset, keep=(iov, data))
+
+    async def fdatasync(self, fd: int) -> None:
+        await self._submit(_lu.io_uring_prep_fsync, fd, _lu.IORING_FSYNC_DATASYNC, keep=None)
+
+    async def _submit(self, prep: Any, *args: Any, keep: object) -> int:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self._closed:
+            raise trio.ClosedResourceError("io_uring is closed")
+        while len(self._pending) >= ENTRIES:
+            await self._room.park()
+        sqe = _lu.io_uring_get_sqe(self._ring)
+        if sqe is None:  # cannot happen: every prepared entry is submitted at once
+            raise OSError("io_uring submission queue full")
+        prep(sqe, *args)
+        key = self._next_key
+        self._next_key = key + 1 if key < 1 << 62 else 1
+        sqe.user_data = key
+        self._pending[key] = (trio.lowlevel.current_task(), keep)
+        try:
+            _lu.io_uring_submit(self._ring)
+        except BaseException:
+            del self._pending[key]
+            raise
+        res: int = await trio.lowlevel.wait_task_rescheduled(_wait_forever)
+        return res
+
+    # ------------------------------------------------------------------ completions
+
+    async def _reap(self) -> None:
+        ring, cqe, pending = self._ring, self._cqe, self._pending
+        try:
+            while True:
+                await trio.lowlevel.wait_readable(self._efd)
+                with contextlib.suppress(BlockingIOError):
+                    os.eventfd_read(self._efd)
+                while True:
+                    try:
+                        _lu.io_uring_peek_cqe(ring, cqe)
+                    except BlockingIOError:
+                        break
+                    entry = cqe[0]
+                    key = entry.user_data
+                    result = outcome.capture(_result_of, entry)
+                    _lu.io_uring_cqe_seen(ring, entry)
+                    waiter = pending.pop(key, None)
+                    if waiter is not None:
+                        trio.lowlevel.reschedule(waiter[0], result)
+                if self._room.statistics().tasks_waiting:
+                    self._room.unpark(count=ENTRIES - len(pending))
+        except (trio.ClosedResourceError, trio.Cancelled):
+            pass  # closed, or the trio run is ending
+        finally:
+            # The ring and its eventfd are released here, after trio has forgotten the
+            # fd: closing it earlier could hand its number to a new ring while trio
+            # still has the old registration.
+            self._release()
+
+    def close(self) -> None:
+        """Release the ring; nothing may be in flight (the logical unit has drained)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._pending:  # pragma: no cover - a bug in the caller
+            log.error("io_uring closed with %d operations in flight", len(self._pending))
+            return  # leak the ring rather than free memory the kernel may still write
+        try:
+            same_run = trio.lowlevel.current_trio_token() is self.token
+        except RuntimeError:
+            same_run = False
+        if same_run:
+            trio.lowlevel.notify_closing(self._efd)  # the reaper wakes up and releases
+        else:
+            self._release()  # the run and its reaper task are gone
+
+    def _release(self) -> None:
+        if self._efd >= 0:
+            _lu.io_uring_queue_exit(self._ring)
+            self._close_fds()
+
+    def _close_fds(self) -> None:
+        os.close(self._efd)
+        self._efd = -1
+
+
+_refused: str | None = None  # why io_uring is unavailable, once known
+
+
+def open_uring() -> Uring | None:
+    """A ring for the running trio loop, or None (logged once) if io_uring is unusable."""
+    global _refused
+    if _refused is not None:
+        return None
+    try:
+        return Uring()
+    except UringUnavailable as exc:
+        _refused = str(exc)
+        log.warning("file I/O uses worker threads: %s", _refused)
+        return None

@@ -1,0 +1,155 @@
+"""File I/O through io_uring, and the logical unit's choice between it, the page cache
+and worker threads."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import blockbridge_target.lun as lun_module
+import blockbridge_target.uring as uring_module
+import pytest
+import trio
+from blockbridge_target.backends.file import FileBackend
+from blockbridge_target.lun import LogicalUnit, Nexus
+from blockbridge_target.uring import ENTRIES, Uring, open_uring
+
+from blockbridge.scsi.constants import Op, Status
+
+A = Nexus("iqn.2026-11.test:a", b"\x80\0\0\0\0\1", "iqn.2026-11.test:t")
+
+
+def ring_or_skip() -> Uring:
+    ring = open_uring()
+    if ring is None:
+        pytest.skip("io_uring is not available on this kernel")
+    return ring
+
+
+def read10(lba: int, n: int, flags: int = 0) -> bytes:
+    return bytes([Op.READ_10, flags]) + lba.to_bytes(4, "big") + b"\0" + n.to_bytes(2, "big") \
+        + b"\0"
+
+
+@pytest.fixture
+def data_file(tmp_path: Path) -> tuple[Path, bytes]:
+    data = os.urandom(1 << 20)
+    path = tmp_path / "d.img"
+    path.write_bytes(data)
+    return path, data
+
+
+async def test_read_write_fdatasync_and_errors(data_file: tuple[Path, bytes]) -> None:
+    path, data = data_file
+    ring = ring_or_skip()
+    fd = os.open(path, os.O_RDWR)
+    try:
+        buf = bytearray(8192)
+        assert await ring.read(fd, buf, 4096) == 8192
+        assert buf == data[4096:12288]
+        view = memoryview(buf)[100:200]  # views of part of a buffer work too
+        assert await ring.read(fd, view, 0) == 100
+        assert buf[100:200] == data[:100]
+        assert await ring.write(fd, memoryview(b"x" * 512), 0) == 512
+        await ring.fdatasync(fd)
+        assert path.read_bytes()[:512] == b"x" * 512
+        tail = bytearray(4096)
+        assert await ring.read(fd, tail, len(data) - 1000) == 1000  # short at end of file
+        with pytest.raises(OSError) as err:
+            await ring.read(-1, buf, 0)
+        assert err.value.errno == 9  # EBADF, raised in the caller's task
+    finally:
+        os.close(fd)
+        ring.close()
+
+
+async def test_more_operations_than_ring_entries_all_complete(
+    data_file: tuple[Path, bytes],
+) -> None:
+    path, data = data_file
+    ring = ring_or_skip()
+    fd = os.open(path, os.O_RDONLY)
+    got: dict[int, bytes] = {}
+
+    async def one(i: int) -> None:
+        buf = bytearray(512)
+        await ring.read(fd, buf, i * 512)
+        got[i] = bytes(buf)
+
+    try:
+        async with trio.open_nursery() as nursery:
+            for i in range(ENTRIES * 3):
+                nursery.start_soon(one, i)
+    finally:
+        os.close(fd)
+        ring.close()
+    assert all(got[i] == data[i * 512 : (i + 1) * 512] for i in range(ENTRIES * 3))
+
+
+async def test_lun_reads_and_writes_through_the_ring(data_file: tuple[Path, bytes]) -> None:
+    path, data = data_file
+    lu = LogicalUnit(0, FileBackend(str(path)), target_name="iqn.2026-11.test:t")
+    ring_or_skip().close()
+    try:
+        buf = bytearray(64 << 10)
+        await lu._read_into(8192, buf)  # the path a page-cache miss takes
+        assert lu._ring is not None
+        assert buf == data[8192 : 8192 + len(buf)]
+        await lu._write_at(512, b"y" * 1024, sync=True)
+        await lu._flush_backend()
+        assert path.read_bytes()[512:1536] == b"y" * 1024
+    finally:
+        lu.close()
+    assert lu._ring is None
+
+
+async def test_lun_falls_back_to_threads_without_io_uring(
+    data_file: tuple[Path, bytes], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    path, data = data_file
+    monkeypatch.setattr(lun_module, "open_uring", lambda: None)
+    lu = LogicalUnit(0, FileBackend(str(path)), target_name="iqn.2026-11.test:t")
+    try:
+        buf = bytearray(4096)
+        await lu._read_into(0, buf)
+        assert buf == data[:4096]
+        await lu._write_at(0, b"z" * 512, sync=True)
+        assert path.read_bytes()[:512] == b"z" * 512
+        assert lu._ring is None
+    finally:
+        lu.close()
+
+
+async def test_refusal_is_remembered(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse() -> None:
+        raise uring_module.UringUnavailable("the kernel refused io_uring: test")
+
+    monkeypatch.setattr(uring_module, "_refused", None)
+    monkeypatch.setattr(uring_module, "Uring", refuse)
+    assert open_uring() is None
+    assert uring_module._refused == "the kernel refused io_uring: test"
+    monkeypatch.setattr(uring_module, "Uring", lambda: pytest.fail("asked again"))
+    assert open_uring() is None
+
+
+async def test_execute_now_serves_only_cached_plain_reads(
+    data_file: tuple[Path, bytes],
+) -> None:
+    path, data = data_file
+    path.read_bytes()  # in the page cache
+    lu = LogicalUnit(0, FileBackend(str(path)), target_name="iqn.2026-11.test:t")
+    try:
+        r = lu.execute_now(read10(4, 8), A)
+        assert r is not None and r.status == Status.GOOD
+        assert bytes(r.data) == data[2048 : 2048 + 4096]
+        blocks = len(data) // 512
+        assert lu.execute_now(read10(blocks - 1, 2), A) is None  # out of range: slow path
+        assert lu.execute_now(read10(0, 8, flags=0x20), A) is None  # protection: slow path
+        assert lu.execute_now(read10(0, 0), A) is None  # zero length
+        assert lu.execute_now(bytes([Op.WRITE_10]) + bytes(9), A) is None
+        assert lu.execute_now(bytes([Op.READ_16]) + bytes(5), A) is None  # short CDB
+        await lu.execute(bytes(6), b"", A)  # TEST UNIT READY: A is a known nexus
+        lu.logical_unit_reset(by=None)  # ... with a unit attention pending now
+        assert lu.execute_now(read10(0, 8), A) is None
+    finally:
+        lu.close()
