@@ -37,6 +37,7 @@ class PDUStream:
         self._reader = PDUReader(max_data_segment_length=max_data_segment_length)
         self._queue: list[Buffer] = []
         self._after: list[Callable[[], None]] = []  # run once the queued buffers are written
+        self.backlog = 0  # bytes queued and not yet handed to a write
         self._writing = False
         self._batch_done = trio.Event()
         # Plain TCP: write with sendmsg (scatter-gather, one system call per batch).
@@ -127,8 +128,12 @@ class PDUStream:
         if self._broken is not None:
             raise ConnectionClosed(self._broken)
         hd, dd = self._header_digest, self._data_digest
+        queue = self._queue
         for pdu in pdus:
-            self._queue.extend(encode_buffers(pdu, header_digest=hd, data_digest=dd))
+            buffers = encode_buffers(pdu, header_digest=hd, data_digest=dd)
+            queue.extend(buffers)
+            self.backlog += sum(len(b) if not isinstance(b, memoryview) else b.nbytes
+                                for b in buffers)
         if after is not None:
             self._after.append(after)
 
@@ -164,6 +169,7 @@ class PDUStream:
             while self._queue:
                 out, self._queue = self._queue, []
                 after, self._after = self._after, []
+                self.backlog = 0
                 done, self._batch_done = self._batch_done, trio.Event()
                 try:
                     await self._write(out)
@@ -183,6 +189,7 @@ class PDUStream:
             if self._broken is not None:
                 self._queue.clear()
                 self._after.clear()
+                self.backlog = 0
                 self._batch_done.set()
 
     async def _write(self, buffers: list[Buffer]) -> None:

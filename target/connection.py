@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 LOGIN_TIMEOUT = 30.0
 MAX_WRITE_BUFFER = 64 * 1024 * 1024
 MAX_PENDING_COMMANDS = 256
+MAX_POSTED_BYTES = 8 << 20  # answered but unsent read data before the reader waits
 
 
 class Drop(Exception):
@@ -218,6 +219,10 @@ class Connection:
             pdu = await self.pdus.receive_pdu()
             if isinstance(pdu, P.SCSICommand):
                 await self._on_command(pdu)
+                if self.pdus.backlog > MAX_POSTED_BYTES:
+                    # Answers to reads piling up unsent: the initiator is not reading.
+                    # Stop reading its commands until they are written (TCP back-pressure).
+                    await self.pdus.flush()
             elif isinstance(pdu, P.DataOut):
                 self._on_data_out(pdu)
             elif isinstance(pdu, P.NopOut):

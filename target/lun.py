@@ -107,6 +107,16 @@ _MEDIUM_WRITES = _WRITES | _WRITE_VERIFY | {
     Op.WRITE_SAME_10, Op.WRITE_SAME_16, Op.UNMAP, Op.COMPARE_AND_WRITE, Op.ORWRITE_16}
 
 
+def _whole_bytearray(data: Buffer) -> bytearray | None:
+    """The bytearray ``data`` is, or is a complete view of; None otherwise."""
+    if type(data) is bytearray:
+        return data
+    if isinstance(data, memoryview) and type(data.obj) is bytearray \
+            and data.nbytes == len(data.obj) and data.c_contiguous:
+        return data.obj
+    return None
+
+
 def rw_fields(cdb: bytes) -> tuple[int, int, int]:
     """(lba, number of blocks, byte 1 flags) for a 6/10/12/16-byte read/write-style CDB."""
     op = cdb[0]
@@ -168,7 +178,8 @@ class LogicalUnit:
         # file or block device go through io_uring where the kernel allows it.
         self._fd = backend.fd if isinstance(backend, FileBackend) else None
         self._ring: Uring | None = None
-        self._pool = BufferPool()  # read buffers, recycled once sent
+        # read buffers, recycled once sent: enough for 8 reads of 1 MiB in flight
+        self._pool = BufferPool(keep_per_size=8, max_bytes=8 << 20)
         self._atomic = trio.Lock()
         self.stats = {"reads": 0, "writes": 0, "bytes_read": 0, "bytes_written": 0}
 
@@ -309,29 +320,22 @@ class LogicalUnit:
     async def _read_into(self, offset: int, buf: bytearray) -> None:
         """Fill ``buf`` from the backing store; zeros past its end (a file that shrank)."""
         ring = self._uring() if len(buf) <= _URING_READ else None
-        if ring is None or self._fd is None:
-            buf[:] = await self._io(self.backend.read, offset, len(buf))
+        if ring is not None and self._fd is not None \
+                and await ring.read(self._fd, buf, offset) == len(buf):
             return
-        view = memoryview(buf)
-        done = 0
-        while done < len(buf):
-            n = await ring.read(self._fd, view[done:], offset + done)
-            if n == 0:
-                view[done:] = bytes(len(buf) - done)
-                break
-            done += n
+        # no ring, or a short read (the end of a file that shrank): a thread does it
+        await self._io(self.backend.read_into, offset, buf)
 
     async def _write_at(self, offset: int, data: Buffer, sync: bool) -> None:
         ring = self._uring()
-        if ring is None or self._fd is None:
-            await self._io(self.backend.write, offset, data, sync)
+        whole = _whole_bytearray(data)
+        if ring is not None and self._fd is not None and whole is not None \
+                and await ring.write(self._fd, whole, offset) == len(whole):
+            if sync:
+                await ring.fdatasync(self._fd)
             return
-        view = memoryview(data)
-        done = 0
-        while done < len(view):
-            done += await ring.write(self._fd, view[done:], offset + done)
-        if sync:
-            await ring.fdatasync(self._fd)
+        # no ring, not a whole buffer, or a short write (rare): a thread writes it all
+        await self._io(self.backend.write, offset, data, sync)
 
     async def _flush_backend(self) -> None:
         ring = self._uring()
@@ -388,12 +392,18 @@ class LogicalUnit:
         if n * bs > 64 * 1024 * 1024:
             raise _invalid_cdb(7)
         length = n * bs
-        buf = self._pool.take(length)
-        if length > _INLINE_READ or not self.backend.read_cached(lba * bs, buf):
+        if length > _INLINE_READ:  # rare sizes: a fresh buffer, not kept afterwards
+            buf = bytearray(length)
             await self._read_into(lba * bs, buf)
+            release = None
+        else:
+            buf = self._pool.take(length)
+            if not self.backend.read_cached(lba * bs, buf):
+                await self._read_into(lba * bs, buf)
+            release = partial(self._pool.give, buf)
         self.stats["reads"] += 1
         self.stats["bytes_read"] += length
-        return SCSIResult(data=buf, release=partial(self._pool.give, buf))
+        return SCSIResult(data=buf, release=release)
 
     async def _write(self, cdb: bytes, data: Buffer, nexus: Nexus) -> SCSIResult:
         lba, n, flags = rw_fields(cdb)

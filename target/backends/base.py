@@ -16,6 +16,10 @@ class Backend(Protocol):
 
     def read(self, offset: int, length: int) -> bytes | bytearray: ...
 
+    def read_into(self, offset: int, into: bytearray) -> None:
+        """Fill all of ``into`` from ``offset`` (zeros past the end of the store)."""
+        ...
+
     def read_cached(self, offset: int, into: bytearray) -> bool:
         """Fill ``into`` from ``offset`` if that needs no wait for the disk (the range is
         in the page cache); False otherwise.  Called on the event loop: never blocks."""

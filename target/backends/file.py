@@ -77,14 +77,18 @@ class FileBackend:
 
     def read(self, offset: int, length: int) -> bytearray:
         out = bytearray(length)
-        view = memoryview(out)
-        done = 0
-        while done < length:
-            n = os.preadv(self.fd, [view[done:]], offset + done)
-            if n == 0:
-                break  # past EOF of a file that shrank: zeros
-            done += n
+        self.read_into(offset, out)
         return out
+
+    def read_into(self, offset: int, into: bytearray) -> None:
+        view = memoryview(into)
+        done = 0
+        while done < len(view):
+            n = os.preadv(self.fd, [view[done:]], offset + done)
+            if n == 0:  # past EOF of a file that shrank: zeros
+                view[done:] = bytes(len(view) - done)
+                break
+            done += n
 
     def read_cached(self, offset: int, into: bytearray) -> bool:
         # RWF_NOWAIT: the kernel copies from the page cache or says EAGAIN; about a
@@ -165,6 +169,9 @@ class NullBackend:
 
     def read(self, offset: int, length: int) -> bytearray:
         return bytearray(length)
+
+    def read_into(self, offset: int, into: bytearray) -> None:
+        into[:] = bytes(len(into))
 
     def read_cached(self, offset: int, into: bytearray) -> bool:
         into[:] = bytes(len(into))

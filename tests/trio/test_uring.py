@@ -4,6 +4,7 @@ and worker threads."""
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import blockbridge_target.lun as lun_module
@@ -47,17 +48,35 @@ async def test_read_write_fdatasync_and_errors(data_file: tuple[Path, bytes]) ->
         buf = bytearray(8192)
         assert await ring.read(fd, buf, 4096) == 8192
         assert buf == data[4096:12288]
-        view = memoryview(buf)[100:200]  # views of part of a buffer work too
-        assert await ring.read(fd, view, 0) == 100
-        assert buf[100:200] == data[:100]
-        assert await ring.write(fd, memoryview(b"x" * 512), 0) == 512
+        assert await ring.write(fd, bytearray(b"x" * 512), 0) == 512
         await ring.fdatasync(fd)
         assert path.read_bytes()[:512] == b"x" * 512
+        with pytest.raises(TypeError):  # views would leak in the binding: refused
+            await ring.read(fd, memoryview(buf)[100:200], 0)  # type: ignore[arg-type]
+        with pytest.raises(TypeError):
+            await ring.write(fd, b"bytes", 0)  # type: ignore[arg-type]
         tail = bytearray(4096)
         assert await ring.read(fd, tail, len(data) - 1000) == 1000  # short at end of file
         with pytest.raises(OSError) as err:
             await ring.read(-1, buf, 0)
         assert err.value.errno == 9  # EBADF, raised in the caller's task
+    finally:
+        os.close(fd)
+        ring.close()
+
+
+async def test_buffers_are_let_go_after_the_operation(data_file: tuple[Path, bytes]) -> None:
+    # The binding once kept buffers exported for ever (15 MiB/s of leaked memory under
+    # load): after an operation the buffer must be ours alone again.
+    path, _data = data_file
+    ring = ring_or_skip()
+    fd = os.open(path, os.O_RDWR)
+    try:
+        buf = bytearray(4096)
+        await ring.read(fd, buf, 0)
+        await ring.write(fd, buf, 0)
+        assert sys.getrefcount(buf) == 2  # the name and getrefcount's argument
+        buf.extend(b"x")  # no buffer export left: the bytearray can be resized
     finally:
         os.close(fd)
         ring.close()
@@ -95,7 +114,7 @@ async def test_lun_reads_and_writes_through_the_ring(data_file: tuple[Path, byte
         await lu._read_into(8192, buf)  # the path a page-cache miss takes
         assert lu._ring is not None
         assert buf == data[8192 : 8192 + len(buf)]
-        await lu._write_at(512, b"y" * 1024, sync=True)
+        await lu._write_at(512, memoryview(bytearray(b"y" * 1024)), sync=True)  # whole view
         await lu._flush_backend()
         assert path.read_bytes()[512:1536] == b"y" * 1024
     finally:
