@@ -14,6 +14,7 @@ import trio
 from .control import serve_control
 from .credentials import Credentials, lookup
 from .fuse.fs import LunFS
+from .fuse.tuning import raise_queue_limits
 from .initiator.blockdev import BlockDevice, list_disk_luns
 from .initiator.errors import InitiatorError
 from .initiator.recovery import DEFAULT_REPLACEMENT_TIMEOUT, RecoveringSession
@@ -180,6 +181,15 @@ async def serve(req: MountRequest, ready: Callable[[], None]) -> None:
         ready()
         log.info("mounted %d LUN(s) of %s:%d on %s", len(fs.devices()), req.host, req.port,
                  req.mountpoint)
+
+        async def tune_queue() -> None:
+            # After the INIT handshake (INIT could reset the limits): a stat of the
+            # mount point waits for it, served by the main loop below.
+            with trio.move_on_after(10):
+                st = await trio.to_thread.run_sync(os.stat, req.mountpoint)
+                log.info("%s", raise_queue_limits(st.st_dev))
+
+        nursery.start_soon(tune_queue)
         try:
             await pyfuse3.main()
         finally:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
+from blockbridge.fuse.tuning import MAX_BACKGROUND, connection_dir
 from tests.interop.daemons import have, our_target, tgtd
 
 from .workload import bb, loop_filesystem, mounted
@@ -86,6 +88,12 @@ def test_loop_device_and_filesystem_on_our_target(tmp_path: Path) -> None:
     args = ["--disk", str(disk), "--size", "64M", "--target-name", iqn, "--portal",
             "127.0.0.1:0"]
     with our_target(args, tmp_path) as t, mounted(t.portal, tmp_path / "mnt") as mnt:
+        # root's mount lets the kernel queue 64 asynchronous requests, not 12
+        limit = connection_dir(mnt.stat().st_dev) / "max_background"
+        deadline = time.monotonic() + 10  # raised just after the mount is up
+        while limit.read_text().strip() != str(MAX_BACKGROUND) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert limit.read_text().strip() == str(MAX_BACKGROUND)
         data = filesystem_round_trip(mnt / iqn / "lun0", tmp_path)
     if shutil.which("debugfs"):  # the file system, with our file, is in the backing file
         out = subprocess.run(["debugfs", "-R", "cat /data.bin", str(disk)],
