@@ -10,6 +10,10 @@ from pathlib import Path
 
 import trio
 
+from blockbridge.initiator.session import Session
+from blockbridge.iscsi import pdu as P
+from blockbridge.iscsi.framing import encode_bytes
+from blockbridge.scsi import cdb
 from tests.faults.live import HostileStats, VerifiedDisk, healthy_sessions, hostile_client
 
 from .daemons import RunningTarget, our_target
@@ -90,3 +94,35 @@ def assert_on_disk(image: Path, disks: list[VerifiedDisk]) -> None:
         for d in disks:
             f.seek(d.start)
             assert f.read(d.length) == d.shadow, f"region at {d.start} differs on disk"
+
+
+def test_an_initiator_that_does_not_read_cannot_grow_the_target(tmp_path: Path) -> None:
+    # Reads served from the page cache are answered at once, without a task that waits
+    # for its send: the target must stop taking commands once their answers pile up.
+    conf = config(tmp_path, 8 << 20)
+    with our_target(["-c", str(conf), "--portal", "127.0.0.1:0"], tmp_path) as target:
+        (tmp_path / "healthy.img").read_bytes()  # in the page cache: the fast path
+        before = rss_kib(target.process.pid)
+
+        async def flood() -> int:
+            s = await Session.connect(target.host, target.port,
+                                      initiator_name="iqn.2026-11.test:deaf",
+                                      target_name=HEALTHY)
+            raw = s.stream.stream
+            sent = 0
+            with trio.move_on_after(5):
+                while True:  # 1 MiB reads; nothing of the answers is read
+                    cmd = P.SCSICommand(
+                        itt=sent, lun=P.encode_lun(0), cdb=cdb.read(sent % 8 * 2048, 2048),
+                        expected_length=1 << 20, cmdsn=(s.cmdsn + sent) & 0xFFFFFFFF,
+                        expstatsn=s.expstatsn, read=True, final=True)
+                    await raw.send_all(encode_bytes(cmd))
+                    sent += 1
+            await raw.aclose()
+            return sent
+
+        sent = trio.run(flood)
+        growth = rss_kib(target.process.pid) - before
+        assert target.process.poll() is None
+    assert sent > 8  # the target did take commands before it pushed back
+    assert growth < 48 << 10, f"target memory grew by {growth} KiB for {sent} unread reads"
