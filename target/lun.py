@@ -269,14 +269,19 @@ class LogicalUnit:
             sense = build_sense(SenseKey.MEDIUM_ERROR, asc, descriptor=self.mode.d_sense)
             return SCSIResult(Status.CHECK_CONDITION, sense=sense)
 
-    def execute_now(self, cdb: bytes, nexus: Nexus) -> SCSIResult | None:
-        """Run a read whose data is in the page cache at once, without a task switch.
+    def execute_now(self, cdb: bytes, nexus: Nexus, data: Buffer = b"") -> SCSIResult | None:
+        """Run a read whose data is in the page cache, or a write-back write of whole
+        pages whose data came with the command, at once: no task switch.
 
         Returns None for anything else (another command, a pending unit attention, a
-        reservation, an error to report, a page-cache miss): the caller then runs the
-        command through ``execute``, which handles every case.
+        reservation, an error to report, a page-cache miss, a write that would wait): the
+        caller then runs the command through ``execute``, which handles every case.
         """
-        if not cdb or cdb[0] not in _READS:
+        if not cdb:
+            return None
+        op = cdb[0]
+        reading = op in _READS
+        if not reading and op not in _WRITES:
             return None
         st = self.nexuses.get(nexus)
         if st is not None and st.unit_attentions:
@@ -292,13 +297,23 @@ class LogicalUnit:
         length = n * bs
         if flags & 0xE0 or not 0 < length <= _INLINE_READ or lba + n > self.blocks:
             return None
-        buf = self._pool.take(length)
-        if not self.backend.read_cached(lba * bs, buf):
-            self._pool.give(buf)
+        if reading:
+            buf = self._pool.take(length)
+            if not self.backend.read_cached(lba * bs, buf):
+                self._pool.give(buf)
+                return None
+            self.stats["reads"] += 1
+            self.stats["bytes_read"] += length
+            return SCSIResult(data=buf, release=partial(self._pool.give, buf))
+        fua = bool(flags & 0x08) and op != Op.WRITE_6
+        if fua or not self.mode.write_cache or self.read_only or self.mode.swp \
+                or len(data) != length or length > _INLINE_WRITE:
             return None
-        self.stats["reads"] += 1
-        self.stats["bytes_read"] += length
-        return SCSIResult(data=buf, release=partial(self._pool.give, buf))
+        if not self.backend.write_cached(lba * bs, memoryview(data)):
+            return None
+        self.stats["writes"] += 1
+        self.stats["bytes_written"] += length
+        return SCSIResult()
 
     async def _io(self, fn: Callable[..., T], *args: object) -> T:
         return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)

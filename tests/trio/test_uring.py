@@ -172,3 +172,31 @@ async def test_execute_now_serves_only_cached_plain_reads(
         assert lu.execute_now(read10(0, 8), A) is None
     finally:
         lu.close()
+
+
+def write10(lba: int, n: int, flags: int = 0) -> bytes:
+    return bytes([Op.WRITE_10, flags]) + lba.to_bytes(4, "big") + b"\0" \
+        + n.to_bytes(2, "big") + b"\0"
+
+
+async def test_execute_now_writes_whole_pages_of_immediate_data(
+    data_file: tuple[Path, bytes],
+) -> None:
+    path, data = data_file
+    lu = LogicalUnit(0, FileBackend(str(path)), target_name="iqn.2026-11.test:t")
+    try:
+        page = os.urandom(4096)
+        r = lu.execute_now(write10(8, 8), A, memoryview(page))
+        assert r is not None and r.status == Status.GOOD
+        assert path.read_bytes()[4096:8192] == page
+        assert lu.execute_now(write10(8, 8), A, page[:512]) is None  # data still to come
+        assert lu.execute_now(write10(1, 1), A, page[:512]) is None  # part of a page
+        assert lu.execute_now(write10(8, 8, flags=0x08), A, page) is None  # FUA
+        lu.mode.write_cache = False
+        assert lu.execute_now(write10(8, 8), A, page) is None  # write-through
+        lu.mode.write_cache = True
+        lu.read_only = True
+        assert lu.execute_now(write10(8, 8), A, page) is None  # refused on the task path
+    finally:
+        lu.close()
+    assert path.read_bytes()[8192:] == data[8192:]
