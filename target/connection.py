@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING
 
 import trio
@@ -76,6 +77,7 @@ class Connection:
         self.session: Session | None = None
         self.statsn = 0x1000
         self.tasks: dict[int, Task] = {}
+        self._soon: set[int] = set()  # reads waiting for io_uring, answered on completion
         self.pending: dict[int, P.SCSICommand] = {}
         self._ttt = 0x100
         self._nursery: trio.Nursery | None = None
@@ -125,7 +127,7 @@ class Connection:
 
     @property
     def busy(self) -> bool:
-        return bool(self.tasks)
+        return bool(self.tasks or self._soon)
 
     # ---------------------------------------------------------------- login
 
@@ -315,7 +317,7 @@ class Connection:
 
     def _start(self, cmd: P.SCSICommand) -> None:
         assert self._nursery is not None and self.session is not None
-        if cmd.itt in self.tasks:
+        if cmd.itt in self.tasks or cmd.itt in self._soon:
             raise Drop(f"initiator task tag 0x{cmd.itt:08x} reused while still active")
         params = self.session.params
         edtl = cmd.expected_length
@@ -358,11 +360,32 @@ class Connection:
         if lu is None:
             return False
         result = lu.execute_now(cmd.cdb, self.session.nexus, cmd.data)
-        if result is None:
-            return False
+        if result is not None:
+            self._answer(cmd, lun_number, result)
+            return True
+        if cmd.read and lu.read_soon(cmd.cdb, self.session.nexus,
+                                     partial(self._answer_soon, cmd, lun_number)):
+            self._soon.add(cmd.itt)  # a cache miss on io_uring: answered from its completion
+            self.session.window.in_flight += 1
+            return True
+        return False
+
+    def _answer(self, cmd: P.SCSICommand, lun_number: int, result: SCSIResult) -> None:
         self.pdus.post(self._response_pdus(cmd, lun_number, result), after=result.release)
         self._flush_wanted.set()
-        return True
+
+    def _answer_soon(self, cmd: P.SCSICommand, lun_number: int, result: SCSIResult) -> None:
+        assert self.session is not None
+        self._soon.discard(cmd.itt)
+        self.session.window.in_flight -= 1
+        if not self.pdus.broken:
+            try:
+                self._answer(cmd, lun_number, result)
+                return
+            except ConnectionClosed:
+                pass
+        if result.release is not None:  # the connection is gone: only recycle the buffer
+            result.release()
 
     async def _flusher(self) -> None:
         """Write the responses ``_run_now`` posted, many per system call."""

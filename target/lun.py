@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import TypeVar
 
+import outcome
 import trio
 
 from blockbridge.buffers import BufferPool
@@ -264,10 +265,13 @@ class LogicalUnit:
         except Conflict:
             return SCSIResult(Status.RESERVATION_CONFLICT)
         except OSError as exc:
-            log.error("LUN %d: I/O error on %s: %s", self.number, self.backend.description, exc)
-            asc = c.WRITE_ERROR if cdb and cdb[0] in _MEDIUM_WRITES else c.UNRECOVERED_READ_ERROR
-            sense = build_sense(SenseKey.MEDIUM_ERROR, asc, descriptor=self.mode.d_sense)
-            return SCSIResult(Status.CHECK_CONDITION, sense=sense)
+            return self._medium_error(cdb, exc)
+
+    def _medium_error(self, cdb: bytes, exc: OSError) -> SCSIResult:
+        log.error("LUN %d: I/O error on %s: %s", self.number, self.backend.description, exc)
+        asc = c.WRITE_ERROR if cdb and cdb[0] in _MEDIUM_WRITES else c.UNRECOVERED_READ_ERROR
+        sense = build_sense(SenseKey.MEDIUM_ERROR, asc, descriptor=self.mode.d_sense)
+        return SCSIResult(Status.CHECK_CONDITION, sense=sense)
 
     def execute_now(self, cdb: bytes, nexus: Nexus, data: Buffer = b"") -> SCSIResult | None:
         """Run a read whose data is in the page cache, or a write-back write of whole
@@ -314,6 +318,48 @@ class LogicalUnit:
         self.stats["writes"] += 1
         self.stats["bytes_written"] += length
         return SCSIResult()
+
+    def read_soon(self, cdb: bytes, nexus: Nexus, done: Callable[[SCSIResult], None]) -> bool:
+        """Start a plain READ that ``execute_now`` could not serve from the page cache
+        on io_uring and return at once; ``done`` gets its result on the event loop, from
+        the completion.  False (nothing started) for anything else: use ``execute``."""
+        if self._fd is None or not cdb or cdb[0] not in _READS:
+            return False
+        st = self.nexuses.get(nexus)
+        res = self.reservations
+        if (st is not None and st.unit_attentions) or res.spc2_holder is not None \
+                or res.pr_type:
+            return False
+        try:
+            lba, n, flags = rw_fields(cdb)
+        except CheckCondition:
+            return False
+        bs = self.block_size
+        length = n * bs
+        if flags & 0xE0 or not 0 < length <= _URING_READ or lba + n > self.blocks:
+            return False
+        ring = self._uring()
+        if ring is None or self._fd is None:
+            return False
+        buf = self._pool.take(length)
+
+        def finished(got: outcome.Outcome[int]) -> None:
+            try:
+                count = got.unwrap()
+            except OSError as exc:
+                self._pool.give(buf)
+                done(self._medium_error(cdb, exc))
+                return
+            if count < length:  # the end of a backing file that shrank: zeros
+                buf[count:] = bytes(length - count)
+            self.stats["reads"] += 1
+            self.stats["bytes_read"] += length
+            done(SCSIResult(data=buf, release=partial(self._pool.give, buf)))
+
+        if not ring.start_read(self._fd, buf, lba * bs, finished):
+            self._pool.give(buf)
+            return False
+        return True
 
     async def _io(self, fn: Callable[..., T], *args: object) -> T:
         return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 import outcome
@@ -70,8 +71,10 @@ class Uring:
             _lu.io_uring_queue_exit(self._ring)
             self._close_fds()
             raise UringUnavailable(f"io_uring eventfd: {exc.strerror}") from None
-        # user_data -> (waiting task, objects the kernel reads or writes until completion)
-        self._pending: dict[int, tuple[trio.lowlevel.Task, object]] = {}
+        # user_data -> (waiting task or completion callback, objects the kernel reads or
+        # writes until completion)
+        self._pending: dict[int, tuple[trio.lowlevel.Task | Callable[[outcome.Outcome[int]],
+                                                                     None], object]] = {}
         self._next_key = 1
         self._room = trio.lowlevel.ParkingLot()  # tasks waiting for a free slot
         self.token = trio.lowlevel.current_trio_token()
@@ -102,12 +105,32 @@ class Uring:
     async def fdatasync(self, fd: int) -> None:
         await self._submit(_lu.io_uring_prep_fsync, fd, _lu.IORING_FSYNC_DATASYNC, keep=None)
 
+    def start_read(self, fd: int, buf: bytearray, offset: int,
+                   done: Callable[[outcome.Outcome[int]], None]) -> bool:
+        """Start a read into all of ``buf`` and return at once; ``done`` is called on
+        the event loop with its outcome (the byte count, or the OSError).  False, with
+        nothing started, when the ring is full or closed."""
+        if type(buf) is not bytearray:
+            raise TypeError("Uring.start_read needs a bytearray")
+        if self._closed or len(self._pending) >= ENTRIES:
+            return False
+        iov = _lu.Iovec([buf])
+        self._queue(_lu.io_uring_prep_readv, (fd, iov, offset), done, (iov, buf))
+        return True
+
     async def _submit(self, prep: Any, *args: Any, keep: object) -> int:
         await trio.lowlevel.checkpoint_if_cancelled()
         if self._closed:
             raise trio.ClosedResourceError("io_uring is closed")
         while len(self._pending) >= ENTRIES:
             await self._room.park()
+        self._queue(prep, args, trio.lowlevel.current_task(), keep)
+        res: int = await trio.lowlevel.wait_task_rescheduled(_wait_forever)
+        return res
+
+    def _queue(self, prep: Any, args: tuple[Any, ...],
+               waiter: trio.lowlevel.Task | Callable[[outcome.Outcome[int]], None],
+               keep: object) -> None:
         sqe = _lu.io_uring_get_sqe(self._ring)
         if sqe is None:  # cannot happen: every prepared entry is submitted at once
             raise OSError("io_uring submission queue full")
@@ -115,14 +138,12 @@ class Uring:
         key = self._next_key
         self._next_key = key + 1 if key < 1 << 62 else 1
         sqe.user_data = key
-        self._pending[key] = (trio.lowlevel.current_task(), keep)
+        self._pending[key] = (waiter, keep)
         try:
             _lu.io_uring_submit(self._ring)
         except BaseException:
             del self._pending[key]
             raise
-        res: int = await trio.lowlevel.wait_task_rescheduled(_wait_forever)
-        return res
 
     # ------------------------------------------------------------------ completions
 
@@ -143,8 +164,15 @@ class Uring:
                     result = outcome.capture(_result_of, entry)
                     _lu.io_uring_cqe_seen(ring, entry)
                     waiter = pending.pop(key, None)
-                    if waiter is not None:
+                    if waiter is None:
+                        pass
+                    elif isinstance(waiter[0], trio.lowlevel.Task):
                         trio.lowlevel.reschedule(waiter[0], result)
+                    else:
+                        try:
+                            waiter[0](result)
+                        except Exception:  # a bug in the callback must not stop reaping
+                            log.exception("io_uring completion callback failed")
                     del waiter, result  # hold no buffer until the next completion
                 if self._room.statistics().tasks_waiting:
                     self._room.unpark(count=ENTRIES - len(pending))

@@ -12,7 +12,7 @@ import blockbridge_target.uring as uring_module
 import pytest
 import trio
 from blockbridge_target.backends.file import FileBackend
-from blockbridge_target.lun import LogicalUnit, Nexus
+from blockbridge_target.lun import LogicalUnit, Nexus, SCSIResult
 from blockbridge_target.uring import ENTRIES, Uring, open_uring
 
 from blockbridge.scsi.constants import Op, Status
@@ -200,3 +200,65 @@ async def test_execute_now_writes_whole_pages_of_immediate_data(
     finally:
         lu.close()
     assert path.read_bytes()[8192:] == data[8192:]
+
+
+async def test_start_read_calls_back_with_the_outcome(data_file: tuple[Path, bytes]) -> None:
+    path, data = data_file
+    ring = ring_or_skip()
+    fd = os.open(path, os.O_RDONLY)
+    got: list[object] = []
+    done = trio.Event()
+
+    def finished(result: object) -> None:
+        got.append(result)
+        if len(got) == 2:
+            done.set()
+
+    try:
+        buf = bytearray(4096)
+        assert ring.start_read(fd, buf, 8192, finished)
+        assert ring.start_read(-1, bytearray(512), 0, finished)  # fails: EBADF
+        with trio.fail_after(5):
+            await done.wait()
+        outcomes = {type(r).__name__: r for r in got}
+        assert outcomes["Value"].unwrap() == 4096  # type: ignore[attr-defined]
+        assert buf == data[8192:12288]
+        with pytest.raises(OSError):
+            outcomes["Error"].unwrap()  # type: ignore[attr-defined]
+    finally:
+        os.close(fd)
+        ring.close()
+    assert not ring.start_read(0, bytearray(1), 0, finished)  # closed: nothing started
+
+
+async def test_read_soon_answers_a_miss_from_the_completion(
+    data_file: tuple[Path, bytes],
+) -> None:
+    path, data = data_file
+    lu = LogicalUnit(0, FileBackend(str(path)), target_name="iqn.2026-11.test:t")
+    ring_or_skip().close()
+    results: list[SCSIResult] = []
+    done = trio.Event()
+
+    def answer(r: SCSIResult) -> None:
+        results.append(r)
+        done.set()
+
+    try:
+        assert lu.read_soon(read10(16, 8), A, answer)
+        with trio.fail_after(5):
+            await done.wait()
+        assert results[0].status == Status.GOOD
+        assert bytes(results[0].data) == data[8192 : 8192 + 4096]
+        assert not lu.read_soon(read10(0, 256), A, answer)  # 128 KiB: threads, via execute
+        assert not lu.read_soon(write10(0, 8), A, answer)
+        assert not lu.read_soon(read10(len(data) // 512, 1), A, answer)  # out of range
+        os.close(lu.backend.fd)  # type: ignore[attr-defined]
+        done = trio.Event()
+        assert lu.read_soon(read10(0, 8), A, answer)
+        with trio.fail_after(5):
+            await done.wait()
+        assert results[1].status == Status.CHECK_CONDITION  # the I/O error, as sense data
+        lu.backend.fd = os.open(path, os.O_RDONLY)  # type: ignore[attr-defined]
+    finally:
+        lu.close()
