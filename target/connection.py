@@ -1,8 +1,12 @@
 """One iSCSI connection on the target: login, then full-feature phase.
 
-The reader loop receives PDUs and dispatches them; each SCSI command runs as its own
-task in the connection's nursery (so commands proceed concurrently), collecting Data-Out
-through R2Ts, running on the logical unit, and answering with Data-In and a response.
+The reader loop receives PDUs and dispatches them.  Reads served from the page cache and
+write-back writes whose data came with the command are answered right there; a small
+read that misses is answered from its io_uring completion.  Every other SCSI command runs
+as its own task in the connection's nursery (so commands proceed concurrently),
+collecting Data-Out through R2Ts, running on the logical unit, and answering with Data-In
+and a response.  Answers given outside a task are posted to the PDU stream and written,
+many per system call, by one flusher task.
 """
 
 from __future__ import annotations

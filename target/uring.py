@@ -8,10 +8,12 @@ the read, the kernel does it asynchronously, and a completion costs a few micros
 a single Python thread reads 50k random 4 KiB blocks per second from a cold file here.
 
 One ring per logical unit.  Completions are signalled on an eventfd that a trio system
-task waits on; it reschedules every finished task in one pass.  The Python binding is the
-``liburing`` package; where it is missing or the kernel refuses io_uring (old kernels,
-``kernel.io_uring_disabled``, seccomp filters in containers), ``open_uring`` says why
-and the caller keeps using threads.
+task waits on; in one pass it reschedules every finished task, or calls the completion
+callback of an operation started with ``start_read`` (which no task waits for).
+
+The Python binding is the ``liburing`` package.  Where it is missing or the kernel refuses
+io_uring (old kernels, ``kernel.io_uring_disabled``, seccomp filters in containers),
+``open_uring`` says why and the caller keeps using threads.
 """
 
 from __future__ import annotations
