@@ -281,27 +281,16 @@ class LogicalUnit:
         reservation, an error to report, a page-cache miss, a write that would wait): the
         caller then runs the command through ``execute``, which handles every case.
         """
-        if not cdb:
+        if not cdb or (cdb[0] not in _READS and cdb[0] not in _WRITES):
             return None
-        op = cdb[0]
-        reading = op in _READS
-        if not reading and op not in _WRITES:
+        fields = self._plain_rw(cdb, nexus, _INLINE_READ)
+        if fields is None:
             return None
-        st = self.nexuses.get(nexus)
-        if st is not None and st.unit_attentions:
-            return None
-        res = self.reservations
-        if res.spc2_holder is not None or res.pr_type:
-            return None
-        try:
-            lba, n, flags = rw_fields(cdb)
-        except CheckCondition:
-            return None
+        lba, n, flags = fields
         bs = self.block_size
         length = n * bs
-        if flags & 0xE0 or not 0 < length <= _INLINE_READ or lba + n > self.blocks:
-            return None
-        if reading:
+        op = cdb[0]
+        if op in _READS:
             buf = self._pool.take(length)
             if not self.backend.read_cached(lba * bs, buf):
                 self._pool.give(buf)
@@ -319,25 +308,36 @@ class LogicalUnit:
         self.stats["bytes_written"] += length
         return SCSIResult()
 
+    def _plain_rw(self, cdb: bytes, nexus: Nexus, limit: int) -> tuple[int, int, int] | None:
+        """(lba, blocks, flags) of a READ/WRITE that needs none of ``execute``'s checks
+        and answers: no unit attention or reservation, no protection bits, in range, of
+        1 byte to ``limit`` bytes.  None otherwise."""
+        st = self.nexuses.get(nexus)
+        if st is not None and st.unit_attentions:
+            return None
+        res = self.reservations
+        if res.spc2_holder is not None or res.pr_type:
+            return None
+        try:
+            lba, n, flags = rw_fields(cdb)
+        except CheckCondition:
+            return None
+        if flags & 0xE0 or not 0 < n * self.block_size <= limit or lba + n > self.blocks:
+            return None
+        return lba, n, flags
+
     def read_soon(self, cdb: bytes, nexus: Nexus, done: Callable[[SCSIResult], None]) -> bool:
         """Start a plain READ that ``execute_now`` could not serve from the page cache
         on io_uring and return at once; ``done`` gets its result on the event loop, from
         the completion.  False (nothing started) for anything else: use ``execute``."""
         if self._fd is None or not cdb or cdb[0] not in _READS:
             return False
-        st = self.nexuses.get(nexus)
-        res = self.reservations
-        if (st is not None and st.unit_attentions) or res.spc2_holder is not None \
-                or res.pr_type:
+        fields = self._plain_rw(cdb, nexus, _URING_READ)
+        if fields is None:
             return False
-        try:
-            lba, n, flags = rw_fields(cdb)
-        except CheckCondition:
-            return False
+        lba, n, _flags = fields
         bs = self.block_size
         length = n * bs
-        if flags & 0xE0 or not 0 < length <= _URING_READ or lba + n > self.blocks:
-            return False
         ring = self._uring()
         if ring is None or self._fd is None:
             return False
