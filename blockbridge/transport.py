@@ -37,7 +37,7 @@ class PDUStream:
         self._reader = PDUReader(max_data_segment_length=max_data_segment_length)
         self._queue: list[Buffer] = []
         self._after: list[Callable[[], None]] = []  # run once the queued buffers are written
-        self.backlog = 0  # bytes queued and not yet handed to a write
+        self.backlog = 0  # bytes of PDUs queued and not yet handed to a write
         self._writing = False
         self._batch_done = trio.Event()
         # Plain TCP: write with sendmsg (scatter-gather, one system call per batch).
@@ -112,18 +112,15 @@ class PDUStream:
         await self.send_pdus((pdu,))
 
     async def send_pdus(self, pdus: Iterable[PDU]) -> None:
-        """Send PDUs in call order.  Encoding and queueing happen before the first
-        checkpoint, so callers that number PDUs (CmdSN, StatSN) just before calling keep
-        their order on the wire without a lock of their own."""
-        buffers: list[Buffer] = []
-        hd, dd = self._header_digest, self._data_digest
-        for pdu in pdus:
-            buffers.extend(encode_buffers(pdu, header_digest=hd, data_digest=dd))
-        await self.send_buffers(buffers)
+        """Send PDUs in call order and return once they are written.  Encoding and
+        queueing happen before the first checkpoint, so callers that number PDUs (CmdSN,
+        StatSN) just before calling keep their order on the wire without a lock."""
+        self.post(pdus)
+        await self.flush()
 
     def post(self, pdus: Iterable[PDU], after: Callable[[], None] | None = None) -> None:
         """Queue PDUs without waiting: they go out with the write in progress or the next
-        ``flush``/send, in call order with every other PDU.  ``after`` runs once they have
+        ``flush``, in call order with every other PDU.  ``after`` runs once they have
         been written (not if the write fails), e.g. to recycle a data buffer."""
         if self._broken is not None:
             raise ConnectionClosed(self._broken)
@@ -138,23 +135,14 @@ class PDUStream:
             self._after.append(after)
 
     async def flush(self) -> None:
-        """Write everything posted so far (joining a write in progress, if any)."""
-        # With nothing queued, whatever was posted is in the batch being written (or has
-        # been written); waiting for the *next* batch would wait for a write that may
-        # never come.
-        if self._queue:
-            await self.send_buffers(())
+        """Return once everything queued so far is written.
 
-    async def send_buffers(self, buffers: Sequence[Buffer]) -> None:
-        """Queue ``buffers`` and return once they are written.
-
-        Writers that arrive while another one is writing do not wait for a lock: their
-        buffers join the queue and the task already writing sends everything queued in
-        one system call (group commit), which is what makes many small responses cheap.
+        Tasks that flush while another one is writing do not wait for a lock: their
+        PDUs join the queue and the task already writing sends everything queued in one
+        system call (group commit), which is what makes many small responses cheap.
         """
         if self._broken is not None:
             raise ConnectionClosed(self._broken)
-        self._queue.extend(buffers)
         if self._writing:
             batch = self._batch_done
             await batch.wait()
@@ -190,7 +178,11 @@ class PDUStream:
                 self._queue.clear()
                 self._after.clear()
                 self.backlog = 0
-                self._batch_done.set()
+            # Whoever waits for the batch after the last one written had nothing left in
+            # the queue (else it would have been written): wake them, and let the next
+            # writer start a fresh batch.
+            self._batch_done.set()
+            self._batch_done = trio.Event()
 
     async def _write(self, buffers: list[Buffer]) -> None:
         sock = self._socket

@@ -382,14 +382,11 @@ class Connection:
         assert self.session is not None
         self._soon.discard(cmd.itt)
         self.session.window.in_flight -= 1
-        if not self.pdus.broken:
-            try:
-                self._answer(cmd, lun_number, result)
-                return
-            except ConnectionClosed:
-                pass
-        if result.release is not None:  # the connection is gone: only recycle the buffer
-            result.release()
+        try:
+            self._answer(cmd, lun_number, result)
+        except ConnectionClosed:  # the connection is gone: only recycle the buffer
+            if result.release is not None:
+                result.release()
 
     async def _flusher(self) -> None:
         """Write the responses ``_run_now`` posted, many per system call."""

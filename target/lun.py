@@ -7,7 +7,7 @@ backend call in a worker thread, so file I/O never blocks the event loop.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TypeVar
@@ -88,6 +88,7 @@ def report_luns_data(luns: list[int]) -> bytes:
 
 _READS = {Op.READ_6, Op.READ_10, Op.READ_12, Op.READ_16}
 _WRITES = {Op.WRITE_6, Op.WRITE_10, Op.WRITE_12, Op.WRITE_16}
+_READS_WRITES = _READS | _WRITES
 _WRITE_VERIFY = {Op.WRITE_VERIFY_10, Op.WRITE_VERIFY_12, Op.WRITE_VERIFY_16}
 _VERIFY = {Op.VERIFY_10, Op.VERIFY_12, Op.VERIFY_16}
 # Reads up to this size are first tried on the event loop with RWF_NOWAIT (a page-cache
@@ -177,7 +178,8 @@ class LogicalUnit:
         self._limiter = trio.CapacityLimiter(IO_THREADS)
         # Reads that miss the page cache, writes that cannot go inline, and flushes of a
         # file or block device go through io_uring where the kernel allows it.
-        self._fd = backend.fd if isinstance(backend, FileBackend) else None
+        self._fd = backend.fd if isinstance(backend, FileBackend) else -1
+        self._ring_wanted = self._fd >= 0  # until io_uring turns out to be unavailable
         self._ring: Uring | None = None
         # read buffers, recycled once sent: enough for 8 reads of 1 MiB in flight
         self._pool = BufferPool(keep_per_size=8, max_bytes=8 << 20)
@@ -281,18 +283,14 @@ class LogicalUnit:
         reservation, an error to report, a page-cache miss, a write that would wait): the
         caller then runs the command through ``execute``, which handles every case.
         """
-        if not cdb or (cdb[0] not in _READS and cdb[0] not in _WRITES):
-            return None
-        fields = self._plain_rw(cdb, nexus, _INLINE_READ)
+        fields = self._plain_rw(cdb, nexus, _READS_WRITES, _INLINE_READ)
         if fields is None:
             return None
-        lba, n, flags = fields
-        bs = self.block_size
-        length = n * bs
+        offset, length, flags = fields
         op = cdb[0]
         if op in _READS:
             buf = self._pool.take(length)
-            if not self.backend.read_cached(lba * bs, buf):
+            if not self.backend.read_cached(offset, buf):
                 self._pool.give(buf)
                 return None
             self.stats["reads"] += 1
@@ -302,16 +300,20 @@ class LogicalUnit:
         if fua or not self.mode.write_cache or self.read_only or self.mode.swp \
                 or len(data) != length or length > _INLINE_WRITE:
             return None
-        if not self.backend.write_cached(lba * bs, memoryview(data)):
+        if not self.backend.write_cached(offset, memoryview(data)):
             return None
         self.stats["writes"] += 1
         self.stats["bytes_written"] += length
         return SCSIResult()
 
-    def _plain_rw(self, cdb: bytes, nexus: Nexus, limit: int) -> tuple[int, int, int] | None:
-        """(lba, blocks, flags) of a READ/WRITE that needs none of ``execute``'s checks
-        and answers: no unit attention or reservation, no protection bits, in range, of
-        1 byte to ``limit`` bytes.  None otherwise."""
+    def _plain_rw(self, cdb: bytes, nexus: Nexus, ops: Collection[int],
+                  limit: int) -> tuple[int, int, int] | None:
+        """(byte offset, byte length, flags) of a command in ``ops`` (READs, WRITEs)
+        that needs none of ``execute``'s checks and answers: no unit attention or
+        reservation, no protection bits, in range, of 1 byte to ``limit`` bytes.  None
+        otherwise."""
+        if not cdb or cdb[0] not in ops:
+            return None
         st = self.nexuses.get(nexus)
         if st is not None and st.unit_attentions:
             return None
@@ -322,25 +324,20 @@ class LogicalUnit:
             lba, n, flags = rw_fields(cdb)
         except CheckCondition:
             return None
-        if flags & 0xE0 or not 0 < n * self.block_size <= limit or lba + n > self.blocks:
+        bs = self.block_size
+        if flags & 0xE0 or not 0 < n * bs <= limit or lba + n > self.blocks:
             return None
-        return lba, n, flags
+        return lba * bs, n * bs, flags
 
     def read_soon(self, cdb: bytes, nexus: Nexus, done: Callable[[SCSIResult], None]) -> bool:
         """Start a plain READ that ``execute_now`` could not serve from the page cache
         on io_uring and return at once; ``done`` gets its result on the event loop, from
         the completion.  False (nothing started) for anything else: use ``execute``."""
-        if self._fd is None or not cdb or cdb[0] not in _READS:
+        fields = self._plain_rw(cdb, nexus, _READS, _URING_READ)
+        ring = self._uring() if fields is not None else None
+        if fields is None or ring is None:
             return False
-        fields = self._plain_rw(cdb, nexus, _URING_READ)
-        if fields is None:
-            return False
-        lba, n, _flags = fields
-        bs = self.block_size
-        length = n * bs
-        ring = self._uring()
-        if ring is None or self._fd is None:
-            return False
+        offset, length, _flags = fields
         buf = self._pool.take(length)
 
         def finished(got: outcome.Outcome[int]) -> None:
@@ -356,7 +353,7 @@ class LogicalUnit:
             self.stats["bytes_read"] += length
             done(SCSIResult(data=buf, release=partial(self._pool.give, buf)))
 
-        if not ring.start_read(self._fd, buf, lba * bs, finished):
+        if not ring.start_read(self._fd, buf, offset, finished):
             self._pool.give(buf)
             return False
         return True
@@ -366,7 +363,7 @@ class LogicalUnit:
 
     def _uring(self) -> Uring | None:
         """This trio run's io_uring for the backing file, or None to use threads."""
-        if self._fd is None:
+        if not self._ring_wanted:
             return None
         ring = self._ring
         if ring is not None and ring.token is trio.lowlevel.current_trio_token():
@@ -374,15 +371,13 @@ class LogicalUnit:
         if ring is not None:  # made in an earlier trio run (tests)
             ring.close()
         self._ring = ring = open_uring()
-        if ring is None:
-            self._fd = None
+        self._ring_wanted = ring is not None
         return ring
 
     async def _read_into(self, offset: int, buf: bytearray) -> None:
         """Fill ``buf`` from the backing store; zeros past its end (a file that shrank)."""
         ring = self._uring() if len(buf) <= _URING_READ else None
-        if ring is not None and self._fd is not None \
-                and await ring.read(self._fd, buf, offset) == len(buf):
+        if ring is not None and await ring.read(self._fd, buf, offset) == len(buf):
             return
         # no ring, or a short read (the end of a file that shrank): a thread does it
         await self._io(self.backend.read_into, offset, buf)
@@ -390,7 +385,7 @@ class LogicalUnit:
     async def _write_at(self, offset: int, data: Buffer, sync: bool) -> None:
         ring = self._uring()
         whole = _whole_bytearray(data)
-        if ring is not None and self._fd is not None and whole is not None \
+        if ring is not None and whole is not None \
                 and await ring.write(self._fd, whole, offset) == len(whole):
             if sync:
                 await ring.fdatasync(self._fd)
@@ -400,7 +395,7 @@ class LogicalUnit:
 
     async def _flush_backend(self) -> None:
         ring = self._uring()
-        if ring is None or self._fd is None:
+        if ring is None:
             await self._io(self.backend.flush)
         elif not self.backend.read_only:
             await ring.fdatasync(self._fd)

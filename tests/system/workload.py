@@ -101,7 +101,8 @@ def start_fio_verify(directory: Path, size: str, output: Path,
     cmd = ["fio", "--name=verify", f"--directory={directory}", f"--size={size}",
            "--rw=randwrite", "--bsrange=4k-256k", "--ioengine=psync", "--direct=1",
            "--numjobs=2", "--verify=crc32c", "--do_verify=1", "--verify_fatal=1",
-           "--fsync=16", "--output-format=json", f"--output={output}", *extra]
+           "--fsync=16", "--verify_state_save=0",  # no *-verify.state files in the cwd
+           "--output-format=json", f"--output={output}", *extra]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

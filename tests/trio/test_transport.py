@@ -92,16 +92,25 @@ async def test_posted_pdus_go_out_with_the_next_flush_in_order() -> None:
 
 
 async def test_flush_while_the_last_batch_is_being_written_returns() -> None:
-    # A flush that finds the queue empty while another task writes the last batch
-    # must not wait for a batch that never comes (it hung the target's flusher).
+    # A flush that finds the queue empty while another task writes the last batch waits
+    # for that write, not for a next batch that never comes (that hung the target).
     a, b = trio.testing.lockstep_stream_pair()  # a write blocks until it is received
     left, right = PDUStream(a), PDUStream(b)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(left.send_pdu, p.DataIn(itt=1, data=bytes(100_000)))
-        await trio.testing.wait_all_tasks_blocked()  # the writer is inside its write
-        with trio.fail_after(5):
-            await left.flush()
-        assert (await right.receive_pdu()).itt == 1
+    flushed = trio.Event()
+
+    async def flush() -> None:
+        await left.flush()
+        flushed.set()
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(left.send_pdu, p.DataIn(itt=1, data=bytes(100_000)))
+            await trio.testing.wait_all_tasks_blocked()  # the writer is inside its write
+            nursery.start_soon(flush)
+            await trio.testing.wait_all_tasks_blocked()
+            assert not flushed.is_set()  # the batch in progress is not written yet
+            assert (await right.receive_pdu()).itt == 1
+            await flushed.wait()
 
 
 async def test_post_after_a_failed_write_raises_and_skips_callbacks() -> None:

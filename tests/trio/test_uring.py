@@ -3,8 +3,10 @@ and worker threads."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import blockbridge_target.lun as lun_module
@@ -27,6 +29,18 @@ def ring_or_skip() -> Uring:
     return ring
 
 
+@contextlib.contextmanager
+def ring_and_fd(path: Path, flags: int = os.O_RDWR) -> Iterator[tuple[Uring, int]]:
+    """A ring for this trio run and ``path`` opened, both closed afterwards."""
+    ring = ring_or_skip()
+    fd = os.open(path, flags)
+    try:
+        yield ring, fd
+    finally:
+        os.close(fd)
+        ring.close()
+
+
 def read10(lba: int, n: int, flags: int = 0) -> bytes:
     return bytes([Op.READ_10, flags]) + lba.to_bytes(4, "big") + b"\0" + n.to_bytes(2, "big") \
         + b"\0"
@@ -42,9 +56,7 @@ def data_file(tmp_path: Path) -> tuple[Path, bytes]:
 
 async def test_read_write_fdatasync_and_errors(data_file: tuple[Path, bytes]) -> None:
     path, data = data_file
-    ring = ring_or_skip()
-    fd = os.open(path, os.O_RDWR)
-    try:
+    with ring_and_fd(path) as (ring, fd):
         buf = bytearray(8192)
         assert await ring.read(fd, buf, 4096) == 8192
         assert buf == data[4096:12288]
@@ -60,34 +72,24 @@ async def test_read_write_fdatasync_and_errors(data_file: tuple[Path, bytes]) ->
         with pytest.raises(OSError) as err:
             await ring.read(-1, buf, 0)
         assert err.value.errno == 9  # EBADF, raised in the caller's task
-    finally:
-        os.close(fd)
-        ring.close()
 
 
 async def test_buffers_are_let_go_after_the_operation(data_file: tuple[Path, bytes]) -> None:
     # The binding once kept buffers exported for ever (15 MiB/s of leaked memory under
     # load): after an operation the buffer must be ours alone again.
     path, _data = data_file
-    ring = ring_or_skip()
-    fd = os.open(path, os.O_RDWR)
-    try:
+    with ring_and_fd(path) as (ring, fd):
         buf = bytearray(4096)
         await ring.read(fd, buf, 0)
         await ring.write(fd, buf, 0)
         assert sys.getrefcount(buf) == 2  # the name and getrefcount's argument
         buf.extend(b"x")  # no buffer export left: the bytearray can be resized
-    finally:
-        os.close(fd)
-        ring.close()
 
 
 async def test_more_operations_than_ring_entries_all_complete(
     data_file: tuple[Path, bytes],
 ) -> None:
     path, data = data_file
-    ring = ring_or_skip()
-    fd = os.open(path, os.O_RDONLY)
     got: dict[int, bytes] = {}
 
     async def one(i: int) -> None:
@@ -95,13 +97,10 @@ async def test_more_operations_than_ring_entries_all_complete(
         await ring.read(fd, buf, i * 512)
         got[i] = bytes(buf)
 
-    try:
+    with ring_and_fd(path, os.O_RDONLY) as (ring, fd):
         async with trio.open_nursery() as nursery:
             for i in range(ENTRIES * 3):
                 nursery.start_soon(one, i)
-    finally:
-        os.close(fd)
-        ring.close()
     assert all(got[i] == data[i * 512 : (i + 1) * 512] for i in range(ENTRIES * 3))
 
 
@@ -204,8 +203,6 @@ async def test_execute_now_writes_whole_pages_of_immediate_data(
 
 async def test_start_read_calls_back_with_the_outcome(data_file: tuple[Path, bytes]) -> None:
     path, data = data_file
-    ring = ring_or_skip()
-    fd = os.open(path, os.O_RDONLY)
     got: list[object] = []
     done = trio.Event()
 
@@ -214,7 +211,7 @@ async def test_start_read_calls_back_with_the_outcome(data_file: tuple[Path, byt
         if len(got) == 2:
             done.set()
 
-    try:
+    with ring_and_fd(path, os.O_RDONLY) as (ring, fd):
         buf = bytearray(4096)
         assert ring.start_read(fd, buf, 8192, finished)
         assert ring.start_read(-1, bytearray(512), 0, finished)  # fails: EBADF
@@ -225,9 +222,6 @@ async def test_start_read_calls_back_with_the_outcome(data_file: tuple[Path, byt
         assert buf == data[8192:12288]
         with pytest.raises(OSError):
             outcomes["Error"].unwrap()  # type: ignore[attr-defined]
-    finally:
-        os.close(fd)
-        ring.close()
     assert not ring.start_read(0, bytearray(1), 0, finished)  # closed: nothing started
 
 
