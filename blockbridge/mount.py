@@ -13,6 +13,7 @@ import trio
 
 from .control import serve_control
 from .credentials import Credentials, lookup
+from .fuse import intake
 from .fuse.fs import LunFS
 from .fuse.tuning import raise_queue_limits
 from .initiator.blockdev import BlockDevice, list_disk_luns
@@ -135,6 +136,7 @@ async def serve(req: MountRequest, ready: Callable[[], None]) -> None:
         options |= set(req.fuse_options)
         try:
             pyfuse3.init(fs, req.mountpoint, options)
+            requests = intake.install()
         except RuntimeError as exc:
             for s in sessions:
                 await s.logout()
@@ -171,6 +173,8 @@ async def serve(req: MountRequest, ready: Callable[[], None]) -> None:
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
                 async for _ in sigs:
                     log.info("unmounting %s", req.mountpoint)
+                    if requests is not None:
+                        requests.close()
                     pyfuse3.terminate()
                     return
 
@@ -191,7 +195,7 @@ async def serve(req: MountRequest, ready: Callable[[], None]) -> None:
 
         nursery.start_soon(tune_queue)
         try:
-            await pyfuse3.main()
+            await pyfuse3.main(min_tasks=1, max_tasks=intake.WORKERS)
         finally:
             with trio.CancelScope(shield=True):
                 for path, dev in fs.devices():

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -158,3 +160,39 @@ def test_discard_deallocates_on_the_target(tmp_path: Path) -> None:
         assert "writes" in status and "16777216 B" in status
     bad = bb("discard", str(tmp_path / "not-a-lun"))
     assert bad.returncode == 1 and "is not a LUN file" in bad.stderr
+
+
+def test_many_requests_at_once_and_an_unmount_from_outside(tmp_path: Path) -> None:
+    """64 concurrent readers and writers on one LUN file (the FUSE intake hands requests
+    between its workers), then `fusermount3 -u`: the mount process ends by itself."""
+    iqn = "iqn.2026-11.test:intake"
+    disk = tmp_path / "t.img"
+    args = ["--disk", str(disk), "--size", "16M", "--target-name", iqn, "--portal",
+            "127.0.0.1:0"]
+    blocks = [os.urandom(4096) for _ in range(256)]
+    with our_target(args, tmp_path) as t:
+        mnt = tmp_path / "mnt"
+        mnt.mkdir()
+        r = bb("mount", t.portal, str(mnt))
+        assert r.returncode == 0, r.stderr
+        try:
+            pid = int(re.findall(r"pid (\d+)\)", bb("status").stdout)[0])
+            fd = os.open(mnt / iqn / "lun0", os.O_RDWR)
+            try:
+                with ThreadPoolExecutor(64) as pool:
+                    list(pool.map(lambda i: os.pwrite(fd, blocks[i], i * 65536), range(256)))
+                    back = list(pool.map(lambda i: os.pread(fd, 4096, i * 65536), range(256)))
+            finally:
+                os.close(fd)
+            assert back == blocks
+            subprocess.run(["fusermount3", "-u", str(mnt)], check=True)
+            deadline = time.monotonic() + 10
+            while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert not os.path.exists(f"/proc/{pid}"), "the mount process is still running"
+            assert "no blockbridge mounts" in bb("status").stdout
+        finally:
+            if mnt.is_mount():
+                bb("umount", str(mnt))
+    data = disk.read_bytes()
+    assert [data[i * 65536 : i * 65536 + 4096] for i in range(256)] == blocks
