@@ -137,5 +137,5 @@ def install() -> Intake | None:
         log.info("FUSE requests are read with pyfuse3's own loop")
         return None
     intake = Intake(fd)
-    pyfuse3._wait_fuse_readable = intake.wait
+    setattr(pyfuse3, "_wait_fuse_readable", intake.wait)  # noqa: B010 (a private name)
     return intake
