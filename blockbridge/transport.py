@@ -134,12 +134,15 @@ class PDUStream:
         if after is not None:
             self._after.append(after)
 
-    async def flush(self) -> None:
+    async def flush(self, gather: bool = True) -> None:
         """Return once everything queued so far is written.
 
         Tasks that flush while another one is writing do not wait for a lock: their
         PDUs join the queue and the task already writing sends everything queued in one
         system call (group commit), which is what makes many small responses cheap.
+        With ``gather`` the writer first lets every task that is ready to run queue its
+        PDUs too; a caller that was itself woken a scheduler pass after the PDUs were
+        posted (a flusher task) has given them that chance already.
         """
         if self._broken is not None:
             raise ConnectionClosed(self._broken)
@@ -151,9 +154,10 @@ class PDUStream:
             return
         self._writing = True
         try:
-            # Let every task that is ready to run now queue its PDUs too, so that they
-            # share this write; it costs one pass of the scheduler, not a timer.
-            await trio.lowlevel.cancel_shielded_checkpoint()
+            if gather:
+                # Let every task that is ready to run now queue its PDUs too, so that
+                # they share this write; it costs one pass of the scheduler, not a timer.
+                await trio.lowlevel.cancel_shielded_checkpoint()
             while self._queue:
                 out, self._queue = self._queue, []
                 after, self._after = self._after, []

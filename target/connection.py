@@ -394,7 +394,7 @@ class Connection:
             await self._flush_wanted.wait()
             self._flush_wanted = trio.Event()
             try:
-                await self.pdus.flush()
+                await self.pdus.flush(gather=False)
             except ConnectionClosed:
                 self.close()
                 return
