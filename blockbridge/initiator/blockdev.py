@@ -205,7 +205,7 @@ class BlockDevice:
         n = len(piece) // self.block_size
         if not (self.can_unmap and self.zeroes_after_unmap) or lba % g or n % g:
             return False
-        return piece.tobytes() == bytes(len(piece))
+        return all_zero(piece)
 
     async def flush(self) -> None:
         await self._run("SYNCHRONIZE CACHE", cdb.synchronize_cache())
@@ -230,6 +230,24 @@ class BlockDevice:
             command, params = cdb.unmap(ranges[i : i + 64])
             await self._run("UNMAP", command, data_out=params)
         self.counters.unmaps += 1
+
+
+_ZEROS = memoryview(bytes(1 << 20)).cast("Q")
+
+
+def all_zero(view: memoryview) -> bool:
+    """Whether every byte is zero, without copying: data written by users almost always
+    has a non-zero byte among the three looked at first, and the full comparison runs
+    eight bytes at a time."""
+    n = view.nbytes
+    if not n:
+        return True
+    if view[0] or view[n - 1] or view[n // 2]:
+        return False
+    if n % 8:
+        return view.tobytes() == bytes(n)
+    zeros = _ZEROS if n <= _ZEROS.nbytes else memoryview(bytes(n)).cast("Q")
+    return view.cast("Q") == zeros[: n // 8]
 
 
 async def list_disk_luns(session: CommandChannel) -> list[LUNInfo]:
