@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 DISK = 0x00
 MAX_IO = 1024 * 1024
+MIN_SPLIT = 64 * 1024  # smaller bursts would cost more commands than the R2T they save
 
 
 @dataclass
@@ -189,15 +190,51 @@ class BlockDevice:
         return len(view)
 
     async def _write_blocks(self, lba: int, view: memoryview) -> None:
+        """Write whole blocks.  A write larger than what the target accepts without an
+        R2T round trip is sent as several commands of that size at once: each one carries
+        all its data, and the target can store one while the next is still arriving."""
         bs = self.block_size
         step = self.max_io
-        for off in range(0, len(view), step):
-            piece = view[off : off + step]
-            n = len(piece) // bs
-            if self._unmappable(lba + off // bs, piece):
-                await self.discard((lba + off // bs) * bs, len(piece))
-                continue
-            await self._run("WRITE", cdb.write(lba + off // bs, n), data_out=piece)
+        burst = self._unsolicited_bytes()
+        if len(view) > burst >= MIN_SPLIT:
+            step = min(step, burst)
+        pieces = [(lba + off // bs, view[off : off + step]) for off in range(0, len(view), step)]
+        if len(pieces) == 1:
+            await self._write_piece(*pieces[0])
+            return
+        errors: list[InitiatorError] = []
+
+        async def write_one(first: int, piece: memoryview) -> None:
+            try:
+                await self._write_piece(first, piece)
+            except InitiatorError as exc:
+                errors.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            for first, piece in pieces:
+                nursery.start_soon(write_one, first, piece)
+        if errors:
+            raise errors[0]
+
+    async def _write_piece(self, lba: int, piece: memoryview) -> None:
+        if self._unmappable(lba, piece):
+            await self.discard(lba * self.block_size, len(piece))
+        else:
+            await self._run("WRITE", cdb.write(lba, len(piece) // self.block_size),
+                            data_out=piece)
+
+    def _unsolicited_bytes(self) -> int:
+        """The most data one WRITE can carry without waiting for an R2T (RFC 7143 §13.11,
+        §13.14): FirstBurstLength if InitialR2T=No, else the immediate data that fits in
+        the command PDU; in whole blocks."""
+        p = self.session.params
+        if not p.initial_r2t:
+            n = p.first_burst_length
+        elif p.immediate_data:
+            n = min(p.first_burst_length, p.max_xmit_data_segment_length)
+        else:
+            n = 0
+        return n // self.block_size * self.block_size
 
     def _unmappable(self, lba: int, piece: memoryview) -> bool:
         """Aligned all-zero writes become UNMAP on thin LUNs that read back zeros."""

@@ -13,6 +13,7 @@ from blockbridge_target.lun import LogicalUnit
 from blockbridge_target.server import TargetServer
 from blockbridge_target.targets import TargetDef
 
+from blockbridge.initiator.blockdev import BlockDevice
 from blockbridge.initiator.errors import ConnectionLost
 from blockbridge.initiator.session import Session
 from blockbridge.iscsi.errors import LoginFailed
@@ -77,6 +78,31 @@ async def test_write_read_many_in_flight(server: tuple[str, int]) -> None:
             assert await s.nop(b"ping") == b"ping"
             await s.logout()
             nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(("server", "commands"), [
+    ({}, 4),  # FirstBurstLength 256 KiB, InitialR2T=No: four commands that carry all data
+    ({"InitialR2T": "Yes", "FirstBurstLength": "65536"}, 16),  # immediate data only
+    ({"ImmediateData": "No", "InitialR2T": "Yes"}, 1),  # everything waits for R2T anyway
+    ({"FirstBurstLength": "8192"}, 1),  # too small a burst to be worth a command each
+], indirect=["server"])
+async def test_a_large_write_is_split_into_bursts_the_target_takes_unasked(
+        server: tuple[str, int], commands: int, tmp_path: Path) -> None:
+    with trio.fail_after(20):
+        s = await connect(server)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(s.run)
+            dev = await BlockDevice.open(s, 0)
+            data = os.urandom(1 << 20)
+            before = s.stats["commands"]
+            assert await dev.write(3 << 20, data) == len(data)
+            assert s.stats["commands"] - before == commands
+            assert bytes(await dev.read(3 << 20, len(data))) == data
+            await s.logout()
+            nursery.cancel_scope.cancel()
+    with (tmp_path / "d.img").open("rb") as f:
+        f.seek(3 << 20)
+        assert f.read(1 << 20) == data
 
 
 async def test_send_targets_in_discovery_and_normal_sessions(server: tuple[str, int]) -> None:
