@@ -30,7 +30,6 @@ from __future__ import annotations
 import logging
 import os
 import select
-from collections.abc import Awaitable, Callable
 
 import pyfuse3
 import trio
@@ -128,14 +127,16 @@ class Intake:
 
 
 def install() -> Intake | None:
-    """Replace pyfuse3's wait, after pyfuse3.init(); None (and a log line) if this
-    pyfuse3 does not have the function the replacement is written for."""
-    original: Callable[[], Awaitable[bool]] | None = getattr(pyfuse3, "_wait_fuse_readable",
-                                                             None)
-    fd = fuse_device_fd()
-    if original is None or fd is None:
-        log.info("FUSE requests are read with pyfuse3's own loop")
-        return None
-    intake = Intake(fd)
-    setattr(pyfuse3, "_wait_fuse_readable", intake.wait)  # noqa: B010 (a private name)
-    return intake
+    """Replace pyfuse3's wait, after pyfuse3.init(); None (and a log line saying why) if
+    this pyfuse3 lacks the function the replacement is written for, or the device
+    cannot be found."""
+    if not hasattr(pyfuse3, "_wait_fuse_readable"):
+        why = f"pyfuse3 {pyfuse3.__version__} has no _wait_fuse_readable"
+    elif (fd := fuse_device_fd()) is None:
+        why = "no single /dev/fuse descriptor in /proc/self/fd"
+    else:
+        intake = Intake(fd)
+        setattr(pyfuse3, "_wait_fuse_readable", intake.wait)  # noqa: B010 (a private name)
+        return intake
+    log.info("FUSE requests are read with pyfuse3's own, slower loop (%s)", why)
+    return None

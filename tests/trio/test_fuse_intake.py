@@ -134,3 +134,21 @@ async def test_a_cancelled_idle_worker_leaves_no_gap(pipe: tuple[int, int]) -> N
                 os.write(w, b"x")
                 await trio.testing.wait_all_tasks_blocked()
     assert results == ["a", "c"]
+
+
+def test_without_what_it_replaces_pyfuse3_keeps_its_own_loop(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    import pyfuse3
+
+    from blockbridge.fuse import intake
+
+    original = pyfuse3._wait_fuse_readable
+    with caplog.at_level("INFO", logger="blockbridge.fuse.intake"):
+        monkeypatch.setattr(intake, "fuse_device_fd", lambda: None)  # nothing mounted here
+        assert intake.install() is None
+        assert "no single /dev/fuse descriptor" in caplog.text
+        monkeypatch.delattr(pyfuse3, "_wait_fuse_readable")
+        assert intake.install() is None
+        assert "has no _wait_fuse_readable" in caplog.text
+    monkeypatch.undo()
+    assert pyfuse3._wait_fuse_readable is original  # left untouched
