@@ -4,17 +4,30 @@ One reader task calls :meth:`PDUStream.receive_pdu`; any number of tasks may cal
 :meth:`PDUStream.send_pdu`, which serialises writers.  A write that is interrupted (for
 example by cancellation) may have put part of a PDU on the wire, so the stream is then
 marked broken and every later call raises :class:`ConnectionClosed`.
+
+On plain TCP a PDU may carry a range of a file as its data segment
+(:class:`~blockbridge.iscsi.framing.WithFileData`): the range goes out with
+``sendfile``, from the page cache to the socket without a copy through user space.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import socket
 import ssl
 from collections.abc import Callable, Iterable, Sequence
 
 import trio
 
-from .iscsi.framing import DEFAULT_MAX_DATA_SEGMENT, PDUReader, encode_buffers
+from .iscsi.framing import (
+    DEFAULT_MAX_DATA_SEGMENT,
+    FileRange,
+    PDUReader,
+    WithFileData,
+    encode_buffers,
+    encode_with_file,
+)
 from .iscsi.pdu import PDU, Buffer
 from .tls import ClientTLS, TLSError
 
@@ -35,7 +48,7 @@ class PDUStream:
     ) -> None:
         self.stream = stream
         self._reader = PDUReader(max_data_segment_length=max_data_segment_length)
-        self._queue: list[Buffer] = []
+        self._queue: list[Buffer | FileRange] = []
         self._after: list[Callable[[], None]] = []  # run once the queued buffers are written
         self.backlog = 0  # bytes of PDUs queued and not yet handed to a write
         self._writing = False
@@ -76,6 +89,12 @@ class PDUStream:
         self._reader.max_data_segment_length = value
 
     @property
+    def sends_files(self) -> bool:
+        """Whether ``post`` takes PDUs with a file range as data (plain TCP, no data
+        digest)."""
+        return self._socket is not None and not self._data_digest
+
+    @property
     def broken(self) -> bool:
         return self._broken is not None
 
@@ -111,22 +130,31 @@ class PDUStream:
     async def send_pdu(self, pdu: PDU) -> None:
         await self.send_pdus((pdu,))
 
-    async def send_pdus(self, pdus: Iterable[PDU]) -> None:
+    async def send_pdus(self, pdus: Iterable[PDU | WithFileData]) -> None:
         """Send PDUs in call order and return once they are written.  Encoding and
         queueing happen before the first checkpoint, so callers that number PDUs (CmdSN,
         StatSN) just before calling keep their order on the wire without a lock."""
         self.post(pdus)
         await self.flush()
 
-    def post(self, pdus: Iterable[PDU], after: Callable[[], None] | None = None) -> None:
+    def post(self, pdus: Iterable[PDU | WithFileData],
+             after: Callable[[], None] | None = None) -> None:
         """Queue PDUs without waiting: they go out with the write in progress or the next
         ``flush``, in call order with every other PDU.  ``after`` runs once they have
-        been written (not if the write fails), e.g. to recycle a data buffer."""
+        been written (not if the write fails), e.g. to recycle a data buffer.  PDUs with
+        file data are taken only where ``sends_files`` (ValueError otherwise)."""
         if self._broken is not None:
             raise ConnectionClosed(self._broken)
         hd, dd = self._header_digest, self._data_digest
         queue = self._queue
         for pdu in pdus:
+            if isinstance(pdu, WithFileData):
+                if not self.sends_files:
+                    raise ValueError("file data needs plain TCP without a data digest")
+                parts = encode_with_file(pdu, header_digest=hd)
+                queue.extend(parts)
+                self.backlog += sum(_length(p) for p in parts)
+                continue
             buffers = encode_buffers(pdu, header_digest=hd, data_digest=dd)
             queue.extend(buffers)
             self.backlog += sum(len(b) if not isinstance(b, memoryview) else b.nbytes
@@ -188,16 +216,29 @@ class PDUStream:
             self._batch_done.set()
             self._batch_done = trio.Event()
 
-    async def _write(self, buffers: list[Buffer]) -> None:
+    async def _write(self, parts: list[Buffer | FileRange]) -> None:
         sock = self._socket
         if sock is None:
+            buffers = [p for p in parts if not isinstance(p, FileRange)]  # none: see post
             for buf in _coalesce(buffers):
                 await self.stream.send_all(buf)
                 self.bytes_sent += len(buf)
             return
-        views = [memoryview(b).cast("B") for b in buffers]
+        start = 0
+        for i, part in enumerate(parts):
+            if isinstance(part, FileRange):
+                if start < i:  # the header goes out with the file data that follows
+                    await self._sendmsg(sock, parts[start:i], socket.MSG_MORE)
+                await self._sendfile(sock, part)
+                start = i + 1
+        if start < len(parts):
+            await self._sendmsg(sock, parts[start:], 0)
+
+    async def _sendmsg(self, sock: trio.socket.SocketType,
+                       buffers: Sequence[Buffer | FileRange], flags: int) -> None:
+        views = [memoryview(b).cast("B") for b in buffers if not isinstance(b, FileRange)]
         while views:
-            n = await sock.sendmsg(views[:_IOV_MAX])
+            n = await sock.sendmsg(views[:_IOV_MAX], (), flags)
             self.bytes_sent += n
             while n:
                 first = views[0]
@@ -208,6 +249,29 @@ class PDUStream:
                     views[0] = first[n:]
                     n = 0
 
+    async def _sendfile(self, sock: trio.socket.SocketType, part: FileRange) -> None:
+        """Send a file range from the page cache.  The caller made sure it is cached (a
+        page evicted since then is read from the disk, blocking for that read); a file
+        that has become shorter is sent as zeros, which keeps the PDU framing intact."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        out = sock.fileno()
+        offset, left = part.offset, part.length
+        while left:
+            try:
+                n = os.sendfile(out, part.file.fileno(), offset, left)
+            except BlockingIOError:
+                # The kernel may hold back the last bytes sent (sendfile passes them on
+                # as "more to come"): if they fill the send buffer, no acknowledgement
+                # will ever make room.  Setting TCP_NODELAY pushes them out.
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                await trio.lowlevel.wait_writable(sock)
+                continue
+            if not n:  # end of file
+                await self._sendmsg(sock, [bytes(left)], 0)
+                return
+            offset += n
+            left -= n
+            self.bytes_sent += n
     async def aclose(self) -> None:
         if self._broken is None:
             self._broken = "connection closed"
@@ -215,6 +279,12 @@ class PDUStream:
             scope.shield = True
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 await self.stream.aclose()
+
+
+def _length(part: Buffer | FileRange) -> int:
+    if isinstance(part, FileRange):
+        return part.length
+    return len(part) if not isinstance(part, memoryview) else part.nbytes
 
 
 def _coalesce(buffers: Sequence[Buffer]) -> list[Buffer]:

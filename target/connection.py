@@ -29,6 +29,7 @@ from blockbridge.iscsi.constants import (
     TaskResponse,
 )
 from blockbridge.iscsi.errors import NegotiationError, PDUFormatError
+from blockbridge.iscsi.framing import FileRange, WithFileData
 from blockbridge.iscsi.login import TargetLogin
 from blockbridge.iscsi.text import TextAssembler, decode_text, encode_text
 from blockbridge.scsi.constants import Op, Status
@@ -363,7 +364,8 @@ class Connection:
         lu = self.session.luns.get(lun_number)
         if lu is None:
             return False
-        result = lu.execute_now(cmd.cdb, self.session.nexus, cmd.data)
+        result = lu.execute_now(cmd.cdb, self.session.nexus, cmd.data,
+                                files=cmd.read and self.pdus.sends_files)
         if result is not None:
             self._answer(cmd, lun_number, result)
             return True
@@ -515,7 +517,7 @@ class Connection:
             result.release()
 
     def _response_pdus(self, cmd: P.SCSICommand, lun_number: int,
-                       result: SCSIResult) -> list[P.PDU]:
+                       result: SCSIResult) -> list[P.PDU | WithFileData]:
         """Data-In and response PDUs for a finished command, with their sequence numbers:
         queue them before the next checkpoint so StatSNs go out in order."""
         assert self.session is not None
@@ -523,30 +525,39 @@ class Connection:
         params = self.session.params
         window = self.session.window
         expcmdsn, maxcmdsn = window.expcmdsn, window.maxcmdsn
-        data = memoryview(result.data) if cmd.read else memoryview(b"")
-        produced = len(data)
+        data = result.data if cmd.read else b""
+        if isinstance(data, FileRange):
+            produced = data.length
+        else:
+            produced = len(data) if not isinstance(data, memoryview) else data.nbytes
         if cmd.write and not cmd.read:
             lu = self.session.luns.get(lun_number)
             produced = lu.data_out_length(cmd.cdb) if lu is not None else edtl
         overflow = produced > edtl
         underflow = produced < edtl
         residual = min(abs(produced - edtl), 0xFFFFFFFF)  # a CDB may ask for > 4 GiB
-        send = data[: min(len(data), edtl)] if cmd.read else memoryview(b"")
-        pdus: list[P.PDU] = []
+        sent = min(produced, edtl) if cmd.read else 0
+        view = memoryview(data) if not isinstance(data, FileRange) else None
+        pdus: list[P.PDU | WithFileData] = []
         chunk = params.max_xmit_data_segment_length
         collapse = result.status == Status.GOOD and not result.sense
         statsn = self.statsn
-        for i, off in enumerate(range(0, len(send), chunk)):
-            piece = send[off : off + chunk]
-            last = off + len(piece) >= len(send)
+        for i, off in enumerate(range(0, sent, chunk)):
+            n = min(chunk, sent - off)
+            last = off + n >= sent
             with_status = last and collapse
-            pdus.append(P.DataIn(
-                itt=cmd.itt, lun=cmd.lun, datasn=i, offset=off, data=piece,
+            pdu = P.DataIn(
+                itt=cmd.itt, lun=cmd.lun, datasn=i, offset=off,
+                data=view[off : off + n] if view is not None else b"",
                 final=last, has_status=with_status, status=result.status,
                 residual_overflow=with_status and overflow,
                 residual_underflow=with_status and underflow,
                 residual_count=residual if with_status else 0,
-                statsn=statsn if with_status else 0, expcmdsn=expcmdsn, maxcmdsn=maxcmdsn))
+                statsn=statsn if with_status else 0, expcmdsn=expcmdsn, maxcmdsn=maxcmdsn)
+            if isinstance(data, FileRange):
+                pdus.append(WithFileData(pdu, data.part(off, n)))
+            else:
+                pdus.append(pdu)
         if not (pdus and collapse):
             pdus.append(P.SCSIResponse.with_sense(
                 result.sense, itt=cmd.itt, status=result.status, expdatasn=len(pdus),

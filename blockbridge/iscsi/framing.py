@@ -1,16 +1,21 @@
 """PDU framing on a byte stream: AHS, padding and digests, both directions, no I/O.
 
 ``encode_buffers`` turns a PDU into the buffers to write (scatter-gather, no joining of
-the data segment).  ``PDUReader`` is an incremental reader in the style of h11: feed it
-bytes, ask for complete PDUs, and use ``bytes_needed()`` as a hint for the next read.
+the data segment).  ``encode_with_file`` does the same for a PDU whose data segment is
+a range of a file, to be sent from the page cache (``sendfile``).  ``PDUReader`` is an
+incremental reader in the style of h11: feed it bytes, ask for complete PDUs, and use
+``bytes_needed()`` as a hint for the next read.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Protocol
+
 from .constants import BHS_LENGTH, DIGEST_LENGTH, RejectReason
 from .digest import crc32c, digest_bytes
 from .errors import DigestError, PDUFormatError
-from .pdu import PDU, Buffer, ahs_length, data_segment_length, decode_pdu
+from .pdu import MAX_DATA_SEGMENT, PDU, Buffer, ahs_length, data_segment_length, decode_pdu
 
 _PAD = (b"", b"\0\0\0", b"\0\0", b"\0")
 
@@ -19,6 +24,57 @@ DEFAULT_MAX_DATA_SEGMENT = 16 * 1024 * 1024
 
 def padding(length: int) -> bytes:
     return _PAD[length & 3]
+
+
+class HasFileno(Protocol):
+    def fileno(self) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class FileRange:
+    """``length`` bytes of ``file`` from ``offset``, to be sent as they are in the file
+    when the PDU is written (no copy through user space).  Not a sequence: ``len()``
+    of it is an error, not a byte count."""
+
+    file: HasFileno  # asked for its descriptor at the time of sending
+    offset: int
+    length: int
+
+    def part(self, start: int, length: int) -> FileRange:
+        return FileRange(self.file, self.offset + start, min(length, self.length - start))
+
+
+@dataclass(frozen=True, slots=True)
+class WithFileData:
+    """A PDU to send with a file range as its data segment; its own ``data`` is empty."""
+
+    pdu: PDU
+    data: FileRange
+
+
+def encode_with_file(
+    item: WithFileData, *, header_digest: bool = False, data_digest: bool = False
+) -> list[Buffer | FileRange]:
+    """The parts of a PDU whose data segment is a file range, in order: the header as
+    bytes, the range, the padding.  A data digest needs the data in memory, so it is
+    refused (ValueError): use ``encode_buffers`` then."""
+    if data_digest:
+        raise ValueError("a data digest needs the data segment in memory")
+    pdu, data = item.pdu, item.data
+    if pdu.data:
+        raise ValueError("the PDU carries data of its own")
+    if not 0 < data.length <= MAX_DATA_SEGMENT:
+        raise ValueError(f"file data segment of {data.length} bytes")
+    header = pdu.encode_bhs()
+    header[5:8] = data.length.to_bytes(3, "big")
+    ahs = pdu.ahs
+    if ahs:
+        header[4] = len(ahs) // 4
+        header += ahs
+    if header_digest:
+        header += digest_bytes(header)
+    pad = padding(data.length)
+    return [header, data, pad] if pad else [header, data]
 
 
 def encode_buffers(

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from blockbridge.iscsi.framing import FileRange
+
 
 class Backend(Protocol):
     size: int  # bytes
@@ -23,6 +25,12 @@ class Backend(Protocol):
     def read_cached(self, offset: int, into: bytearray) -> bool:
         """Fill ``into`` from ``offset`` if that needs no wait for the disk (the range is
         in the page cache); False otherwise.  Called on the event loop: never blocks."""
+        ...
+
+    def cached_range(self, offset: int, length: int) -> FileRange | None:
+        """The range as a :class:`FileRange` to send with ``sendfile`` if all of it is in
+        the page cache; None otherwise, or where the backend cannot tell.  Called on the
+        event loop: never blocks."""
         ...
 
     def write(

@@ -12,6 +12,10 @@ import stat
 import struct
 import time
 
+from blockbridge.iscsi.framing import FileRange
+
+from .. import pagecache
+
 _FALLOC_FL_KEEP_SIZE = 0x01
 _FALLOC_FL_PUNCH_HOLE = 0x02
 _BLKGETSIZE64 = 0x80081272
@@ -105,6 +109,17 @@ class FileBackend:
             return False
         return n == len(into)
 
+    def fileno(self) -> int:
+        """The backing file's descriptor; -1 once closed (a send from it then fails)."""
+        return self.fd
+
+    def cached_range(self, offset: int, length: int) -> FileRange | None:
+        # Regular files only: the same ones that read with RWF_NOWAIT.
+        if not self._nowait or offset + length > self.size \
+                or not pagecache.cached(self.fd, offset, length):
+            return None
+        return FileRange(self, offset, length)
+
     def write(self, offset: int, data: bytes | bytearray | memoryview, sync: bool = False) -> None:
         view = memoryview(data)
         done = 0
@@ -153,8 +168,9 @@ class FileBackend:
         return True, min(hole, self.size) - offset
 
     def close(self) -> None:
+        fd, self.fd = self.fd, -1
         with contextlib.suppress(OSError):
-            os.close(self.fd)
+            os.close(fd)
 
 
 class NullBackend:
@@ -176,6 +192,9 @@ class NullBackend:
     def read_cached(self, offset: int, into: bytearray) -> bool:
         into[:] = bytes(len(into))
         return True
+
+    def cached_range(self, offset: int, length: int) -> FileRange | None:
+        return None
 
     def write(self, offset: int, data: bytes | bytearray | memoryview, sync: bool = False) -> None:
         return None

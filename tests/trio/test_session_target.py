@@ -220,3 +220,41 @@ async def test_data_out_with_a_gap_or_ending_early_drops_the_connection(
             while True:
                 pdu = await s.stream.receive_pdu()
                 assert not isinstance(pdu, P.SCSIResponse), "the write was accepted"
+
+
+@pytest.mark.parametrize(("server", "from_file"), [
+    ({}, True),
+    ({"MaxXmitDataSegmentLength": "4096"}, True),  # many Data-In PDUs, each from the file
+    ({"HeaderDigest": "CRC32C", "DataDigest": "CRC32C"}, False),  # digests need the data
+], indirect=["server"])
+async def test_reads_in_the_page_cache_are_sent_from_it(
+        server: tuple[str, int], from_file: bool, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    content = os.urandom(4 << 20)
+    with (tmp_path / "d.img").open("r+b") as f:  # written through the page cache
+        f.write(content)
+    sent: list[int] = []
+    real_sendfile = os.sendfile
+
+    def sendfile(out: int, in_: int, offset: int | None, count: int) -> int:
+        n = real_sendfile(out, in_, offset, count)
+        sent.append(n)
+        return n
+
+    monkeypatch.setattr(os, "sendfile", sendfile)
+    with trio.fail_after(20):
+        s = await connect(server, proposals={"HeaderDigest": "CRC32C,None",
+                                             "DataDigest": "CRC32C,None"})
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(s.run)
+            r = await s.command(0, read10(100, 128), read_length=128 * BS)  # 64 KiB
+            assert r.status == 0 and bytes(r.data) == content[100 * BS : 228 * BS]
+            assert sent == []  # small reads are copied: cheaper than two system calls
+            for lba, n in [(0, 2048), (7, 300), (8191 - 256, 256)]:
+                r = await s.command(0, read10(lba, n), read_length=n * BS)
+                assert r.status == 0
+                assert bytes(r.data) == content[lba * BS : (lba + n) * BS]
+            assert (sum(sent) == (2048 + 300 + 256) * BS) == from_file
+            assert bool(sent) == from_file
+            await s.logout()
+            nursery.cancel_scope.cancel()

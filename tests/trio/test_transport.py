@@ -1,6 +1,10 @@
-"""PDUStream over trio memory streams: ordering, digests, EOF, interrupted writes."""
+"""PDUStream over trio memory streams: ordering, digests, EOF, interrupted writes; over
+loopback TCP: PDUs whose data is sent from a file."""
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import pytest
 import trio
@@ -8,6 +12,7 @@ import trio.testing
 
 from blockbridge.iscsi import pdu as p
 from blockbridge.iscsi.errors import PDUFormatError
+from blockbridge.iscsi.framing import FileRange, WithFileData
 from blockbridge.transport import ConnectionClosed, PDUStream
 
 
@@ -124,3 +129,80 @@ async def test_post_after_a_failed_write_raises_and_skips_callbacks() -> None:
     with pytest.raises(ConnectionClosed):
         left.post([p.DataIn(itt=2, data=b"b")])
     assert released == []
+
+
+async def tcp_pair() -> tuple[PDUStream, PDUStream]:
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    client = await trio.open_tcp_stream("127.0.0.1", port)
+    server = await listeners[0].accept()
+    await listeners[0].aclose()
+    return PDUStream(client), PDUStream(server)
+
+
+class _Backing:
+    def __init__(self, path: Path) -> None:
+        self.fd = os.open(path, os.O_RDONLY)
+
+    def fileno(self) -> int:
+        return self.fd
+
+
+async def test_file_ranges_go_out_in_order_with_other_pdus_through_a_full_socket(
+        tmp_path: Path) -> None:
+    content = os.urandom(8 << 20)
+    (tmp_path / "f").write_bytes(content)
+    backing = _Backing(tmp_path / "f")
+    left, right = await tcp_pair()
+    assert left.sends_files
+    ranges = [(0, 8 << 20), (1 << 20, 5), (12345, 1_000_001), ((8 << 20) - 4096, 4096),
+              (4096, (8 << 20) - 4096)]
+    items: list[p.PDU | WithFileData] = []
+    for i, (offset, length) in enumerate(ranges):
+        items.append(WithFileData(p.DataIn(itt=i), FileRange(backing, offset, length)))
+        items.append(p.NopIn(itt=100 + i, data=b"between"))
+    right.max_data_segment_length = 16 << 20
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(left.send_pdus, items)
+            await trio.sleep(0.2)  # the sender fills the socket and has to wait
+            got = [await right.receive_pdu() for _ in items]
+    for i, (offset, length) in enumerate(ranges):
+        data, nop = got[2 * i], got[2 * i + 1]
+        assert isinstance(data, p.DataIn) and data.itt == i
+        assert bytes(data.data) == content[offset : offset + length]
+        assert isinstance(nop, p.NopIn) and bytes(nop.data) == b"between"
+    assert left.bytes_sent == right.bytes_received
+    os.close(backing.fd)
+
+
+async def test_a_file_that_shrank_is_sent_as_zeros_and_the_framing_holds(
+        tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(b"\xaa" * 300_000)
+    backing = _Backing(tmp_path / "f")
+    left, right = await tcp_pair()
+    left.post([WithFileData(p.DataIn(itt=1), FileRange(backing, 0, 300_000)),
+               p.NopIn(itt=2)])
+    os.truncate(tmp_path / "f", 100_000)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(left.flush)
+            first, second = await right.receive_pdu(), await right.receive_pdu()
+    assert bytes(first.data) == b"\xaa" * 100_000 + bytes(200_000)
+    assert second.itt == 2
+    os.close(backing.fd)
+
+
+async def test_file_data_is_refused_where_it_cannot_be_sent_from_the_file() -> None:
+    rng = FileRange(_Backing.__new__(_Backing), 0, 4096)
+    left, _right = pair()  # not a socket
+    assert not left.sends_files
+    with pytest.raises(ValueError, match="plain TCP"):
+        left.post([WithFileData(p.DataIn(), rng)])
+    tcp_left, tcp_right = await tcp_pair()
+    tcp_left.data_digest = True
+    assert not tcp_left.sends_files
+    with pytest.raises(ValueError, match="plain TCP"):
+        tcp_left.post([WithFileData(p.DataIn(), rng)])
+    for s in (tcp_left, tcp_right):
+        await s.aclose()

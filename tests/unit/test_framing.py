@@ -9,7 +9,14 @@ from hypothesis import strategies as st
 from blockbridge.iscsi import pdu as p
 from blockbridge.iscsi.digest import crc32c, digest_bytes
 from blockbridge.iscsi.errors import DigestError, PDUFormatError
-from blockbridge.iscsi.framing import PDUReader, encode_buffers, encode_bytes
+from blockbridge.iscsi.framing import (
+    FileRange,
+    PDUReader,
+    WithFileData,
+    encode_buffers,
+    encode_bytes,
+    encode_with_file,
+)
 
 
 def test_crc32c_rfc_vectors() -> None:
@@ -128,3 +135,42 @@ def test_receive_into_the_readers_own_buffer(splits: list[int], parse_between: b
     assert reader.buffered == 0
     with pytest.raises(ValueError):
         reader.commit(1 << 30)
+
+
+class _File:
+    def fileno(self) -> int:  # never asked: encoding does no I/O
+        raise AssertionError
+
+
+@pytest.mark.parametrize("hd", [False, True])
+@pytest.mark.parametrize("size", [1, 4, 4097, 262143])
+def test_a_pdu_with_file_data_announces_its_length_and_pads(hd: bool, size: int) -> None:
+    rng = FileRange(_File(), 12345, size)
+    pdu = p.DataIn(itt=7, datasn=2, offset=4096, final=True)
+    parts = encode_with_file(WithFileData(pdu, rng), header_digest=hd)
+    # the same PDU with the data in memory: identical bytes around the data segment
+    inline = encode_bytes(p.DataIn(itt=7, datasn=2, offset=4096, final=True,
+                                   data=bytes(size)), header_digest=hd)
+    header = bytes(parts[0])
+    assert parts[1] == rng
+    pad = bytes(parts[2]) if len(parts) == 3 else b""
+    assert header + bytes(size) + pad == inline
+    assert len(parts) == (3 if size % 4 else 2)
+
+
+def test_file_data_is_refused_with_a_data_digest_or_data_of_its_own() -> None:
+    rng = FileRange(_File(), 0, 512)
+    with pytest.raises(ValueError, match="digest"):
+        encode_with_file(WithFileData(p.DataIn(), rng), data_digest=True)
+    with pytest.raises(ValueError, match="data of its own"):
+        encode_with_file(WithFileData(p.DataIn(data=b"x"), rng))
+    with pytest.raises(ValueError, match="0 bytes"):
+        encode_with_file(WithFileData(p.DataIn(), FileRange(_File(), 0, 0)))
+
+
+def test_a_part_of_a_file_range_stays_inside_it() -> None:
+    rng = FileRange(_File(), 1000, 300)
+    assert rng.part(0, 100) == FileRange(rng.file, 1000, 100)
+    assert rng.part(200, 256) == FileRange(rng.file, 1200, 100)
+    with pytest.raises(TypeError):
+        len(rng)  # type: ignore[arg-type]
