@@ -55,6 +55,12 @@ class PDUStream:
         self._batch_done = trio.Event()
         # Plain TCP: write with sendmsg (scatter-gather, one system call per batch).
         self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
+        # The standard socket inside trio's: a send that succeeds at once goes through it
+        # directly.  trio's own sendmsg ends every successful call with a pass of the
+        # scheduler, which at 128 KiB reads cost more than the system call.  Where trio
+        # ever stops having one, its sendmsg is used.
+        raw = getattr(self._socket, "_sock", None)
+        self._raw: socket.socket | None = raw if isinstance(raw, socket.socket) else None
         self._broken: str | None = None
         self.header_digest = False
         self.data_digest = False
@@ -224,6 +230,7 @@ class PDUStream:
                 await self.stream.send_all(buf)
                 self.bytes_sent += len(buf)
             return
+        await trio.lowlevel.checkpoint_if_cancelled()
         start = 0
         for i, part in enumerate(parts):
             if isinstance(part, FileRange):
@@ -237,8 +244,16 @@ class PDUStream:
     async def _sendmsg(self, sock: trio.socket.SocketType,
                        buffers: Sequence[Buffer | FileRange], flags: int) -> None:
         views = [memoryview(b).cast("B") for b in buffers if not isinstance(b, FileRange)]
+        raw = self._raw
         while views:
-            n = await sock.sendmsg(views[:_IOV_MAX], (), flags)
+            if raw is None:
+                n = await sock.sendmsg(views[:_IOV_MAX], (), flags)
+            else:
+                try:
+                    n = raw.sendmsg(views[:_IOV_MAX], (), flags)
+                except BlockingIOError:
+                    await trio.lowlevel.wait_writable(sock)
+                    continue
             self.bytes_sent += n
             while n:
                 first = views[0]
