@@ -24,6 +24,7 @@ from .iscsi.framing import (
     DEFAULT_MAX_DATA_SEGMENT,
     FileRange,
     PDUReader,
+    Placement,
     WithFileData,
     encode_buffers,
     encode_with_file,
@@ -85,6 +86,15 @@ class PDUStream:
     def data_digest(self, value: bool) -> None:
         self._data_digest = value
         self._reader.data_digest = value
+
+    @property
+    def placement(self) -> Placement | None:
+        """Where large data segments go (see :class:`PDUReader`); None: the usual way."""
+        return self._reader.placement
+
+    @placement.setter
+    def placement(self, value: Placement | None) -> None:
+        self._reader.placement = value
 
     @property
     def max_data_segment_length(self) -> int:

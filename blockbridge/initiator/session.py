@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import trio
 
 from blockbridge.iscsi import pdu as P
-from blockbridge.iscsi.constants import RESERVED_TAG, LogoutReason
+from blockbridge.iscsi.constants import RESERVED_TAG, LogoutReason, Opcode
 from blockbridge.iscsi.errors import LoginFailed
 from blockbridge.iscsi.login import ChapCredentials, InitiatorLogin
 from blockbridge.iscsi.params import SessionParams
@@ -100,6 +100,7 @@ class Session:
         self.expstatsn = (login.statsn + 1) & 0xFFFFFFFF
         self._itt = 1
         self._pending: dict[int, _Pending] = {}
+        stream.placement = self._place_data_in
         self._window_opened: trio.Event | None = None  # set when MaxCmdSN may have moved
         self._closed: str | None = None
         self.stats = {"commands": 0, "bytes_in": 0, "bytes_out": 0}
@@ -217,6 +218,20 @@ class Session:
         if _newer(expcmdsn, self.expcmdsn):
             self.expcmdsn = expcmdsn
 
+    def _place_data_in(self, bhs: bytes) -> memoryview | None:
+        """Where the data of a large Data-In goes: straight into its command's buffer, at
+        its offset (the reader receives it there, and _dispatch finds it in place)."""
+        if bhs[0] & 0x3F != Opcode.DATA_IN:
+            return None
+        p = self._pending.get(int.from_bytes(bhs[16:20], "big"))
+        if p is None or p.buffer is None:
+            return None
+        offset = int.from_bytes(bhs[40:44], "big")
+        end = offset + int.from_bytes(bhs[5:8], "big")
+        if end > len(p.buffer):
+            return None  # refused by _dispatch
+        return memoryview(p.buffer)[offset:end]
+
     async def _dispatch(self, pdu: P.PDU) -> None:
         if hasattr(pdu, "maxcmdsn"):
             self._update_window(pdu.expcmdsn, pdu.maxcmdsn)  # type: ignore[attr-defined]
@@ -225,10 +240,12 @@ class Session:
             p = self._pending.get(pdu.itt)
             if p is None or p.buffer is None:
                 return
-            end = pdu.offset + len(pdu.data)
+            data = pdu.data
+            end = pdu.offset + len(data)
             if end > len(p.buffer):
                 raise ConnectionClosed("Data-In beyond the expected length")
-            p.buffer[pdu.offset : end] = pdu.data
+            if not (type(data) is memoryview and data.obj is p.buffer):  # not placed
+                p.buffer[pdu.offset : end] = data
             p.received = max(p.received, end)
             if pdu.has_status:
                 self.expstatsn = (pdu.statsn + 1) & 0xFFFFFFFF

@@ -9,6 +9,7 @@ incremental reader in the style of h11: feed it bytes, ask for complete PDUs, an
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -20,6 +21,12 @@ from .pdu import MAX_DATA_SEGMENT, PDU, Buffer, ahs_length, data_segment_length,
 _PAD = (b"", b"\0\0\0", b"\0\0", b"\0")
 
 DEFAULT_MAX_DATA_SEGMENT = 16 * 1024 * 1024
+# A data segment this large whose place the reader's owner knows (see PDUReader.placement)
+# is received straight into that place.
+PLACED_SEGMENT = 64 * 1024
+# Given the basic header segment of a PDU, where its data segment goes: a writable view of
+# exactly its length, or None to receive it as usual.
+Placement = Callable[[bytes], "memoryview | None"]
 
 
 def padding(length: int) -> bytes:
@@ -115,6 +122,12 @@ class PDUReader:
     ``feed()`` appends bytes; ``next_pdu()`` returns the next complete PDU or ``None``.
     A data segment longer than ``max_data_segment_length`` is refused before it is read.
     After an error the reader is unusable (the connection must be dropped).
+
+    With a ``placement`` callback, the rest of a large data segment (``PLACED_SEGMENT``,
+    a multiple of 4 bytes, no data digest) goes where the callback says, once its header
+    is in: ``get_buffer`` then hands out that place, no more than what is missing, and
+    the PDU's data is that view.  An initiator places Data-In in the command's buffer
+    this way, which saves two copies of every byte read.
     """
 
     def __init__(
@@ -133,18 +146,45 @@ class PDUReader:
         self._pos = 0
         self._end = 0
         self._failed: PDUFormatError | None = None
+        self.placement: Placement | None = None
+        # A data segment being received into its place: the PDU's header, the place and
+        # how much of it is in.
+        self._placed_header = b""
+        self._placed: memoryview | None = None
+        self._placed_filled = 0
+        # After a placed segment, the next read takes a header only: large Data-In
+        # usually come in a row, and this way the next one's data is placed whole.
+        self._header_next = False
 
     def feed(self, data: Buffer) -> None:
-        n = len(data) if not isinstance(data, memoryview) else data.nbytes
-        with self.get_buffer(n) as view:
-            view[:n] = data
-        self.commit(n)
+        view = memoryview(data).cast("B")
+        while view.nbytes:
+            with self.get_buffer(view.nbytes) as into:
+                n = min(into.nbytes, view.nbytes)
+                into[:n] = view[:n]
+            self.commit(n)
+            view = view[n:]
 
     def get_buffer(self, size: int) -> memoryview:
-        """Writable space for at least ``size`` more bytes (for ``socket.recv_into``); call
-        :meth:`commit` with the count received and release the view before the next call."""
+        """Writable space for more bytes (for ``socket.recv_into``): at least ``size``, or
+        exactly the rest of a data segment that is received into its place.  Call
+        :meth:`commit` with the count received and release the view before the next
+        call."""
+        placed = self._placed
+        if placed is not None:
+            if self._placed_filled < placed.nbytes:
+                return placed[self._placed_filled :]
+        elif self.placement is not None and self._start_placed():
+            assert self._placed is not None
+            return self._placed[self._placed_filled :]
         if self._pos == self._end:
             self._pos = self._end = 0
+            if self._header_next:
+                self._header_next = False
+                hlen = BHS_LENGTH + (DIGEST_LENGTH if self.header_digest else 0)
+                if len(self._buf) < hlen:
+                    self._buf.extend(bytes(hlen - len(self._buf)))
+                return memoryview(self._buf)[:hlen]
         if len(self._buf) - self._end < size:
             if self._pos:  # move the unparsed tail to the front
                 live = self._end - self._pos
@@ -156,13 +196,51 @@ class PDUReader:
 
     def commit(self, n: int) -> None:
         """``n`` bytes were written into the view from :meth:`get_buffer`."""
+        placed = self._placed
+        if placed is not None and self._placed_filled < placed.nbytes:
+            if not 0 <= n <= placed.nbytes - self._placed_filled:
+                raise ValueError("commit() beyond the buffer handed out")
+            self._placed_filled += n
+            return
         if not 0 <= n <= len(self._buf) - self._end:
             raise ValueError("commit() beyond the buffer handed out")
         self._end += n
 
+    def _start_placed(self) -> bool:
+        """If the staging buffer holds the whole header of a PDU whose large data segment
+        is not all in, and the placement callback knows where it goes, move what is
+        there of the segment to its place and receive the rest there."""
+        assert self.placement is not None
+        start, avail = self._pos, self._end - self._pos
+        if avail < BHS_LENGTH or self.data_digest:
+            return False
+        bhs = bytes(self._buf[start : start + BHS_LENGTH])
+        try:
+            hlen, dlen, plen = self._frame_lengths(bhs)
+        except PDUFormatError:
+            return False  # next_pdu reports it
+        if dlen < PLACED_SEGMENT or dlen != plen or not hlen <= avail < hlen + plen:
+            return False
+        if self.header_digest:  # never place data by a header that is not intact
+            end = start + hlen
+            if crc32c(self._buf[start : end - 4]).to_bytes(4, "little") \
+                    != self._buf[end - 4 : end]:
+                return False  # next_pdu reports it
+        place = self.placement(bhs)
+        if place is None or place.nbytes != dlen or place.readonly or not place.c_contiguous:
+            return False
+        have = avail - hlen
+        place = place.cast("B")
+        place[:have] = memoryview(self._buf)[start + hlen : self._end]
+        self._placed_header = bytes(self._buf[start : start + hlen])
+        self._placed, self._placed_filled = place, have
+        self._pos = self._end = 0
+        return True
+
     @property
     def buffered(self) -> int:
-        return self._end - self._pos
+        pending = len(self._placed_header) + self._placed_filled if self._placed is not None else 0
+        return self._end - self._pos + pending
 
     def _frame_lengths(self, bhs: Buffer) -> tuple[int, int, int]:
         """(header length incl. AHS and digest, data length, padded data incl. digest)."""
@@ -182,6 +260,8 @@ class PDUReader:
 
     def bytes_needed(self) -> int:
         """How many more bytes complete the next PDU (at least 1 when nothing is known)."""
+        if self._placed is not None and self._placed_filled < self._placed.nbytes:
+            return self._placed.nbytes - self._placed_filled
         avail = self.buffered
         if avail < BHS_LENGTH:
             return BHS_LENGTH - avail
@@ -198,6 +278,8 @@ class PDUReader:
             raise
 
     def _next(self) -> PDU | None:
+        if self._placed is not None:
+            return self._placed_pdu()
         avail = self._end - self._pos
         if avail < BHS_LENGTH:
             return None
@@ -230,3 +312,18 @@ class PDUReader:
         if self._pos == self._end:
             self._pos = self._end = 0
         return decode_pdu(bhs_copy, ahs, data)
+
+    def _placed_pdu(self) -> PDU | None:
+        place = self._placed
+        assert place is not None
+        if self._placed_filled < place.nbytes:
+            return None
+        header = self._placed_header
+        self._placed, self._placed_header, self._placed_filled = None, b"", 0
+        self._header_next = True
+        hlen = len(header)
+        if self.header_digest and \
+                crc32c(header[: hlen - 4]).to_bytes(4, "little") != header[hlen - 4 :]:
+            raise DigestError("header digest mismatch", header=True)
+        ahs = header[BHS_LENGTH : BHS_LENGTH + ahs_length(header)]
+        return decode_pdu(header[:BHS_LENGTH], ahs, place)

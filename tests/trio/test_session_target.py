@@ -258,3 +258,32 @@ async def test_reads_in_the_page_cache_are_sent_from_it(
             assert bool(sent) == from_file
             await s.logout()
             nursery.cancel_scope.cancel()
+
+
+async def test_large_data_in_lands_in_the_commands_buffer(
+        server: tuple[str, int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    content = os.urandom(4 << 20)
+    with (tmp_path / "d.img").open("r+b") as f:
+        f.write(content)
+    placed: list[int] = []
+    real_place = Session._place_data_in
+
+    def place(self: Session, bhs: bytes) -> memoryview | None:
+        view = real_place(self, bhs)
+        if view is not None:
+            placed.append(view.nbytes)
+        return view
+
+    monkeypatch.setattr(Session, "_place_data_in", place)
+    with trio.fail_after(20):
+        s = await connect(server)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(s.run)
+            dev = await BlockDevice.open(s, 0)
+            for offset in (0, 1 << 20, 3 << 20):
+                assert bytes(await dev.read(offset, 1 << 20)) == \
+                    content[offset : offset + (1 << 20)]
+            assert bytes(await dev.read(5 * BS, 300 * BS)) == content[5 * BS : 305 * BS]
+            assert placed  # Data-In after the first of a read are received in place
+            await s.logout()
+            nursery.cancel_scope.cancel()

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from blockbridge.iscsi import pdu as p
 from blockbridge.iscsi.digest import crc32c, digest_bytes
 from blockbridge.iscsi.errors import DigestError, PDUFormatError
 from blockbridge.iscsi.framing import (
+    PLACED_SEGMENT,
     FileRange,
     PDUReader,
     WithFileData,
@@ -135,6 +136,101 @@ def test_receive_into_the_readers_own_buffer(splits: list[int], parse_between: b
     assert reader.buffered == 0
     with pytest.raises(ValueError):
         reader.commit(1 << 30)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(100, 300_000), min_size=1, max_size=20), st.booleans())
+@example([4096], False)
+@example([65000, 300_000], True)
+def test_large_data_in_is_received_into_the_place_the_owner_gives(
+        splits: list[int], hd: bool) -> None:
+    """With a placement callback, a large data segment is received straight into the
+    place it names (a view of the command's buffer); the PDU's data is that view.
+    Segments it declines, small ones, padded ones and other PDUs go the usual way."""
+    n = PLACED_SEGMENT
+    pdus: list[p.PDU] = [
+        p.DataIn(itt=1, offset=0, data=bytes([1]) * 3 * n),      # placed
+        p.NopIn(itt=2, data=b"ping"),
+        p.DataIn(itt=1, offset=3 * n, data=bytes([2]) * n),       # placed after the first
+        p.DataIn(itt=3, data=bytes([3]) * n),                     # the callback declines
+        p.DataIn(itt=1, offset=4 * n, data=bytes([4]) * (n - 4)), # too small
+        p.DataIn(itt=4, data=bytes([5]) * (n + 1)),               # padded: not placed
+    ]
+    buffer = bytearray(5 * n)
+    asked: list[int] = []
+
+    def place(bhs: bytes) -> memoryview | None:
+        itt, offset = int.from_bytes(bhs[16:20], "big"), int.from_bytes(bhs[40:44], "big")
+        asked.append(itt)
+        if itt != 1:
+            return None
+        return memoryview(buffer)[offset : offset + p.data_segment_length(bhs)]
+
+    wire = b"".join(encode_bytes(x, header_digest=hd) for x in pdus)
+    reader = PDUReader(header_digest=hd, max_data_segment_length=1 << 20)
+    reader.placement = place
+    got: list[p.PDU] = []
+    pos, k = 0, 0
+    while pos < len(wire):
+        while (pdu := reader.next_pdu()) is not None:  # as the transport does
+            got.append(pdu)
+        want = min(splits[k % len(splits)], len(wire) - pos)
+        k += 1
+        with reader.get_buffer(want) as view:
+            m = min(want, view.nbytes)  # what a recv_into of this view may get
+            view[:m] = wire[pos : pos + m]
+        reader.commit(m)
+        pos += m
+    while (pdu := reader.next_pdu()) is not None:
+        got.append(pdu)
+    assert [(x.itt, bytes(x.data)) for x in got] == [(x.itt, bytes(x.data)) for x in pdus]
+    placed = [x for x in got if isinstance(x.data, memoryview) and x.data.obj is buffer]
+    assert all(x.itt == 1 for x in placed)
+    assert all(len(x.data) >= n for x in placed)
+    assert 2 not in asked and 4 not in asked  # small, padded: the callback is not asked
+    if max(splits) < n:  # no read brings a large PDU whole: both are placed
+        assert len(placed) == 2
+        assert buffer[: 4 * n] == bytes([1]) * 3 * n + bytes([2]) * n
+    assert reader.buffered == 0
+
+
+def test_after_a_placed_segment_the_next_read_takes_a_header_only() -> None:
+    n = PLACED_SEGMENT
+    buffer = bytearray(2 * n)
+    wire = b"".join(encode_bytes(p.DataIn(itt=1, offset=i * n, data=bytes([i]) * n))
+                    for i in range(2))
+    reader = PDUReader()
+    reader.placement = lambda bhs: memoryview(buffer)[
+        int.from_bytes(bhs[40:44], "big") :][:n]
+    reader.feed(wire[:48])
+    with reader.get_buffer(1 << 20) as view:
+        assert view.nbytes == n and view.obj is buffer
+        view[:] = wire[48 : 48 + n]
+    reader.commit(n)
+    first = reader.next_pdu()
+    assert first is not None and first.data.obj is buffer  # type: ignore[union-attr]
+    with reader.get_buffer(1 << 20) as view:
+        assert view.nbytes == 48  # the next header, so that its data is placed whole
+        view[:] = wire[48 + n : 96 + n]
+    reader.commit(48)
+    with reader.get_buffer(1 << 20) as view:
+        assert view.nbytes == n and view.obj is buffer
+    assert buffer[:n] == bytes(n)
+
+
+def test_a_damaged_header_places_nothing() -> None:
+    n = PLACED_SEGMENT
+    wire = bytearray(encode_bytes(p.DataIn(itt=1, data=bytes([7]) * n), header_digest=True))
+    wire[40] ^= 1  # the buffer offset
+    reader = PDUReader(header_digest=True)
+    asked: list[bytes] = []
+    reader.placement = lambda bhs: asked.append(bhs)  # type: ignore[func-returns-value]
+    reader.feed(wire[:100])
+    assert reader.next_pdu() is None
+    reader.feed(wire[100:])
+    assert asked == []
+    with pytest.raises(DigestError):
+        reader.next_pdu()
 
 
 class _File:
