@@ -72,29 +72,30 @@ def encode_with_file(
         raise ValueError("the PDU carries data of its own")
     if not 0 < data.length <= MAX_DATA_SEGMENT:
         raise ValueError(f"file data segment of {data.length} bytes")
+    header = _header(pdu, header_digest, data_length=data.length)
+    pad = padding(data.length)
+    return [header, data, pad] if pad else [header, data]
+
+
+def _header(pdu: PDU, header_digest: bool, data_length: int | None = None) -> bytearray:
+    """BHS (with ``data_length`` as DataSegmentLength if given), AHS and header digest."""
     header = pdu.encode_bhs()
-    header[5:8] = data.length.to_bytes(3, "big")
+    if data_length is not None:
+        header[5:8] = data_length.to_bytes(3, "big")
     ahs = pdu.ahs
     if ahs:
         header[4] = len(ahs) // 4
         header += ahs
     if header_digest:
         header += digest_bytes(header)
-    pad = padding(data.length)
-    return [header, data, pad] if pad else [header, data]
+    return header
 
 
 def encode_buffers(
     pdu: PDU, *, header_digest: bool = False, data_digest: bool = False
 ) -> list[Buffer]:
     """The buffers that make up ``pdu`` on the wire, in order."""
-    header = pdu.encode_bhs()
-    ahs = pdu.ahs
-    if ahs:
-        header[4] = len(ahs) // 4
-        header += ahs
-    if header_digest:
-        header += digest_bytes(header)
+    header = _header(pdu, header_digest)
     data = pdu.data
     n = len(data) if not isinstance(data, memoryview) else data.nbytes
     if not n:
