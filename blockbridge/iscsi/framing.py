@@ -22,8 +22,9 @@ _PAD = (b"", b"\0\0\0", b"\0\0", b"\0")
 
 DEFAULT_MAX_DATA_SEGMENT = 16 * 1024 * 1024
 # A data segment this large whose place the reader's owner knows (see PDUReader.placement)
-# is received straight into that place.
-PLACED_SEGMENT = 64 * 1024
+# is received straight into that place.  Below it the saved copies cost less than the
+# extra read of the next header alone (128 KiB reads through FUSE: about 8 % slower).
+PLACED_SEGMENT = 256 * 1024
 # Given the basic header segment of a PDU, where its data segment goes: a writable view of
 # exactly its length, or None to receive it as usual.
 Placement = Callable[[bytes], "memoryview | None"]
