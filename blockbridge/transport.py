@@ -28,6 +28,7 @@ from .iscsi.framing import (
     WithFileData,
     encode_buffers,
     encode_with_file,
+    segment_length,
 )
 from .iscsi.pdu import PDU, Buffer
 from .tls import ClientTLS, TLSError
@@ -167,14 +168,11 @@ class PDUStream:
             if isinstance(pdu, WithFileData):
                 if not self.sends_files:
                     raise ValueError("file data needs plain TCP without a data digest")
-                parts = encode_with_file(pdu, header_digest=hd)
-                queue.extend(parts)
-                self.backlog += sum(_length(p) for p in parts)
-                continue
-            buffers = encode_buffers(pdu, header_digest=hd, data_digest=dd)
-            queue.extend(buffers)
-            self.backlog += sum(len(b) if not isinstance(b, memoryview) else b.nbytes
-                                for b in buffers)
+                parts: Sequence[Buffer | FileRange] = encode_with_file(pdu, header_digest=hd)
+            else:
+                parts = encode_buffers(pdu, header_digest=hd, data_digest=dd)
+            queue.extend(parts)
+            self.backlog += sum(segment_length(p) for p in parts)
         if after is not None:
             self._after.append(after)
 
@@ -235,7 +233,11 @@ class PDUStream:
     async def _write(self, parts: list[Buffer | FileRange]) -> None:
         sock = self._socket
         if sock is None:
-            buffers = [p for p in parts if not isinstance(p, FileRange)]  # none: see post
+            buffers: list[Buffer] = []
+            for part in parts:
+                if isinstance(part, FileRange):  # post refuses them here
+                    raise AssertionError("file data on a stream without a socket")
+                buffers.append(part)
             for buf in _coalesce(buffers):
                 await self.stream.send_all(buf)
                 self.bytes_sent += len(buf)
@@ -262,7 +264,7 @@ class PDUStream:
                 try:
                     n = raw.sendmsg(views[:_IOV_MAX], (), flags)
                 except BlockingIOError:
-                    await trio.lowlevel.wait_writable(sock)
+                    await _wait_writable(sock)
                     continue
             self.bytes_sent += n
             while n:
@@ -285,11 +287,7 @@ class PDUStream:
             try:
                 n = os.sendfile(out, part.file.fileno(), offset, left)
             except BlockingIOError:
-                # The kernel may hold back the last bytes sent (sendfile passes them on
-                # as "more to come"): if they fill the send buffer, no acknowledgement
-                # will ever make room.  Setting TCP_NODELAY pushes them out.
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                await trio.lowlevel.wait_writable(sock)
+                await _wait_writable(sock)
                 continue
             if not n:  # end of file
                 await self._sendmsg(sock, [bytes(left)], 0)
@@ -297,6 +295,7 @@ class PDUStream:
             offset += n
             left -= n
             self.bytes_sent += n
+
     async def aclose(self) -> None:
         if self._broken is None:
             self._broken = "connection closed"
@@ -306,10 +305,13 @@ class PDUStream:
                 await self.stream.aclose()
 
 
-def _length(part: Buffer | FileRange) -> int:
-    if isinstance(part, FileRange):
-        return part.length
-    return len(part) if not isinstance(part, memoryview) else part.nbytes
+async def _wait_writable(sock: trio.socket.SocketType) -> None:
+    """Wait until a full socket takes data again.  The kernel may hold back the last
+    bytes sent as "more to come" (``MSG_MORE``, and ``sendfile`` between its passes): if
+    they fill the send buffer, no acknowledgement will ever make room.  Setting
+    TCP_NODELAY first pushes them out."""
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    await trio.lowlevel.wait_writable(sock)
 
 
 def _coalesce(buffers: Sequence[Buffer]) -> list[Buffer]:
@@ -317,8 +319,7 @@ def _coalesce(buffers: Sequence[Buffer]) -> list[Buffer]:
     out: list[Buffer] = []
     small = bytearray()
     for buf in buffers:
-        n = len(buf) if not isinstance(buf, memoryview) else buf.nbytes
-        if n < 16384:
+        if segment_length(buf) < 16384:
             small += buf
             continue
         if small:

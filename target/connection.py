@@ -29,7 +29,7 @@ from blockbridge.iscsi.constants import (
     TaskResponse,
 )
 from blockbridge.iscsi.errors import NegotiationError, PDUFormatError
-from blockbridge.iscsi.framing import FileRange, WithFileData
+from blockbridge.iscsi.framing import FileRange, WithFileData, segment_length
 from blockbridge.iscsi.login import TargetLogin
 from blockbridge.iscsi.text import TextAssembler, decode_text, encode_text
 from blockbridge.scsi.constants import Op, Status
@@ -526,10 +526,7 @@ class Connection:
         window = self.session.window
         expcmdsn, maxcmdsn = window.expcmdsn, window.maxcmdsn
         data = result.data if cmd.read else b""
-        if isinstance(data, FileRange):
-            produced = data.length
-        else:
-            produced = len(data) if not isinstance(data, memoryview) else data.nbytes
+        produced = segment_length(data)
         if cmd.write and not cmd.read:
             lu = self.session.luns.get(lun_number)
             produced = lu.data_out_length(cmd.cdb) if lu is not None else edtl

@@ -296,19 +296,19 @@ class LogicalUnit:
         offset, length, flags = fields
         op = cdb[0]
         if op in _READS:
-            if files and length >= SENDFILE_READ:
-                rng = self.backend.cached_range(offset, length)
-                if rng is not None:
-                    self.stats["reads"] += 1
-                    self.stats["bytes_read"] += length
-                    return SCSIResult(data=rng)
-            buf = self._pool.take(length)
-            if not self.backend.read_cached(offset, buf):
-                self._pool.give(buf)
-                return None
+            rng = self.backend.cached_range(offset, length) \
+                if files and length >= SENDFILE_READ else None
+            if rng is not None:
+                result = SCSIResult(data=rng)
+            else:
+                buf = self._pool.take(length)
+                if not self.backend.read_cached(offset, buf):
+                    self._pool.give(buf)
+                    return None
+                result = SCSIResult(data=buf, release=partial(self._pool.give, buf))
             self.stats["reads"] += 1
             self.stats["bytes_read"] += length
-            return SCSIResult(data=buf, release=partial(self._pool.give, buf))
+            return result
         fua = bool(flags & 0x08) and op != Op.WRITE_6
         if fua or not self.mode.write_cache or self.read_only or self.mode.swp \
                 or len(data) != length or length > _INLINE_WRITE:
