@@ -18,12 +18,13 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from blockbridge.buffers import BufferPool
+from blockbridge.buffers import MAX_POOLED, BufferPool
 from blockbridge.iscsi import pdu as P
 from blockbridge.iscsi.constants import (
     RESERVED_TAG,
     LoginStatus,
     LogoutReason,
+    Opcode,
     RejectReason,
     TaskFunction,
     TaskResponse,
@@ -222,6 +223,7 @@ class Connection:
             self._nursery.start_soon(self._keepalive, target.nop_interval,
                                      target.nop_timeout or target.nop_interval)
         self._nursery.start_soon(self._flusher)
+        self.pdus.placement = self._place_data_out
         while True:
             pdu = await self.pdus.receive_pdu()
             if isinstance(pdu, P.SCSICommand):
@@ -331,13 +333,18 @@ class Connection:
             raise Drop("unexpected immediate data")
         if cmd.write and edtl and data_len > min(edtl, params.first_burst_length):
             raise Drop("immediate data longer than FirstBurstLength")
+        placed = _placed_buffer(cmd.data, edtl)
         if cmd.read != cmd.write and (cmd.read or (cmd.final and data_len == edtl)) \
                 and self._run_now(cmd):
+            if placed is not None:
+                self._buffers.give(placed)  # the write is done: nothing refers to it now
             return  # a read, or a write whose data all came with it, done at once
         task = Task(cmd=cmd, lun_number=P.decode_lun(cmd.lun))
         if cmd.write and edtl:
             if edtl > MAX_WRITE_BUFFER:
                 task.buffer = None  # refused in _run; data that follows is discarded
+            elif placed is not None:
+                task.buffer = placed  # the immediate data was received into it
             else:
                 # every byte is overwritten by the data the initiator sends before the
                 # command runs (all of EDTL is collected first), so a reused buffer is safe
@@ -401,6 +408,29 @@ class Connection:
                 self.close()
                 return
 
+    def _place_data_out(self, bhs: bytes) -> memoryview | None:
+        """Where the data of a large write goes, so that the reader receives it there and
+        nothing copies it afterwards: the immediate data of a WRITE into a buffer for the
+        whole command (``_start`` writes from it, or keeps it as the task's buffer), a
+        Data-Out into its task's buffer at the offset the task expects next.  Anything
+        else (including a Data-Out that ``_on_data_out`` will refuse) takes the usual
+        way."""
+        op = bhs[0] & 0x3F
+        dlen = int.from_bytes(bhs[5:8], "big")
+        if op == Opcode.SCSI_COMMAND:
+            edtl = int.from_bytes(bhs[20:24], "big")
+            if not bhs[1] & 0x20 or not dlen <= edtl <= MAX_POOLED:  # W bit
+                return None
+            return memoryview(self._buffers.take(edtl))[:dlen]
+        if op == Opcode.DATA_OUT:
+            task = self.tasks.get(int.from_bytes(bhs[16:20], "big"))
+            offset = int.from_bytes(bhs[40:44], "big")
+            if task is None or task.buffer is None or offset != task.next_offset \
+                    or offset + dlen > len(task.buffer):
+                return None
+            return memoryview(task.buffer)[offset : offset + dlen]
+        return None
+
     def _on_data_out(self, d: P.DataOut) -> None:
         task = self.tasks.get(d.itt)
         if task is None:
@@ -420,8 +450,10 @@ class Connection:
             raise Drop(f"Data-Out at offset {d.offset}, expected {task.next_offset}")
         task.next_datasn += 1
         task.next_offset += n
-        if task.buffer is not None:
-            task.buffer[d.offset : d.offset + n] = d.data
+        data = d.data
+        if task.buffer is not None and not (isinstance(data, memoryview)
+                                            and data.obj is task.buffer):
+            task.buffer[d.offset : d.offset + n] = data
         if d.final:
             end = task.unsolicited_limit if d.ttt == RESERVED_TAG else task.burst_end
             if task.next_offset != end:
@@ -657,6 +689,13 @@ class Connection:
             response = 2  # recovery not supported
         await self._send_status([P.LogoutResponse(itt=req.itt, response=response,
                                                   time2wait=2, time2retain=0)])
+
+
+def _placed_buffer(data: object, edtl: int) -> bytearray | None:
+    """The command buffer that immediate data was placed in (see _place_data_out)."""
+    if isinstance(data, memoryview) and type(data.obj) is bytearray and len(data.obj) == edtl:
+        return data.obj
+    return None
 
 
 def _name(enum: type, value: int) -> str:

@@ -307,7 +307,7 @@ class TargetLogin:
             self._declared_mrdsl = True
 
     def _our_mrdsl(self, ours: Mapping[str, str]) -> str:
-        return ours.get("MaxRecvDataSegmentLength", "262144")
+        return ours.get("MaxRecvDataSegmentLength", OUR_DEFAULTS["MaxRecvDataSegmentLength"])
 
     def _finish(self) -> None:
         assert self._config is not None

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import trio
 from blockbridge_target.backends.file import FileBackend
+from blockbridge_target.connection import Connection
 from blockbridge_target.lun import LogicalUnit
 from blockbridge_target.server import TargetServer
 from blockbridge_target.targets import TargetDef
@@ -34,9 +35,10 @@ def read10(lba: int, n: int) -> bytes:
 
 @pytest.fixture
 async def server(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[tuple[str, int]]:
-    operational = getattr(request, "param", {})
+    operational = dict(getattr(request, "param", {}))
+    write_cache = not operational.pop("write_through", False)
     lu = LogicalUnit(0, FileBackend(str(tmp_path / "d.img"), create_size=16 << 20),
-                     target_name=IQN)
+                     target_name=IQN, write_cache=write_cache)
     target = TargetDef(name=IQN, luns={0: lu}, operational=operational,
                        incoming={"alice": b"alice-secret-123"} if operational.get("chap") else {})
     srv = TargetServer([target])
@@ -81,7 +83,8 @@ async def test_write_read_many_in_flight(server: tuple[str, int]) -> None:
 
 
 @pytest.mark.parametrize(("server", "commands"), [
-    ({}, 4),  # FirstBurstLength 256 KiB, InitialR2T=No: four commands that carry all data
+    ({}, 1),  # FirstBurstLength and MaxRecvDataSegmentLength 1 MiB: one PDU carries it all
+    ({"FirstBurstLength": "262144"}, 4),  # InitialR2T=No: four commands that carry all data
     ({"InitialR2T": "Yes", "FirstBurstLength": "65536"}, 16),  # immediate data only
     ({"ImmediateData": "No", "InitialR2T": "Yes"}, 1),  # everything waits for R2T anyway
     ({"FirstBurstLength": "8192"}, 1),  # too small a burst to be worth a command each
@@ -287,3 +290,43 @@ async def test_large_data_in_lands_in_the_commands_buffer(
             assert placed  # Data-In after the first of a read are received in place
             await s.logout()
             nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(("server", "placed"), [
+    ({}, [1 << 20] * 3),  # one WRITE each, its data in its one PDU
+    ({"FirstBurstLength": "262144"}, [256 << 10] * 12),  # four WRITEs each
+    ({"ImmediateData": "No", "InitialR2T": "Yes"}, [1 << 20] * 3),  # one Data-Out each
+    ({"write_through": True}, [1 << 20] * 3),  # run as tasks, from the buffer received into
+    ({"DataDigest": "CRC32C"}, []),  # checked in the reader's buffer, then copied
+], indirect=["server"])
+async def test_large_write_data_is_received_into_the_commands_buffer(
+        server: tuple[str, int], placed: list[int], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[int] = []
+    real_place = Connection._place_data_out
+
+    def place(self: Connection, bhs: bytes) -> memoryview | None:
+        view = real_place(self, bhs)
+        if view is not None:
+            seen.append(view.nbytes)
+        return view
+
+    monkeypatch.setattr(Connection, "_place_data_out", place)
+    blobs = [os.urandom(1 << 20) for _ in range(3)]
+    with trio.fail_after(20):
+        s = await connect(server, proposals={"DataDigest": "CRC32C,None"})
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(s.run)
+            dev = await BlockDevice.open(s, 0)
+            async with trio.open_nursery() as writers:  # at once: buffers in use together
+                for i, blob in enumerate(blobs):
+                    writers.start_soon(dev.write, (2 * i + 1) << 20, blob)
+            for i, blob in enumerate(blobs):  # and again, into recycled buffers
+                assert await dev.write((2 * i) << 20, blob[::-1]) == len(blob)
+            await s.logout()
+            nursery.cancel_scope.cancel()
+    assert sorted(seen) == sorted(placed * 2)
+    with (tmp_path / "d.img").open("rb") as f:
+        for i, blob in enumerate(blobs):
+            f.seek((2 * i) << 20)
+            assert f.read(2 << 20) == blob[::-1] + blob

@@ -59,8 +59,9 @@ def test_no_auth_login_negotiates_defaults() -> None:
     assert ini.done and tgt.done and ini.tsih == 7
     assert ini.params.immediate_data and not ini.params.initial_r2t
     assert ini.params.max_burst_length == 16776192
-    assert ini.params.max_xmit_data_segment_length == 262144
-    assert tgt.params.max_xmit_data_segment_length == 262144
+    assert ini.params.max_xmit_data_segment_length == 1048576
+    assert tgt.params.max_xmit_data_segment_length == 1048576
+    assert ini.params.first_burst_length == tgt.params.first_burst_length == 1048576
     assert tgt.params.initiator_name == INI
     assert ini.target_portal_group_tag == 1
 

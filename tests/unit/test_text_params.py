@@ -102,8 +102,10 @@ def test_first_burst_never_exceeds_max_burst() -> None:
     assert p.first_burst_length == 8192
 
 
-def test_defaults_are_what_real_initiators_send() -> None:
-    assert OUR_DEFAULTS["MaxRecvDataSegmentLength"] == "262144"
+def test_defaults_are_what_real_initiators_send_but_take_a_mib_in_one_pdu() -> None:
+    assert OUR_DEFAULTS["MaxRecvDataSegmentLength"] == OUR_DEFAULTS["FirstBurstLength"] \
+        == str(1 << 20)
+    assert OUR_DEFAULTS["MaxBurstLength"] == "16776192"
     assert OUR_DEFAULTS["InitialR2T"] == "No" and OUR_DEFAULTS["ImmediateData"] == "Yes"
 
 
