@@ -12,7 +12,7 @@ many per system call, by one flusher task.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -313,6 +313,10 @@ class Connection:
         if verdict == "later":
             if len(self.pending) >= MAX_PENDING_COMMANDS:
                 raise Drop("too many out-of-order commands")
+            if _placed_buffer(cmd.data, cmd.expected_length) is not None:
+                # keep only the data, not a buffer for all of the command's: a command
+                # that waits holds no more memory than it brought
+                cmd = replace(cmd, data=bytes(cmd.data))
             self.pending[cmd.cmdsn] = cmd
             return
         s.window.advance()

@@ -330,3 +330,44 @@ async def test_large_write_data_is_received_into_the_commands_buffer(
         for i, blob in enumerate(blobs):
             f.seek((2 * i) << 20)
             assert f.read(2 << 20) == blob[::-1] + blob
+
+
+async def test_a_placed_write_that_waits_for_its_turn_keeps_only_its_data(
+        server: tuple[str, int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A WRITE that arrives before its CmdSN is due waits; its data was received into a
+    buffer for all of the command (2 MiB here), but while it waits it holds only the
+    1 MiB it brought."""
+    from blockbridge.iscsi import pdu as P
+
+    started: list[tuple[int, type]] = []
+    real_start = Connection._start
+
+    def start(self: Connection, cmd: P.SCSICommand) -> None:
+        started.append((cmd.itt, type(cmd.data)))
+        real_start(self, cmd)
+
+    monkeypatch.setattr(Connection, "_start", start)
+    first, second, rest = (os.urandom(1 << 20) for _ in range(3))
+    with trio.fail_after(10):
+        s = await connect(server)
+        later = P.SCSICommand(itt=2, cdb=write10(4096, 4096), expected_length=2 << 20,
+                              cmdsn=s.cmdsn + 1, expstatsn=s.expstatsn, write=True,
+                              data=second)
+        due = P.SCSICommand(itt=1, cdb=write10(0, 2048), expected_length=1 << 20,
+                            cmdsn=s.cmdsn, expstatsn=s.expstatsn, write=True, data=first)
+        await s.stream.send_pdus([later, due])
+        statuses: dict[int, int] = {}
+        while len(statuses) < 2:
+            pdu = await s.stream.receive_pdu()
+            if isinstance(pdu, P.R2T):
+                assert (pdu.itt, pdu.offset, pdu.length) == (2, 1 << 20, 1 << 20)
+                await s.stream.send_pdu(P.DataOut(itt=2, ttt=pdu.ttt, offset=1 << 20,
+                                                  final=True, data=rest))
+            elif isinstance(pdu, P.SCSIResponse):
+                statuses[pdu.itt] = pdu.status
+    assert statuses == {1: 0, 2: 0}
+    assert started == [(1, memoryview), (2, bytes)]
+    with (tmp_path / "d.img").open("rb") as f:
+        assert f.read(1 << 20) == first
+        f.seek(2 << 20)
+        assert f.read(2 << 20) == second + rest
