@@ -27,6 +27,7 @@ from .backends.base import Backend
 from .backends.file import FileBackend
 from .reservations import Conflict, Illegal, Reservations
 from .uring import Uring, open_uring
+from .writegate import WriteGate
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -111,6 +112,8 @@ _ALWAYS = {Op.INQUIRY, Op.REPORT_LUNS, Op.REQUEST_SENSE, Op.PERSISTENT_RESERVE_I
 _NO_UA = {Op.INQUIRY, Op.REPORT_LUNS, Op.REQUEST_SENSE}
 _MEDIUM_WRITES = _WRITES | _WRITE_VERIFY | {
     Op.WRITE_SAME_10, Op.WRITE_SAME_16, Op.UNMAP, Op.COMPARE_AND_WRITE, Op.ORWRITE_16}
+# Commands that read blocks and then write them: no other write may run meanwhile.
+_READ_THEN_WRITE = {Op.COMPARE_AND_WRITE, Op.ORWRITE_16}
 
 
 def _whole_bytearray(data: Buffer) -> bytearray | None:
@@ -187,7 +190,7 @@ class LogicalUnit:
         self._ring: Uring | None = None
         # read buffers, recycled once sent: enough for 8 reads of 1 MiB in flight
         self._pool = BufferPool(keep_per_size=8, max_bytes=8 << 20)
-        self._atomic = trio.Lock()
+        self._writes = WriteGate()  # COMPARE AND WRITE and ORWRITE run alone
         self.stats = {"reads": 0, "writes": 0, "bytes_read": 0, "bytes_written": 0}
 
     @property
@@ -311,7 +314,7 @@ class LogicalUnit:
             return result
         fua = bool(flags & 0x08) and op != Op.WRITE_6
         if fua or not self.mode.write_cache or self.read_only or self.mode.swp \
-                or len(data) != length or length > _INLINE_WRITE:
+                or len(data) != length or length > _INLINE_WRITE or not self._writes.open:
             return None
         if not self.backend.write_cached(offset, memoryview(data)):
             return None
@@ -433,6 +436,12 @@ class LogicalUnit:
                 pass
             else:
                 self.reservations.check_access(nexus, reads=not writes, writes=writes)
+        if op in _READ_THEN_WRITE:
+            async with self._writes.exclusive():
+                return await handler(self, cdb, data, nexus)
+        if op in _MEDIUM_WRITES:
+            async with self._writes.shared():
+                return await handler(self, cdb, data, nexus)
         return await handler(self, cdb, data, nexus)
 
     # ---------------------------------------------------------------- helpers
@@ -538,11 +547,11 @@ class LogicalUnit:
         bs = self.block_size
         if n == 0:
             return SCSIResult()
-        async with self._atomic:
-            old = await self._io(self.backend.read, lba * bs, n * bs)
-            mask = bytes(data[: n * bs]).ljust(n * bs, b"\0")
-            new = (int.from_bytes(old, "big") | int.from_bytes(mask, "big")).to_bytes(n * bs, "big")
-            await self._io(self.backend.write, lba * bs, new, not self.mode.write_cache)
+        # no other write runs meanwhile: _execute holds the write gate exclusive
+        old = await self._io(self.backend.read, lba * bs, n * bs)
+        mask = bytes(data[: n * bs]).ljust(n * bs, b"\0")
+        new = (int.from_bytes(old, "big") | int.from_bytes(mask, "big")).to_bytes(n * bs, "big")
+        await self._io(self.backend.write, lba * bs, new, not self.mode.write_cache)
         return SCSIResult()
 
     async def _compare_and_write(self, cdb: bytes, data: Buffer, nexus: Nexus) -> SCSIResult:
@@ -564,11 +573,11 @@ class LogicalUnit:
         if len(data) < 2 * n * bs:
             raise CheckCondition(SenseKey.ILLEGAL_REQUEST, c.INVALID_FIELD_IN_INFORMATION_UNIT)
         verify, new = bytes(data[: n * bs]), memoryview(data)[n * bs : 2 * n * bs]
-        async with self._atomic:
-            medium = await self._io(self.backend.read, lba * bs, n * bs)
-            self._compare(medium, verify)
-            sync = bool(cdb[1] & 0x08) or not self.mode.write_cache
-            await self._io(self.backend.write, lba * bs, new, sync)
+        # no other write runs meanwhile: _execute holds the write gate exclusive
+        medium = await self._io(self.backend.read, lba * bs, n * bs)
+        self._compare(medium, verify)
+        sync = bool(cdb[1] & 0x08) or not self.mode.write_cache
+        await self._io(self.backend.write, lba * bs, new, sync)
         return SCSIResult()
 
     async def _write_same(self, cdb: bytes, data: Buffer, nexus: Nexus) -> SCSIResult:

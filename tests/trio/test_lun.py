@@ -5,8 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import trio
+import trio.testing
 from blockbridge_target.backends.file import FileBackend
 from blockbridge_target.lun import LogicalUnit, Nexus, SCSIResult
+from blockbridge_target.writegate import WriteGate
 
 from blockbridge.scsi.constants import SenseKey, Status
 from blockbridge.scsi.sense import parse_sense
@@ -81,6 +84,101 @@ async def test_compare_and_write_miscompare_reports_offset(lu: LogicalUnit) -> N
     bad = await lu.execute(cdb, b"B" * 100 + b"X" + b"B" * 411 + b"C" * 512, A)
     s = parse_sense(bad.sense)
     assert s is not None and s.key == SenseKey.MISCOMPARE and s.information == 100
+
+
+def caw(lba: int, n: int) -> bytes:
+    return bytes([0x89, 0]) + lba.to_bytes(8, "big") + bytes(3) + bytes([n, 0, 0])
+
+
+async def test_a_write_never_lands_between_the_read_and_write_of_compare_and_write(
+        lu: LogicalUnit, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A WRITE that comes while COMPARE AND WRITE has read its blocks and not yet written
+    them waits, also one the reader loop would have written at once; it lands after, so
+    it is not overwritten by data computed from what it replaced."""
+    old, new, other = b"\1" * 4096, b"\2" * 4096, b"\3" * 4096
+    assert (await lu.execute(cdb10(0x2A, 8, 8), old, A)).status == Status.GOOD
+    real_io = lu._io
+    read, go_on = trio.Event(), trio.Event()
+
+    async def io(fn, *args):  # type: ignore[no-untyped-def]
+        result = await real_io(fn, *args)
+        if fn == lu.backend.read:
+            read.set()
+            await go_on.wait()
+        return result
+
+    monkeypatch.setattr(lu, "_io", io)
+    results: dict[str, SCSIResult] = {}
+
+    async def run(name: str, cdb: bytes, data: bytes) -> None:
+        results[name] = await lu.execute(cdb, data, A)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run, "caw", caw(8, 8), old + new)
+        await read.wait()
+        assert lu.execute_now(cdb10(0x2A, 8, 8), A, other) is None
+        nursery.start_soon(run, "write", cdb10(0x2A, 8, 8), other)
+        await trio.testing.wait_all_tasks_blocked()
+        assert "write" not in results
+        go_on.set()
+    assert results["caw"].status == results["write"].status == Status.GOOD
+    assert bytes((await lu.execute(cdb10(0x28, 8, 8), b"", A)).data) == other
+    assert lu.execute_now(cdb10(0x2A, 8, 8), A, new) is not None  # the gate is open again
+
+
+async def test_compare_and_write_waits_for_the_writes_in_progress(
+        lu: LogicalUnit, monkeypatch: pytest.MonkeyPatch) -> None:
+    """It compares with what a WRITE already under way stores, not with what was there."""
+    old, new, newer = b"\1" * 512, b"\2" * 512, b"\4" * 512
+    assert (await lu.execute(cdb10(0x2A, 5, 1), old, A)).status == Status.GOOD
+    real_write_at = lu._write_at
+    started, go_on = trio.Event(), trio.Event()
+
+    async def write_at(offset: int, data: bytes, sync: bool) -> None:
+        started.set()
+        await go_on.wait()
+        await real_write_at(offset, data, sync)
+
+    monkeypatch.setattr(lu, "_write_at", write_at)
+    results: dict[str, SCSIResult] = {}
+
+    async def run(name: str, cdb: bytes, data: bytes) -> None:
+        results[name] = await lu.execute(cdb, data, A)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run, "write", cdb10(0x2A, 5, 1, flags=0x08), new)  # FUA
+        await started.wait()
+        nursery.start_soon(run, "caw", caw(5, 1), new + newer)
+        await trio.testing.wait_all_tasks_blocked()
+        assert not results
+        go_on.set()
+    assert results["write"].status == results["caw"].status == Status.GOOD
+    assert bytes((await lu.execute(cdb10(0x28, 5, 1), b"", A)).data) == newer
+
+
+async def test_writes_start_again_when_a_waiting_compare_and_write_gives_up() -> None:
+    gate = WriteGate()
+    entered: list[str] = []
+
+    async def write() -> None:
+        async with gate.shared():
+            entered.append("write")
+
+    async def exclusive() -> None:
+        with trio.move_on_after(0.05):
+            async with gate.exclusive():
+                entered.append("exclusive")
+
+    # the shared hold is a write in progress that lasts longer than the exclusive waits
+    async with trio.open_nursery() as nursery, gate.shared():
+        nursery.start_soon(exclusive)
+        await trio.testing.wait_all_tasks_blocked()
+        assert not gate.open
+        nursery.start_soon(write)
+        await trio.testing.wait_all_tasks_blocked()
+        assert entered == []  # held back, so the exclusive one is not starved
+        await trio.sleep(0.2)
+        assert entered == ["write"] and gate.open
 
 
 async def test_persistent_reservation_write_exclusive(lu: LogicalUnit) -> None:
