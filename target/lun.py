@@ -6,6 +6,7 @@ backend call in a worker thread, so file I/O never blocks the event loop.
 
 from __future__ import annotations
 
+import errno
 import logging
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
@@ -278,8 +279,14 @@ class LogicalUnit:
 
     def _medium_error(self, cdb: bytes, exc: OSError) -> SCSIResult:
         log.error("LUN %d: I/O error on %s: %s", self.number, self.backend.description, exc)
-        asc = c.WRITE_ERROR if cdb and cdb[0] in _MEDIUM_WRITES else c.UNRECOVERED_READ_ERROR
-        sense = build_sense(SenseKey.MEDIUM_ERROR, asc, descriptor=self.mode.d_sense)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            # A thin LUN whose file system is full: what SBC-3 reports for a thin LUN
+            # out of space, so that initiators can tell it from a broken disk.
+            key, asc = SenseKey.DATA_PROTECT, c.SPACE_ALLOCATION_FAILED_WRITE_PROTECT
+        else:
+            key = SenseKey.MEDIUM_ERROR
+            asc = c.WRITE_ERROR if cdb and cdb[0] in _MEDIUM_WRITES else c.UNRECOVERED_READ_ERROR
+        sense = build_sense(key, asc, descriptor=self.mode.d_sense)
         return SCSIResult(Status.CHECK_CONDITION, sense=sense)
 
     def execute_now(self, cdb: bytes, nexus: Nexus, data: Buffer = b"",

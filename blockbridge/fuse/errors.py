@@ -13,6 +13,8 @@ log = logging.getLogger(__name__)
 
 def to_errno(exc: BaseException) -> int:
     if isinstance(exc, SCSIError):
+        if exc.out_of_space:
+            return errno.ENOSPC
         if exc.write_protected:
             return errno.EROFS
         if exc.status == Status.RESERVATION_CONFLICT:

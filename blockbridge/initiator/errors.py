@@ -40,5 +40,11 @@ class SCSIError(InitiatorError):
         return self.key == SenseKey.DATA_PROTECT
 
     @property
+    def out_of_space(self) -> bool:
+        """A thin LUN whose storage is full (SPACE ALLOCATION FAILED WRITE PROTECT)."""
+        d = self.sense_data
+        return d is not None and d.key == SenseKey.DATA_PROTECT and (d.asc, d.ascq) == (0x27, 7)
+
+    @property
     def unit_attention(self) -> bool:
         return self.key == SenseKey.UNIT_ATTENTION

@@ -20,6 +20,7 @@ _ASC_TEXT = {
     (0x25, 0x00): "logical unit not supported",
     (0x26, 0x00): "invalid field in parameter list",
     (0x27, 0x00): "write protected",
+    (0x27, 0x07): "space allocation failed (the target's storage is full)",
     (0x29, 0x00): "power on, reset, or bus device reset occurred",
     (0x29, 0x03): "bus device reset function occurred",
     (0x2A, 0x01): "mode parameters changed",

@@ -140,8 +140,11 @@ class FileBackend:
         if now < self._inline_writes_after:
             return False
         done = 0
-        while done < data.nbytes:
-            done += os.pwritev(self.fd, [data[done:]], offset + done)
+        try:
+            while done < data.nbytes:
+                done += os.pwritev(self.fd, [data[done:]], offset + done)
+        except OSError:
+            return False  # the write is done again the slow way, which reports the error
         if time.monotonic() - now > _SLOW_INLINE_WRITE:
             self._inline_writes_after = time.monotonic() + _INLINE_WRITE_PAUSE
         return True

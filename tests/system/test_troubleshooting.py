@@ -70,6 +70,9 @@ DOCUMENTED: dict[str, str] = {
     "FILE is not a LUN file of a running blockbridge mount": "test_discard_outside_a_mount",
     "I/O errors (EIO) after a pause": "test_eio_after_the_replacement_timeout",
     "HOST:PORT: reconnecting failed: …": "test_eio_after_the_replacement_timeout",
+    "No space left on device": "test_target_storage_full",
+    "write of N bytes at … failed: …: space allocation failed (the target's storage is full)":
+        "test_target_storage_full",
     # blockbridge-target
     "FILE:LINE: …": "test_target_refuses_to_start[config-error]",
     "FILE:LINE: Lun N: backing file PATH does not exist":
@@ -88,6 +91,7 @@ DOCUMENTED: dict[str, str] = {
         "test_repeated_failures_slow_the_address_down",
     "dropping connection: …": "test_protocol_violation_drops_the_connection",
     "TLS handshake failed (…)": "test_plain_client_on_a_tls_portal",
+    "LUN N: I/O error on …: … No space left on device": "test_target_storage_full",
 }
 
 # ----------------------------------------------------------------------------- the page
@@ -609,6 +613,44 @@ def test_eio_after_the_replacement_timeout(home: Home, tmp_path: Path) -> None:
         "refused" in log
     assert f"failing I/O (cannot connect to {t.portal}: Connection refused)" in log
     assert log.count("reconnecting failed") == 1, log  # said once, not once per attempt
+
+
+@system
+@needs_fuse
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a small tmpfs")
+def test_target_storage_full(home: Home, tmp_path: Path) -> None:
+    """A thin LUN (a sparse 16 MiB file) on a 2 MiB file system: writes fail with ENOSPC
+    once it is full, the mount and the target say why, and what was written stays."""
+    iqn = "iqn.2026-11.test:trouble-full"
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(small)], check=True)
+    mount_log = tmp_path / "mount.log"
+    blobs = [os.urandom(1 << 20) for _ in range(16)]
+    try:
+        with our_target(quick(small / "thin.img", iqn), tmp_path) as t, \
+                home.mounted(t.portal, tmp_path / "mnt", "--log-file", str(mount_log)) as mnt:
+            fd = os.open(mnt / iqn / "lun0", os.O_RDWR)
+            try:
+                written = 0
+                with pytest.raises(OSError) as failed:
+                    for i, blob in enumerate(blobs):
+                        os.pwrite(fd, blob, i << 20)
+                        written += 1
+                assert failed.value.errno == errno.ENOSPC
+                assert 1 <= written < 16
+                for i in range(written):
+                    assert os.pread(fd, 1 << 20, i << 20) == blobs[i]
+            finally:
+                os.close(fd)
+        target_log = t.log_path.read_text()
+    finally:
+        subprocess.run(["umount", "--lazy", str(small)], check=True)
+    expect("No space left on device", str(failed.value))
+    expect("write of N bytes at … failed: …: space allocation failed (the target's storage "
+           "is full)", mount_log.read_text())
+    expect("LUN N: I/O error on …: … No space left on device", target_log)
+    assert "Traceback" not in target_log and "internal error" not in target_log
 
 
 # ----------------------------------------------------------------------------- target

@@ -371,3 +371,48 @@ async def test_a_placed_write_that_waits_for_its_turn_keeps_only_its_data(
         assert f.read(1 << 20) == first
         f.seek(2 << 20)
         assert f.read(2 << 20) == second + rest
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a small tmpfs")
+async def test_a_full_file_system_is_reported_as_out_of_space_and_the_session_lives_on(
+        tmp_path: Path) -> None:
+    """A thin LUN on a file system that fills up: the write that finds no room fails
+    with SPACE ALLOCATION FAILED (ENOSPC through FUSE), not a dropped connection, and
+    the session goes on serving."""
+    import errno
+    import subprocess
+
+    from blockbridge.fuse.errors import to_errno
+    from blockbridge.initiator.errors import SCSIError
+
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(small)], check=True)
+    lu: LogicalUnit | None = None
+    try:
+        lu = LogicalUnit(0, FileBackend(str(small / "thin.img"), create_size=8 << 20),
+                         target_name=IQN)
+        srv = TargetServer([TargetDef(name=IQN, luns={0: lu})])
+        blobs = [os.urandom(1 << 20) for _ in range(8)]
+        with trio.fail_after(20):
+            async with trio.open_nursery() as nursery:
+                addr = (await nursery.start(srv.serve, [("127.0.0.1", 0)]))[0]
+                s = await connect(addr)
+                nursery.start_soon(s.run)
+                dev = await BlockDevice.open(s, 0)
+                written = 0
+                with pytest.raises(SCSIError) as failed:
+                    for i, blob in enumerate(blobs):
+                        await dev.write(i << 20, blob)
+                        written += 1
+                assert 1 <= written < 8
+                assert failed.value.out_of_space and to_errno(failed.value) == errno.ENOSPC
+                assert "storage is full" in str(failed.value)
+                for i in range(written):  # what was acknowledged is there
+                    assert bytes(await dev.read(i << 20, 1 << 20)) == blobs[i]
+                await s.logout()
+                srv.shutdown()
+    finally:
+        if lu is not None:
+            lu.close()
+        subprocess.run(["umount", "--lazy", str(small)], check=True)
