@@ -178,16 +178,34 @@ class BlockDevice:
         bs = self.block_size
         if offset % bs or len(view) % bs:
             async with self._rmw:
-                start = offset - offset % bs
-                end = -(-(offset + len(view)) // bs) * bs
-                buf = bytearray(await self.read(start, end - start))
-                buf[offset - start : offset - start + len(view)] = view
-                await self._write_blocks(start // bs, memoryview(buf))
+                await self._write_partial(offset, view)
         else:
             await self._write_blocks(offset // bs, view)
         self.counters.writes += 1
         self.counters.bytes_written += len(view)
         return len(view)
+
+    async def _write_partial(self, offset: int, view: memoryview) -> None:
+        """Write bytes that do not start or end on a block boundary: read the block at
+        each ragged edge (not the whole range) into a recycled buffer (not a fresh one,
+        whose pages fault in one by one), put the bytes between them, write it all.  A
+        large write from a buffer that is not page-aligned reaches a FUSE file this way:
+        as requests of 1 MiB less the misalignment, then the few bytes left."""
+        bs = self.block_size
+        start = offset - offset % bs
+        end = -(-(offset + len(view)) // bs) * bs
+        if end - start <= 2 * bs:
+            buf = bytearray(await self.read(start, end - start))
+        else:
+            # every byte is overwritten: by the edge blocks read, or by the data
+            buf = self._pool.take(end - start)
+            if offset % bs:
+                buf[:bs] = await self.read(start, bs)
+            if (offset + len(view)) % bs:
+                buf[-bs:] = await self.read(end - bs, bs)
+        buf[offset - start : offset - start + len(view)] = view
+        await self._write_blocks(start // bs, memoryview(buf))
+        self._pool.give(buf)  # the commands are done: nothing refers to it any more
 
     async def _write_blocks(self, lba: int, view: memoryview) -> None:
         """Write whole blocks.  A write larger than what the target accepts without an

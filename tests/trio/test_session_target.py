@@ -416,3 +416,33 @@ async def test_a_full_file_system_is_reported_as_out_of_space_and_the_session_li
         if lu is not None:
             lu.close()
         subprocess.run(["umount", "--lazy", str(small)], check=True)
+
+
+async def test_unaligned_writes_read_only_their_ragged_edges(
+        server: tuple[str, int], tmp_path: Path) -> None:
+    """Writes that start or end inside a block keep the rest of those blocks, and read
+    no more than the two edge blocks (a 1 MiB write from an unaligned buffer reaches FUSE
+    as 1 MiB less a few bytes, then the few bytes)."""
+    import random
+
+    rng = random.Random(7)
+    model = bytearray(os.urandom(8 << 20))
+    with (tmp_path / "d.img").open("r+b") as f:
+        f.write(model)
+    cases = [(2 << 20, (1 << 20) - 48), ((3 << 20) - 48, 48), (5, 3), (BS - 1, 2),
+             (BS * 7 + 100, BS * 3)]
+    cases += [(rng.randrange(0, 7 << 20), rng.randrange(1, 1 << 20)) for _ in range(40)]
+    with trio.fail_after(30):
+        s = await connect(server)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(s.run)
+            dev = await BlockDevice.open(s, 0)
+            for offset, length in cases:
+                data = os.urandom(length)
+                before = dev.counters.bytes_read
+                assert await dev.write(offset, data) == length
+                model[offset : offset + length] = data
+                assert dev.counters.bytes_read - before <= 2 * BS
+            assert bytes(await dev.read(0, 8 << 20)) == model
+            await s.logout()
+            nursery.cancel_scope.cancel()
