@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from blockbridge.scsi.constants import SenseKey, Status
+from blockbridge.scsi.constants import SPACE_ALLOCATION_FAILED_WRITE_PROTECT, SenseKey, Status
 from blockbridge.scsi.sense import SenseData, parse_sense
 
 
@@ -43,7 +43,8 @@ class SCSIError(InitiatorError):
     def out_of_space(self) -> bool:
         """A thin LUN whose storage is full (SPACE ALLOCATION FAILED WRITE PROTECT)."""
         d = self.sense_data
-        return d is not None and d.key == SenseKey.DATA_PROTECT and (d.asc, d.ascq) == (0x27, 7)
+        return d is not None and d.key == SenseKey.DATA_PROTECT \
+            and (d.asc, d.ascq) == SPACE_ALLOCATION_FAILED_WRITE_PROTECT
 
     @property
     def unit_attention(self) -> bool:

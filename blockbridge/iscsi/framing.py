@@ -136,8 +136,8 @@ class PDUReader:
     With a ``placement`` callback, the rest of a large data segment (``PLACED_SEGMENT``,
     a multiple of 4 bytes, no data digest) goes where the callback says, once its header
     is in: ``get_buffer`` then hands out that place, no more than what is missing, and
-    the PDU's data is that view.  An initiator places Data-In in the command's buffer
-    this way, which saves two copies of every byte read.
+    the PDU's data is that view.  The initiator places Data-In in the command's buffer
+    this way, the target the data of large writes; each saves two copies of every byte.
     """
 
     def __init__(
@@ -223,6 +223,9 @@ class PDUReader:
         assert self.placement is not None
         start, avail = self._pos, self._end - self._pos
         if avail < BHS_LENGTH or self.data_digest:
+            return False
+        # Most PDUs are small: look at DataSegmentLength before copying the header.
+        if int.from_bytes(self._buf[start + 5 : start + 8], "big") < PLACED_SEGMENT:
             return False
         bhs = bytes(self._buf[start : start + BHS_LENGTH])
         try:

@@ -33,6 +33,22 @@ def read10(lba: int, n: int) -> bytes:
     return bytes([0x28, 0]) + lba.to_bytes(4, "big") + b"\0" + n.to_bytes(2, "big") + b"\0"
 
 
+def record_places(monkeypatch: pytest.MonkeyPatch, owner: type, name: str) -> list[int]:
+    """The sizes of the places that the placement method ``owner.name`` hands out, in
+    order; the method keeps working."""
+    sizes: list[int] = []
+    real = getattr(owner, name)
+
+    def place(self: object, bhs: bytes) -> memoryview | None:
+        view: memoryview | None = real(self, bhs)
+        if view is not None:
+            sizes.append(view.nbytes)
+        return view
+
+    monkeypatch.setattr(owner, name, place)
+    return sizes
+
+
 @pytest.fixture
 async def server(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[tuple[str, int]]:
     operational = dict(getattr(request, "param", {}))
@@ -268,16 +284,7 @@ async def test_large_data_in_lands_in_the_commands_buffer(
     content = os.urandom(4 << 20)
     with (tmp_path / "d.img").open("r+b") as f:
         f.write(content)
-    placed: list[int] = []
-    real_place = Session._place_data_in
-
-    def place(self: Session, bhs: bytes) -> memoryview | None:
-        view = real_place(self, bhs)
-        if view is not None:
-            placed.append(view.nbytes)
-        return view
-
-    monkeypatch.setattr(Session, "_place_data_in", place)
+    placed = record_places(monkeypatch, Session, "_place_data_in")
     with trio.fail_after(20):
         s = await connect(server)
         async with trio.open_nursery() as nursery:
@@ -302,16 +309,7 @@ async def test_large_data_in_lands_in_the_commands_buffer(
 async def test_large_write_data_is_received_into_the_commands_buffer(
         server: tuple[str, int], placed: list[int], tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    seen: list[int] = []
-    real_place = Connection._place_data_out
-
-    def place(self: Connection, bhs: bytes) -> memoryview | None:
-        view = real_place(self, bhs)
-        if view is not None:
-            seen.append(view.nbytes)
-        return view
-
-    monkeypatch.setattr(Connection, "_place_data_out", place)
+    seen = record_places(monkeypatch, Connection, "_place_data_out")
     blobs = [os.urandom(1 << 20) for _ in range(3)]
     with trio.fail_after(20):
         s = await connect(server, proposals={"DataDigest": "CRC32C,None"})
