@@ -13,11 +13,12 @@ from pathlib import Path
 import pytest
 
 from tests.interop.cunit import CUnitRun, parse
-from tests.interop.daemons import have, our_target
+from tests.interop.daemons import our_target
+from tests.needs import needs
 
 pytestmark = [
     pytest.mark.interop,
-    pytest.mark.skipif(not have("iscsi-test-cu"), reason="libiscsi-bin is not installed"),
+    needs("iscsi-test-cu"),
 ]
 
 IQN = "iqn.2026-11.local.blockbridge.test:conformance"

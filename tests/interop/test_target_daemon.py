@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import shutil
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -14,10 +12,11 @@ import pytest
 from blockbridge.iscsi import pdu as P
 from blockbridge.iscsi.constants import Stage
 from blockbridge.iscsi.text import encode_text
-from tests.interop.daemons import have, our_target
+from tests.interop.daemons import our_target
+from tests.needs import needs
 
 pytestmark = [pytest.mark.interop,
-              pytest.mark.skipif(not have("iscsi-ls", "iscsi-inq"), reason="needs libiscsi-bin")]
+              needs("iscsi-ls", "iscsi-inq")]
 
 IQN = "iqn.2026-11.local.blockbridge.test:daemon"
 
@@ -44,7 +43,7 @@ def test_libiscsi_tools_see_the_lun(tmp_path: Path) -> None:
         assert "LBPME:1" in cap.stdout
 
 
-@pytest.mark.skipif(not have("qemu-img"), reason="needs qemu-utils")
+@needs("qemu-img", "qemu-iscsi")
 def test_qemu_img_reads_and_writes(tmp_path: Path) -> None:
     src = tmp_path / "src.raw"
     src.write_bytes(b"blockbridge!" * 100000)
@@ -167,18 +166,16 @@ def test_bad_clients_are_dropped_and_others_unaffected(tmp_path: Path) -> None:
         assert "Traceback" not in t.log()
 
 
+@needs("qemu-img", "qemu-iscsi")
 def test_sigterm_flushes_and_exits_cleanly(tmp_path: Path) -> None:
     disk = tmp_path / "d.img"
     with our_target(quick(disk), tmp_path) as t:
         url = f"iscsi://{t.portal}/{IQN}/0"
-        if shutil.which("qemu-img"):
-            src = tmp_path / "src.raw"
-            src.write_bytes(b"x" * (1 << 20))
-            assert run("qemu-img", "convert", "-n", "-f", "raw", "-O", "raw", str(src),
-                       url).returncode == 0
+        src = tmp_path / "src.raw"
+        src.write_bytes(b"x" * (1 << 20))
+        assert run("qemu-img", "convert", "-n", "-f", "raw", "-O", "raw", str(src),
+                   url).returncode == 0
         proc = t.process
     assert proc.returncode == 0
     assert "shutting down" in t.log()
-    if shutil.which("qemu-img"):
-        assert disk.read_bytes()[: 1 << 20] == b"x" * (1 << 20)
-    time.sleep(0)
+    assert disk.read_bytes()[: 1 << 20] == b"x" * (1 << 20)

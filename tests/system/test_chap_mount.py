@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from tests.interop.daemons import our_target
+from tests.needs import needs
 
 pytestmark = [pytest.mark.system,
-              pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse")]
+              needs("/dev/fuse")]
 
 IQN = "iqn.2026-11.test:chap"
 SECRET = "alice-secret-123"

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from tests.interop.daemons import free_port
+from tests.needs import needs
 
 pytestmark = [pytest.mark.system,
-              pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse")]
+              needs("/dev/fuse")]
 
 ROOT = Path(__file__).resolve().parents[2]
 

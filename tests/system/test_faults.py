@@ -4,14 +4,14 @@ finish with no I/O error, no mismatch, a clean fsck and no error in the kernel l
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.faults.proxy import FaultProxy
-from tests.interop.daemons import free_port, have, stop
+from tests.interop.daemons import free_port, stop
+from tests.needs import needs
 
 from .workload import (
     bb,
@@ -27,10 +27,9 @@ from .workload import (
 
 pytestmark = [
     pytest.mark.system,
-    pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse"),
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (loop devices, mount)"),
-    pytest.mark.skipif(not have("fio", "losetup", "mkfs.ext4", "e2fsck", "dmesg"),
-                       reason="needs fio, util-linux and e2fsprogs"),
+    needs("/dev/fuse"),
+    needs("root"),
+    needs("fio", "losetup", "mkfs.ext4", "e2fsck", "dmesg"),
 ]
 
 IQN = "iqn.2026-11.test:faults"

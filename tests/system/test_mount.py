@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -13,15 +12,16 @@ from pathlib import Path
 import pytest
 
 from blockbridge.fuse.tuning import MAX_BACKGROUND, connection_dir
-from tests.interop.daemons import have, our_target, tgtd
+from tests.interop.daemons import our_target, tgtd
+from tests.needs import needs
 
 from .workload import bb, loop_filesystem, mounted
 
 pytestmark = [
     pytest.mark.system,
-    pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse"),
+    needs("/dev/fuse"),
 ]
-root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (loop devices, mkfs)")
+root_only = needs("root")
 
 T1 = "iqn.2026-11.test.tgt:one"
 T2 = "iqn.2026-11.test.tgt:two"
@@ -37,7 +37,7 @@ def allocated(path: Path) -> int:
     return path.stat().st_blocks * 512
 
 
-@pytest.mark.skipif(not have("tgtd", "tgtadm"), reason="needs tgt")
+@needs("tgtd", "tgtadm")
 def test_three_luns_of_tgtd_as_files(tmp_path: Path) -> None:
     a = sparse(tmp_path / "a.img", 32 << 20)
     b = sparse(tmp_path / "b.img", 16 << 20)
@@ -78,12 +78,12 @@ def filesystem_round_trip(lun: Path, workdir: Path) -> bytes:
     return data
 
 
-needs_fs_tools = pytest.mark.skipif(not have("mkfs.ext4", "losetup"),
-                                    reason="needs e2fsprogs, util-linux")
+needs_fs_tools = needs("mkfs.ext4", "losetup")
 
 
 @root_only
 @needs_fs_tools
+@needs("debugfs")
 def test_loop_device_and_filesystem_on_our_target(tmp_path: Path) -> None:
     iqn = "iqn.2026-11.test:fs"
     disk = tmp_path / "fs.img"
@@ -97,15 +97,14 @@ def test_loop_device_and_filesystem_on_our_target(tmp_path: Path) -> None:
             time.sleep(0.05)
         assert limit.read_text().strip() == str(MAX_BACKGROUND)
         data = filesystem_round_trip(mnt / iqn / "lun0", tmp_path)
-    if shutil.which("debugfs"):  # the file system, with our file, is in the backing file
-        out = subprocess.run(["debugfs", "-R", "cat /data.bin", str(disk)],
-                             capture_output=True)
-        assert out.stdout == data
+    # the file system, with our file, is in the backing file
+    out = subprocess.run(["debugfs", "-R", "cat /data.bin", str(disk)], capture_output=True)
+    assert out.stdout == data
 
 
 @root_only
 @needs_fs_tools
-@pytest.mark.skipif(not have("tgtd", "tgtadm"), reason="needs tgt")
+@needs("tgtd", "tgtadm")
 def test_loop_device_and_filesystem_on_tgtd(tmp_path: Path) -> None:
     disk = sparse(tmp_path / "tgt-fs.img", 64 << 20)
     with tgtd({T1: [disk]}) as t, mounted(t.portal, tmp_path / "mnt") as mnt:

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from tests.interop.daemons import our_target
+from tests.needs import needs
 
 pytestmark = [pytest.mark.system,
-              pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse")]
+              needs("/dev/fuse")]
 
 
 def test_background_mount_logs_to_the_state_directory(tmp_path: Path) -> None:

@@ -13,11 +13,12 @@ from pathlib import Path
 import pytest
 
 from tests.interop.daemons import free_port, stop
+from tests.needs import needs
 
 from .workload import bb, start_target
 
 pytestmark = [pytest.mark.system,
-              pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse")]
+              needs("/dev/fuse")]
 
 IQN = "iqn.2026-11.test:recovery"
 

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.interop.daemons import have, our_target
+from tests.interop.daemons import our_target
+from tests.needs import needs
 
 pytestmark = [pytest.mark.system,
-              pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse"),
-              pytest.mark.skipif(not have("iscsi-ls"), reason="needs libiscsi-bin")]
+              needs("/dev/fuse"),
+              needs("iscsi-ls")]
 
 A = "iqn.2026-11.test:reload-a"
 B = "iqn.2026-11.test:reload-b"

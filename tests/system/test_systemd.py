@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -12,11 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.needs import needs
+
 ROOT = Path(__file__).resolve().parents[2]
 UNITS = sorted((ROOT / "systemd").glob("*.service"))
 
 
-@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="needs systemd-analyze")
+@needs("systemd-analyze")
 @pytest.mark.parametrize("unit", UNITS, ids=lambda p: p.name)
 def test_units_verify(unit: Path, tmp_path: Path) -> None:
     bindir = str(Path(sys.executable).parent)
@@ -58,7 +59,7 @@ def test_ready_is_sent_after_listening(tmp_path: Path) -> None:
         sock.close()
 
 
-@pytest.mark.skipif(not shutil.which("systemd-sysusers"), reason="needs systemd-sysusers")
+@needs("systemd-sysusers")
 def test_the_target_users_sysusers_file_is_valid() -> None:
     conf = ROOT / "systemd" / "blockbridge.sysusers.conf"
     r = subprocess.run(["systemd-sysusers", "--dry-run", str(conf)], capture_output=True,

@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 
 from blockbridge.tls import generate_self_signed
-from tests.interop.daemons import free_port, have, our_target, tgtd
+from tests.interop.daemons import free_port, our_target, tgtd
+from tests.needs import needs
 
 pytestmark = [pytest.mark.system,
-              pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse")]
+              needs("/dev/fuse")]
 
 IQN = "iqn.2026-11.test:tls"
 
@@ -69,7 +70,7 @@ def test_client_certificates(tmp_path: Path) -> None:
         assert ok.returncode == 0 and IQN in ok.stdout, ok.stderr
 
 
-@pytest.mark.skipif(not have("stunnel4", "tgtd", "tgtadm"), reason="needs stunnel4 and tgt")
+@needs("stunnel4", "tgtd", "tgtadm")
 def test_stunnel_in_front_of_tgtd(tmp_path: Path) -> None:
     crt, key, fp = generate_self_signed(tmp_path / "certs")
     disk = tmp_path / "tgt.img"

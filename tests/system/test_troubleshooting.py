@@ -31,9 +31,10 @@ import pytest
 from blockbridge.iscsi import pdu as P
 from blockbridge.tls import generate_self_signed
 from tests.interop.daemons import RunningTarget, free_port, have, our_target
+from tests.needs import needs
 
 system = pytest.mark.system  # every test but the two that only read the page
-needs_fuse = pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse")
+needs_fuse = needs("/dev/fuse")
 PROGRAMS = ("blockbridge: ", "blockbridge-target: ")
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "troubleshooting.md"
@@ -617,7 +618,7 @@ def test_eio_after_the_replacement_timeout(home: Home, tmp_path: Path) -> None:
 
 @system
 @needs_fuse
-@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a small tmpfs")
+@needs("root")
 def test_target_storage_full(home: Home, tmp_path: Path) -> None:
     """A thin LUN (a sparse 16 MiB file) on a 2 MiB file system: writes fail with ENOSPC
     once it is full, the mount and the target say why, and what was written stays."""

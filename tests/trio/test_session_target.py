@@ -19,6 +19,7 @@ from blockbridge.initiator.errors import ConnectionLost
 from blockbridge.initiator.session import Session
 from blockbridge.iscsi.errors import LoginFailed
 from blockbridge.iscsi.login import ChapCredentials
+from tests.needs import needs
 
 IQN = "iqn.2026-11.test:inproc"
 INI = "iqn.2026-11.test:initiator"
@@ -371,7 +372,7 @@ async def test_a_placed_write_that_waits_for_its_turn_keeps_only_its_data(
         assert f.read(2 << 20) == second + rest
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a small tmpfs")
+@needs("root")
 async def test_a_full_file_system_is_reported_as_out_of_space_and_the_session_lives_on(
         tmp_path: Path) -> None:
     """A thin LUN on a file system that fills up: the write that finds no room fails

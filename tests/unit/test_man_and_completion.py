@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+from tests.needs import needs
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.skipif(not shutil.which("argparse-manpage", path=str(Path(sys.executable).parent))
-                    and not shutil.which("argparse-manpage"), reason="needs the test extras")
+@needs("argparse-manpage")
 def test_generated_man_pages_and_completions(tmp_path: Path) -> None:
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
     subprocess.run([str(ROOT / "scripts" / "gen-man-and-completion"), str(tmp_path)],
