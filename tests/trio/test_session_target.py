@@ -51,10 +51,10 @@ def record_places(monkeypatch: pytest.MonkeyPatch, owner: type, name: str) -> li
 
 
 @pytest.fixture
-async def server(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[tuple[str, int]]:
+async def server(disk_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[tuple[str, int]]:
     operational = dict(getattr(request, "param", {}))
     write_cache = not operational.pop("write_through", False)
-    lu = LogicalUnit(0, FileBackend(str(tmp_path / "d.img"), create_size=16 << 20),
+    lu = LogicalUnit(0, FileBackend(str(disk_path / "d.img"), create_size=16 << 20),
                      target_name=IQN, write_cache=write_cache)
     target = TargetDef(name=IQN, luns={0: lu}, operational=operational,
                        incoming={"alice": b"alice-secret-123"} if operational.get("chap") else {})
@@ -107,7 +107,7 @@ async def test_write_read_many_in_flight(server: tuple[str, int]) -> None:
     ({"FirstBurstLength": "8192"}, 1),  # too small a burst to be worth a command each
 ], indirect=["server"])
 async def test_a_large_write_is_split_into_bursts_the_target_takes_unasked(
-        server: tuple[str, int], commands: int, tmp_path: Path) -> None:
+        server: tuple[str, int], commands: int, disk_path: Path) -> None:
     with trio.fail_after(20):
         s = await connect(server)
         async with trio.open_nursery() as nursery:
@@ -120,7 +120,7 @@ async def test_a_large_write_is_split_into_bursts_the_target_takes_unasked(
             assert bytes(await dev.read(3 << 20, len(data))) == data
             await s.logout()
             nursery.cancel_scope.cancel()
-    with (tmp_path / "d.img").open("rb") as f:
+    with (disk_path / "d.img").open("rb") as f:
         f.seek(3 << 20)
         assert f.read(1 << 20) == data
 
@@ -194,9 +194,9 @@ async def test_huge_transfer_lengths_get_a_status_not_a_dropped_connection(
             nursery.cancel_scope.cancel()
 
 
-async def test_commands_wait_for_a_full_command_window(tmp_path: Path) -> None:
+async def test_commands_wait_for_a_full_command_window(disk_path: Path) -> None:
     """QueuedCommands 2: 40 concurrent reads queue behind MaxCmdSN and all complete."""
-    lu = LogicalUnit(0, FileBackend(str(tmp_path / "w.img"), create_size=1 << 20),
+    lu = LogicalUnit(0, FileBackend(str(disk_path / "w.img"), create_size=1 << 20),
                      target_name=IQN)
     srv = TargetServer([TargetDef(name=IQN, luns={0: lu}, queued_commands=2)])
     with trio.fail_after(20):
@@ -248,10 +248,10 @@ async def test_data_out_with_a_gap_or_ending_early_drops_the_connection(
     ({"HeaderDigest": "CRC32C", "DataDigest": "CRC32C"}, False),  # digests need the data
 ], indirect=["server"])
 async def test_reads_in_the_page_cache_are_sent_from_it(
-        server: tuple[str, int], from_file: bool, tmp_path: Path,
+        server: tuple[str, int], from_file: bool, disk_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
     content = os.urandom(4 << 20)
-    with (tmp_path / "d.img").open("r+b") as f:  # written through the page cache
+    with (disk_path / "d.img").open("r+b") as f:  # written through the page cache
         f.write(content)
     sent: list[int] = []
     real_sendfile = os.sendfile
@@ -281,9 +281,9 @@ async def test_reads_in_the_page_cache_are_sent_from_it(
 
 
 async def test_large_data_in_lands_in_the_commands_buffer(
-        server: tuple[str, int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        server: tuple[str, int], disk_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     content = os.urandom(4 << 20)
-    with (tmp_path / "d.img").open("r+b") as f:
+    with (disk_path / "d.img").open("r+b") as f:
         f.write(content)
     placed = record_places(monkeypatch, Session, "_place_data_in")
     with trio.fail_after(20):
@@ -308,7 +308,7 @@ async def test_large_data_in_lands_in_the_commands_buffer(
     ({"DataDigest": "CRC32C"}, []),  # checked in the reader's buffer, then copied
 ], indirect=["server"])
 async def test_large_write_data_is_received_into_the_commands_buffer(
-        server: tuple[str, int], placed: list[int], tmp_path: Path,
+        server: tuple[str, int], placed: list[int], disk_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
     seen = record_places(monkeypatch, Connection, "_place_data_out")
     blobs = [os.urandom(1 << 20) for _ in range(3)]
@@ -325,14 +325,14 @@ async def test_large_write_data_is_received_into_the_commands_buffer(
             await s.logout()
             nursery.cancel_scope.cancel()
     assert sorted(seen) == sorted(placed * 2)
-    with (tmp_path / "d.img").open("rb") as f:
+    with (disk_path / "d.img").open("rb") as f:
         for i, blob in enumerate(blobs):
             f.seek((2 * i) << 20)
             assert f.read(2 << 20) == blob[::-1] + blob
 
 
 async def test_a_placed_write_that_waits_for_its_turn_keeps_only_its_data(
-        server: tuple[str, int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        server: tuple[str, int], disk_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A WRITE that arrives before its CmdSN is due waits; its data was received into a
     buffer for all of the command (2 MiB here), but while it waits it holds only the
     1 MiB it brought."""
@@ -366,7 +366,7 @@ async def test_a_placed_write_that_waits_for_its_turn_keeps_only_its_data(
                 statuses[pdu.itt] = pdu.status
     assert statuses == {1: 0, 2: 0}
     assert started == [(1, memoryview), (2, bytes)]
-    with (tmp_path / "d.img").open("rb") as f:
+    with (disk_path / "d.img").open("rb") as f:
         assert f.read(1 << 20) == first
         f.seek(2 << 20)
         assert f.read(2 << 20) == second + rest
@@ -374,7 +374,7 @@ async def test_a_placed_write_that_waits_for_its_turn_keeps_only_its_data(
 
 @needs("root")
 async def test_a_full_file_system_is_reported_as_out_of_space_and_the_session_lives_on(
-        tmp_path: Path) -> None:
+        disk_path: Path) -> None:
     """A thin LUN on a file system that fills up: the write that finds no room fails
     with SPACE ALLOCATION FAILED (ENOSPC through FUSE), not a dropped connection, and
     the session goes on serving."""
@@ -384,7 +384,7 @@ async def test_a_full_file_system_is_reported_as_out_of_space_and_the_session_li
     from blockbridge.fuse.errors import to_errno
     from blockbridge.initiator.errors import SCSIError
 
-    small = tmp_path / "small"
+    small = disk_path / "small"
     small.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(small)], check=True)
     lu: LogicalUnit | None = None
@@ -418,7 +418,7 @@ async def test_a_full_file_system_is_reported_as_out_of_space_and_the_session_li
 
 
 async def test_unaligned_writes_read_only_their_ragged_edges(
-        server: tuple[str, int], tmp_path: Path) -> None:
+        server: tuple[str, int], disk_path: Path) -> None:
     """Writes that start or end inside a block keep the rest of those blocks, and read
     no more than the two edge blocks (a 1 MiB write from an unaligned buffer reaches FUSE
     as 1 MiB less a few bytes, then the few bytes)."""
@@ -426,7 +426,7 @@ async def test_unaligned_writes_read_only_their_ragged_edges(
 
     rng = random.Random(7)
     model = bytearray(os.urandom(8 << 20))
-    with (tmp_path / "d.img").open("r+b") as f:
+    with (disk_path / "d.img").open("r+b") as f:
         f.write(model)
     cases = [(2 << 20, (1 << 20) - 48), ((3 << 20) - 48, 48), (5, 3), (BS - 1, 2),
              (BS * 7 + 100, BS * 3)]

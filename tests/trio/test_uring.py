@@ -47,9 +47,9 @@ def read10(lba: int, n: int, flags: int = 0) -> bytes:
 
 
 @pytest.fixture
-def data_file(tmp_path: Path) -> tuple[Path, bytes]:
+def data_file(disk_path: Path) -> tuple[Path, bytes]:
     data = os.urandom(1 << 20)
-    path = tmp_path / "d.img"
+    path = disk_path / "d.img"
     path.write_bytes(data)
     return path, data
 
