@@ -22,7 +22,7 @@ from blockbridge.tls import TLSError, generate_self_signed, server_context
 
 from .acl import AccessControl
 from .backends.file import BackingStoreError, FileBackend
-from .config import ConfigError, default_config_path
+from .config import MAX_NAME_BYTES, ConfigError, default_config_path
 from .configured import StartupError, reload_config, server_from_config
 from .lun import LogicalUnit
 from .server import ListenError, TargetServer, format_address
@@ -170,6 +170,8 @@ def quick_target(args: argparse.Namespace) -> TargetDef:
     name = args.target_name or default_iqn(disk)
     if not re.match(r"^(iqn\.\d{4}-\d{2}\.|eui\.|naa\.)", name):
         raise UsageError(f"invalid target name {name!r}: use iqn.YYYY-MM.reversed.domain:name")
+    if len(name.encode()) > MAX_NAME_BYTES:
+        raise UsageError(f"target name is longer than {MAX_NAME_BYTES} bytes")
     lu = LogicalUnit(0, backend, target_name=name, block_size=args.block_size,
                      read_only=args.read_only, write_cache=not args.write_through)
     return TargetDef(name=name, luns={0: lu})

@@ -13,6 +13,7 @@ from pathlib import Path
 
 TARGET_NAME = re.compile(r"^(iqn\.\S+|eui\.[0-9A-Fa-f]{16}|naa\.[0-9A-Fa-f]+)$")
 RFC_IQN = re.compile(r"^iqn\.\d{4}-\d{2}\.")
+MAX_NAME_BYTES = 223  # RFC 7143's limit for iSCSI names; VPD 0x83 holds them with room to spare
 
 # key -> (RFC spelling, kind, low, high); kind "num", "bool" or "digest"
 ISCSI_KEYS: dict[str, tuple[str, str, int, int]] = {
@@ -178,6 +179,9 @@ def _parse_lun(args: list[str], filename: str, line: int) -> LunConfig:
             value = params[key][1]
             if len(value) > 16:
                 raise ConfigError(filename, line, f"{label} is longer than 16 characters")
+            if not all(" " <= ch <= "~" for ch in value):
+                raise ConfigError(filename, line, f"{label} {value!r} is not printable ASCII",
+                                  "use ASCII letters, digits, punctuation or spaces")
             ids[key] = value
     return LunConfig(number, path, lun_type, iomode, ids.get("scsiid"), ids.get("scsisn"),
                      block_size, blocks, line)
@@ -198,6 +202,9 @@ def parse_config(text: str, filename: str = "<config>") -> Config:
             if not TARGET_NAME.match(name):
                 raise ConfigError(filename, line, f"invalid target name {name!r}",
                                   "names start with iqn.YYYY-MM., eui. or naa.")
+            if len(name.encode()) > MAX_NAME_BYTES:
+                raise ConfigError(filename, line,
+                                  f"target name is longer than {MAX_NAME_BYTES} bytes")
             if name.startswith("iqn.") and not RFC_IQN.match(name):
                 warn(ConfigWarning(filename, line, f"{name} is not an RFC 3720 iqn name "
                                    "(iqn.YYYY-MM.reversed.domain[:id]); accepted as IET did"))

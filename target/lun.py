@@ -173,8 +173,8 @@ class LogicalUnit:
         self.blocks = backend.size // block_size
         self.read_only = read_only or backend.read_only
         self.mode = pages.ModeState(write_cache=write_cache)
-        ident = scsi_id or f"{abs(hash((target_name, number))) & 0xFFFFFFFF:08x}"
-        self.identity = pages.Identity(target_name, number, serial or ident, ident)
+        self.identity = pages.Identity.derive(target_name, number, scsi_id=scsi_id,
+                                              serial=serial)
         self.geometry = pages.Geometry(
             block_size, self.blocks, backend.can_unmap and not self.read_only,
             max(max_transfer_bytes // block_size, 1))

@@ -14,22 +14,55 @@ VERSION_DESCRIPTORS = (0x00A0, 0x0960, 0x0460, 0x04C0)  # SAM-5, iSCSI, SPC-4, S
 SUPPORTED_VPD = (0x00, 0x80, 0x83, 0xB0, 0xB1, 0xB2)
 
 
-@dataclass
+# What a LU says about itself: identity derived without any process state, so a LUN keeps
+# its serial and designators across restarts and reloads of the target.
+IDENTITY_DOMAIN = b"blockbridge LU identity v1"
+
+
+def identity_digest(kind: str, *fields: str) -> bytes:
+    """SHA-256 of IDENTITY_DOMAIN, then KIND and each field as a 4-byte length and UTF-8.
+
+    The length prefixes keep ("ab", "c") and ("a", "bc") apart; KIND keeps digests made for
+    different purposes apart.
+    """
+    h = hashlib.sha256(IDENTITY_DOMAIN)
+    for part in (kind, *fields):
+        raw = part.encode()
+        h.update(len(raw).to_bytes(4, "big") + raw)
+    return h.digest()
+
+
+def naa_locally_assigned(digest: bytes) -> bytes:
+    """An NAA locally assigned designator (SPC-4): NAA field 3h, then 60 bits of DIGEST."""
+    value = int.from_bytes(digest[:8], "big") >> 4
+    return (0x3 << 60 | value).to_bytes(8, "big")
+
+
+@dataclass(frozen=True)
 class Identity:
+    """The identity of one LU on VPD pages 0x80 and 0x83; build it with :meth:`derive`."""
+
     target_name: str
     lun: int
-    serial: str
-    scsi_id: str
+    serial: str  # VPD 0x80, printable ASCII
+    scsi_id: str  # vendor specific part of the T10 vendor ID designator
+    naa: bytes  # 8 bytes, NAA locally assigned
     tpgt: int = 1
     relative_port: int = 1
 
-    @property
-    def naa(self) -> bytes:
-        """NAA locally assigned (type 3) identifier derived from the target name and LUN."""
-        h = hashlib.sha256(f"{self.target_name}/{self.lun}/{self.scsi_id}".encode()).digest()
-        raw = bytearray(h[:8])
-        raw[0] = 0x30 | (raw[0] & 0x0F)
-        return bytes(raw)
+    @classmethod
+    def derive(cls, target_name: str, lun: int, *, scsi_id: str | None = None,
+               serial: str | None = None) -> Identity:
+        """The identity of LUN LUN of TARGET_NAME, the same in every process.
+
+        The LU's id is SCSI_ID (ietd.conf ScsiId) or else 16 hex digits of a digest of the
+        target name and LUN number. The T10 vendor ID designator carries the id, the NAA
+        designator comes from a digest of it, and the serial is SERIAL (ScsiSN) or the id.
+        So a ScsiId set to the id a LU has now keeps all of it when the target is renamed.
+        """
+        ident = scsi_id or identity_digest("lu", target_name, str(lun))[:8].hex()
+        naa = naa_locally_assigned(identity_digest("id", ident))
+        return cls(target_name, lun, serial or ident, ident, naa)
 
 
 @dataclass

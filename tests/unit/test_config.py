@@ -72,6 +72,9 @@ def test_last_line_without_newline_counts() -> None:
     ("Target iqn.2026-11.x:y\nHeaderDigest MD5\n", 2, "must be None, CRC32C"),
     ("Target iqn.2026-11.x:y\nLun 0 Path=/a,Colour=red\n", 2, "unknown Lun parameter"),
     ("Target iqn.2026-11.x:y\nLun 0 Path=/a,ScsiSN=01234567890123456\n", 2, "longer than 16"),
+    ("Target iqn.2026-11.x:y\nLun 0 Path=/a,ScsiSN=disk\u00e9\n", 2, "not printable ASCII"),
+    ("Target iqn.2026-11.x:y\nLun 0 Path=/a,ScsiId=a\x7fb\n", 2, "not printable ASCII"),
+    (f"Target iqn.2026-11.x:{'y' * 210}\n", 1, "longer than 223 bytes"),
 ])
 def test_errors_name_file_and_line(text: str, line: int, message: str) -> None:
     with pytest.raises(ConfigError) as info:
