@@ -30,10 +30,11 @@ PACKAGES: dict[str, str] = {
     "mkfs.ext4": "e2fsprogs", "e2fsck": "e2fsprogs", "debugfs": "e2fsprogs",
     "losetup": "util-linux", "blkdiscard": "util-linux", "fstrim": "util-linux",
     "dmesg": "util-linux", "unshare": "util-linux", "setpriv": "util-linux",
+    "nsenter": "util-linux",
     "fusermount3": "fuse3",
     "stunnel4": "stunnel4",
     "systemd-analyze": "systemd", "systemd-sysusers": "systemd",
-    "useradd": "passwd", "runuser": "util-linux",
+    "useradd": "passwd", "userdel": "passwd", "runuser": "util-linux",
     "ip": "iproute2",
     "argparse-manpage": "pip package argparse-manpage, one of the test extras",
 }

@@ -33,6 +33,8 @@ from blockbridge.tls import generate_self_signed
 from tests.interop.daemons import RunningTarget, free_port, have, our_target
 from tests.needs import needs
 
+from .fusectl import UNMOUNTED_STATUS, wait_for_queue_line, without_fusectl
+
 system = pytest.mark.system  # every test but the two that only read the page
 needs_fuse = needs("/dev/fuse")
 PROGRAMS = ("blockbridge: ", "blockbridge-target: ")
@@ -69,6 +71,9 @@ DOCUMENTED: dict[str, str] = {
     "certificate of HOST:PORT changed: expected …, got …":
         "test_tls_certificate_checks[changed-certificate]",
     "FILE is not a LUN file of a running blockbridge mount": "test_discard_outside_a_mount",
+    "FUSE max_background left at the kernel's default: fusectl is not mounted, so loop "
+    "devices and io_uring on the LUN files get fewer requests in flight (fix, as root: "
+    "mount -t fusectl none /sys/fs/fuse/connections)": "test_fusectl_not_mounted",
     "I/O errors (EIO) after a pause": "test_eio_after_the_replacement_timeout",
     "HOST:PORT: reconnecting failed: …": "test_eio_after_the_replacement_timeout",
     "No space left on device": "test_target_storage_full",
@@ -584,6 +589,41 @@ def test_discard_outside_a_mount(home: Home) -> None:
     r = home.bb("discard", str(f))
     expect_error("FILE is not a LUN file of a running blockbridge mount", r)
     assert str(f) in r.stderr
+
+
+@system
+@needs_fuse
+@needs("root", "unshare", "nsenter")
+def test_fusectl_not_mounted(home: Home, plain_target: RunningTarget, tmp_path: Path) -> None:
+    mount_log = tmp_path / "mount.log"
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    with without_fusectl() as ns:
+
+        def run(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([*ns.prefix, sys.executable, "-m", "blockbridge", *args],
+                                  capture_output=True, text=True, timeout=90, env=home.env)
+
+        r = run("mount", plain_target.portal, str(mnt), "--log-file", str(mount_log))
+        assert r.returncode == 0, r.stderr
+        try:
+            queue = wait_for_queue_line(lambda: run("status").stdout)
+            # the mount works all the same, with the kernel's queue limit
+            lun = mnt / "iqn.2026-11.test:trouble-plain" / "lun0"
+            head = subprocess.run([*ns.prefix, "head", "-c", "4096", str(lun)],
+                                  capture_output=True, timeout=30)
+            assert head.returncode == 0 and len(head.stdout) == 4096, head.stderr
+        finally:
+            u = run("umount", str(mnt))
+        assert u.returncode == 0, u.stderr
+        assert not ns.is_mount(mnt)
+    assert queue == UNMOUNTED_STATUS
+    log = mount_log.read_text()
+    expect("FUSE max_background left at the kernel's default: fusectl is not mounted, so loop "
+           "devices and io_uring on the LUN files get fewer requests in flight (fix, as root: "
+           "mount -t fusectl none /sys/fs/fuse/connections)", log)
+    assert log.count("fusectl is not mounted") == 1
+    assert "WARNING" in next(line for line in log.splitlines() if "fusectl is not" in line)
 
 
 @system
