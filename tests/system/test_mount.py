@@ -21,7 +21,7 @@ from tests.interop.daemons import our_target, tgtd
 from tests.needs import needs
 
 from .fusectl import UNMOUNTED_STATUS, fusectl_mounted, wait_for_queue_line
-from .workload import bb, loop_filesystem, mounted
+from .workload import bb, filesystem_round_trip, mounted
 
 pytestmark = [
     pytest.mark.system,
@@ -71,17 +71,6 @@ def test_three_luns_of_tgtd_as_files(tmp_path: Path) -> None:
         assert b.read_bytes()[2 << 20 : 5 << 20] == bytes(3 << 20)
         status = bb("status")
         assert f"{T1}/lun2" in status.stdout and "connected" in status.stdout
-
-
-def filesystem_round_trip(lun: Path, workdir: Path) -> bytes:
-    """losetup + mkfs.ext4 + mount + write + umount + mount + re-read (+ fsck) on a LUN."""
-    data = os.urandom(5 << 20)
-    with loop_filesystem(lun, workdir / "fs") as fs:
-        (fs.directory / "data.bin").write_bytes(data)
-        subprocess.run(["umount", str(fs.directory)], check=True)
-        subprocess.run(["mount", fs.device, str(fs.directory)], check=True)
-        assert (fs.directory / "data.bin").read_bytes() == data
-    return data
 
 
 needs_fs_tools = needs("mkfs.ext4", "losetup")
