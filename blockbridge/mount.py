@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -57,6 +58,12 @@ def check_mountpoint(path: str) -> None:
                          f"blockbridge umount {path})")
     if not os.path.exists("/dev/fuse"):
         raise MountError("/dev/fuse is missing: install fuse3 and load the fuse module")
+    if not os.access("/dev/fuse", os.R_OK | os.W_OK):
+        # libfuse opens it before falling back to fusermount3, and gives up if it cannot
+        mode = stat.S_IMODE(os.stat("/dev/fuse").st_mode)
+        raise MountError(f"/dev/fuse is not open to you (mode {mode:04o}): ask your "
+                         "administrator to run chmod 666 /dev/fuse (udev does it on most "
+                         "systems)")
 
 
 async def discover(host: str, port: int, initiator_name: str,
