@@ -91,12 +91,12 @@ def test_a_normal_user_asks_for_no_more_than_the_kernel_allows(
     (limits / "max_user_bgreq").write_text("40\n")
     (limits / "max_user_congthresh").write_text("30\n")
     conn = fake_connection(tmp_path, 5, 12)
-    monkeypatch.setattr(tuning.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
     done = raise_queue_limits(os.makedev(0, 5), tmp_path, limits)
     assert done == Tuning(40, 12)
     assert (conn / "max_background").read_text().strip() == "40"
     assert (conn / "congestion_threshold").read_text().strip() == "30"
-    monkeypatch.setattr(tuning.os, "geteuid", lambda: 0)  # root: no such ceiling
+    monkeypatch.setattr(os, "geteuid", lambda: 0)  # root: no such ceiling
     assert raise_queue_limits(os.makedev(0, 5), tmp_path, limits) == Tuning(MAX_BACKGROUND, 40)
 
 
