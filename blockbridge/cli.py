@@ -370,6 +370,11 @@ def cmd_status(args: argparse.Namespace) -> int:
             extra = f" since {since}" if s["state"] != "connected" else ""
             again = f", {s['reconnects']} reconnect(s)" if s.get("reconnects") else ""
             print(f"  session {s['target']}: {s['state']}{extra}{again}")
+        queue = rec.get("fuse_queue")
+        if queue and queue.get("reason"):
+            print(f"  FUSE max_background not raised: {queue['reason']}")
+        elif queue:
+            print(f"  FUSE max_background {queue['max_background']}")
         for lun in rec.get("luns", []):
             print(f"  {lun['path']}: {lun['size']} bytes{' read-only' if lun['read_only'] else ''}"
                   f"  reads {lun['reads']} ({lun['bytes_read']} B)"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -15,7 +16,7 @@ from .control import serve_control
 from .credentials import Credentials, lookup
 from .fuse import intake
 from .fuse.fs import LunFS
-from .fuse.tuning import raise_queue_limits
+from .fuse.tuning import Tuning, raise_queue_limits
 from .initiator.blockdev import BlockDevice, list_disk_luns
 from .initiator.errors import InitiatorError
 from .initiator.recovery import DEFAULT_REPLACEMENT_TIMEOUT, RecoveringSession
@@ -57,6 +58,12 @@ def check_mountpoint(path: str) -> None:
                          f"blockbridge umount {path})")
     if not os.path.exists("/dev/fuse"):
         raise MountError("/dev/fuse is missing: install fuse3 and load the fuse module")
+    if not os.access("/dev/fuse", os.R_OK | os.W_OK):
+        # libfuse opens it before falling back to fusermount3, and gives up if it cannot
+        mode = stat.S_IMODE(os.stat("/dev/fuse").st_mode)
+        raise MountError(f"/dev/fuse is not open to you (mode {mode:04o}): ask your "
+                         "administrator to run chmod 666 /dev/fuse (udev does it on most "
+                         "systems)")
 
 
 async def discover(host: str, port: int, initiator_name: str,
@@ -148,6 +155,7 @@ async def serve(req: MountRequest, ready: Callable[[], None]) -> None:
         pid = os.getpid()
 
         control = record_path(pid).with_suffix(".sock")
+        tuning: Tuning | None = None  # once the queue limits were looked at
 
         def snapshot() -> dict[str, object]:
             return {
@@ -159,6 +167,7 @@ async def serve(req: MountRequest, ready: Callable[[], None]) -> None:
                              for s in sessions],
                 "luns": [{"path": path, "size": dev.size, "read_only": dev.read_only,
                           **vars(dev.counters)} for path, dev in fs.devices()],
+                **({"fuse_queue": tuning.status()} if tuning is not None else {}),
             }
 
         def record() -> None:
@@ -189,9 +198,13 @@ async def serve(req: MountRequest, ready: Callable[[], None]) -> None:
         async def tune_queue() -> None:
             # After the INIT handshake (INIT could reset the limits): a stat of the
             # mount point waits for it, served by the main loop below.
+            nonlocal tuning
             with trio.move_on_after(10):
                 st = await trio.to_thread.run_sync(os.stat, req.mountpoint)
-                log.info("%s", raise_queue_limits(st.st_dev))
+                tuning = raise_queue_limits(st.st_dev)
+                log.log(logging.INFO if tuning.reason is None else logging.WARNING, "%s",
+                        tuning.log_line())
+                record()
 
         nursery.start_soon(tune_queue)
         try:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,10 +31,11 @@ PACKAGES: dict[str, str] = {
     "mkfs.ext4": "e2fsprogs", "e2fsck": "e2fsprogs", "debugfs": "e2fsprogs",
     "losetup": "util-linux", "blkdiscard": "util-linux", "fstrim": "util-linux",
     "dmesg": "util-linux", "unshare": "util-linux", "setpriv": "util-linux",
+    "nsenter": "util-linux",
     "fusermount3": "fuse3",
     "stunnel4": "stunnel4",
     "systemd-analyze": "systemd", "systemd-sysusers": "systemd",
-    "useradd": "passwd", "runuser": "util-linux",
+    "useradd": "passwd", "userdel": "passwd", "runuser": "util-linux",
     "ip": "iproute2",
     "argparse-manpage": "pip package argparse-manpage, one of the test extras",
 }
@@ -46,12 +48,24 @@ def _qemu_iscsi() -> bool:
                          "/usr/lib/qemu", "/usr/lib64/qemu"))
 
 
+def _system_python_venv() -> bool:
+    """Debian's own Python with venv: what README.md's install for one user uses."""
+    try:
+        r = subprocess.run(["/usr/bin/python3", "-c", "import ensurepip, venv"],
+                           capture_output=True, timeout=30)
+    except OSError:
+        return False
+    return r.returncode == 0
+
+
 # name -> (check, what to do when it fails)
 SPECIAL: dict[str, tuple[Callable[[], bool], str]] = {
     "root": (lambda: os.geteuid() == 0, "needs root (run the suite as root)"),
     "/dev/fuse": (lambda: os.path.exists("/dev/fuse"),
                   "needs /dev/fuse (Debian package fuse3; modprobe fuse)"),
     "qemu-iscsi": (_qemu_iscsi, "needs qemu's iscsi driver (Debian package qemu-block-extra)"),
+    "system-python": (_system_python_venv, "needs /usr/bin/python3 with venv (Debian packages "
+                      "python3 and python3-venv)"),
 }
 
 

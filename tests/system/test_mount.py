@@ -11,11 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from blockbridge.fuse.tuning import MAX_BACKGROUND, connection_dir
+from blockbridge.fuse.tuning import (
+    CONGESTION_THRESHOLD,
+    MAX_BACKGROUND,
+    connection_dir,
+    fusectl_mounts,
+)
 from tests.interop.daemons import our_target, tgtd
 from tests.needs import needs
 
-from .workload import bb, loop_filesystem, mounted
+from .fusectl import UNMOUNTED_STATUS, fusectl_mounted, wait_for_queue_line
+from .workload import bb, filesystem_round_trip, mounted
 
 pytestmark = [
     pytest.mark.system,
@@ -67,17 +73,6 @@ def test_three_luns_of_tgtd_as_files(tmp_path: Path) -> None:
         assert f"{T1}/lun2" in status.stdout and "connected" in status.stdout
 
 
-def filesystem_round_trip(lun: Path, workdir: Path) -> bytes:
-    """losetup + mkfs.ext4 + mount + write + umount + mount + re-read (+ fsck) on a LUN."""
-    data = os.urandom(5 << 20)
-    with loop_filesystem(lun, workdir / "fs") as fs:
-        (fs.directory / "data.bin").write_bytes(data)
-        subprocess.run(["umount", str(fs.directory)], check=True)
-        subprocess.run(["mount", fs.device, str(fs.directory)], check=True)
-        assert (fs.directory / "data.bin").read_bytes() == data
-    return data
-
-
 needs_fs_tools = needs("mkfs.ext4", "losetup")
 
 
@@ -90,16 +85,33 @@ def test_loop_device_and_filesystem_on_our_target(tmp_path: Path) -> None:
     args = ["--disk", str(disk), "--size", "64M", "--target-name", iqn, "--portal",
             "127.0.0.1:0"]
     with our_target(args, tmp_path) as t, mounted(t.portal, tmp_path / "mnt") as mnt:
-        # root's mount lets the kernel queue 64 asynchronous requests, not 12
-        limit = connection_dir(mnt.stat().st_dev) / "max_background"
-        deadline = time.monotonic() + 10  # raised just after the mount is up
-        while limit.read_text().strip() != str(MAX_BACKGROUND) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert limit.read_text().strip() == str(MAX_BACKGROUND)
+        # with or without fusectl on this machine: the status says which
+        queue = wait_for_queue_line(lambda: bb("status").stdout)
+        assert queue in (f"FUSE max_background {MAX_BACKGROUND}", UNMOUNTED_STATUS)
+        assert (queue == UNMOUNTED_STATUS) == (fusectl_mounts() == [])
         data = filesystem_round_trip(mnt / iqn / "lun0", tmp_path)
     # the file system, with our file, is in the backing file
     out = subprocess.run(["debugfs", "-R", "cat /data.bin", str(disk)], capture_output=True)
     assert out.stdout == data
+
+
+@root_only
+def test_the_queue_limit_is_raised_through_fusectl_wherever_it_is_mounted(tmp_path: Path
+                                                                          ) -> None:
+    iqn = "iqn.2026-11.test:queue"
+    args = ["--disk", str(tmp_path / "q.img"), "--size", "8M", "--target-name", iqn,
+            "--portal", "127.0.0.1:0"]
+    with fusectl_mounted() as connections, our_target(args, tmp_path) as t, \
+            mounted(t.portal, tmp_path / "mnt", "--log-file", str(tmp_path / "m.log")) as mnt:
+        queue = wait_for_queue_line(lambda: bb("status").stdout)
+        conn = connection_dir(mnt.stat().st_dev, connections)
+        assert queue == f"FUSE max_background {MAX_BACKGROUND}"
+        assert (conn / "max_background").read_text().strip() == str(MAX_BACKGROUND)
+        assert (conn / "congestion_threshold").read_text().strip() == \
+            str(CONGESTION_THRESHOLD)
+    log = (tmp_path / "m.log").read_text()
+    assert log.count("FUSE max_background") == 1
+    assert f"FUSE max_background raised from 12 to {MAX_BACKGROUND}" in log
 
 
 @root_only

@@ -33,6 +33,9 @@ from blockbridge.tls import generate_self_signed
 from tests.interop.daemons import RunningTarget, free_port, have, our_target
 from tests.needs import needs
 
+from .desktop import DesktopUser
+from .fusectl import UNMOUNTED_STATUS, wait_for_queue_line, without_fusectl
+
 system = pytest.mark.system  # every test but the two that only read the page
 needs_fuse = needs("/dev/fuse")
 PROGRAMS = ("blockbridge: ", "blockbridge-target: ")
@@ -60,6 +63,8 @@ DOCUMENTED: dict[str, str] = {
         "test_mount_point_does_not_exist",
     "DIR is already a mount point (unmount it first with blockbridge umount DIR)":
         "test_already_a_mount_point",
+    "/dev/fuse is not open to you (mode N): ask your administrator to run chmod 666 "
+    "/dev/fuse (udev does it on most systems)": "test_dev_fuse_closed_to_users",
     "-o allow_other needs 'user_allow_other' in /etc/fuse.conf":
         "test_allow_other_without_user_allow_other",
     "certificate of HOST:PORT does not match the pinned fingerprint (…)":
@@ -69,6 +74,9 @@ DOCUMENTED: dict[str, str] = {
     "certificate of HOST:PORT changed: expected …, got …":
         "test_tls_certificate_checks[changed-certificate]",
     "FILE is not a LUN file of a running blockbridge mount": "test_discard_outside_a_mount",
+    "FUSE max_background left at the kernel's default: fusectl is not mounted, so loop "
+    "devices and io_uring on the LUN files get fewer requests in flight (fix, as root: "
+    "mount -t fusectl none /sys/fs/fuse/connections)": "test_fusectl_not_mounted",
     "I/O errors (EIO) after a pause": "test_eio_after_the_replacement_timeout",
     "HOST:PORT: reconnecting failed: …": "test_eio_after_the_replacement_timeout",
     "No space left on device": "test_target_storage_full",
@@ -200,9 +208,8 @@ def home(tmp_path: Path) -> Home:
     return Home(tmp_path)
 
 
-def target_cli(*args: str, cwd: Path, prefix: tuple[str, ...] = ()
-               ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*prefix, sys.executable, "-m", "blockbridge_target", *args],
+def target_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "blockbridge_target", *args],
                           cwd=cwd, capture_output=True, text=True, timeout=60)
 
 
@@ -245,21 +252,12 @@ def private_mounts(binds: dict[str, Path], command: list[str]) -> list[str]:
             f'{script} && exec "$@"', "sh", *command]
 
 
-AS_NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
-
-
 def can_isolate() -> bool:
-    """Root with unshare: private mount namespaces and dropping to nobody work here."""
-    if os.geteuid() != 0 or not have("unshare", "setpriv"):
+    """Root with unshare: private mount namespaces work here."""
+    if os.geteuid() != 0 or not have("unshare"):
         return False
     r = subprocess.run(["unshare", "--mount", "--propagation", "private", "true"],
                        capture_output=True, timeout=10)
-    return r.returncode == 0
-
-
-def nobody_can_run_the_code() -> bool:
-    r = subprocess.run([*AS_NOBODY, sys.executable, "-c", "import blockbridge.cli, "
-                        "blockbridge_target.cli"], capture_output=True, cwd="/", timeout=30)
     return r.returncode == 0
 
 
@@ -545,6 +543,27 @@ def test_already_a_mount_point(home: Home, plain_target: RunningTarget) -> None:
         assert (mnt / "iqn.2026-11.test:trouble-plain" / "lun0").exists()
 
 
+@system
+@needs("root")
+def test_dev_fuse_closed_to_users(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    # a normal user, seeing a /dev/fuse only root may open (as a container's /dev may
+    # have it) in a private mount namespace
+    if not can_isolate():
+        pytest.skip("needs unshare to show the user a /dev/fuse of its own")
+    user: DesktopUser = request.getfixturevalue("desktop_user")
+    closed = tmp_path / "fuse"
+    closed.write_bytes(b"")
+    closed.chmod(0o600)
+    command = private_mounts({"/dev/fuse": closed},
+                             user.command("blockbridge", "mount", "127.0.0.1:1",
+                                          str(user.home)))
+    r = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd="/")
+    expect_error("/dev/fuse is not open to you (mode N): ask your administrator to run "
+                 "chmod 666 /dev/fuse (udev does it on most systems)", r)
+    assert "(mode 0600)" in r.stderr
+    assert len(r.stderr.splitlines()) == 1, r.stderr  # and no word from libfuse
+
+
 def fuse_conf_allows_other() -> bool:
     try:
         return any(line.strip() == "user_allow_other"
@@ -554,26 +573,29 @@ def fuse_conf_allows_other() -> bool:
 
 
 @system
-def test_allow_other_without_user_allow_other(home: Home, tmp_path: Path) -> None:
+def test_allow_other_without_user_allow_other(home: Home, tmp_path: Path,
+                                              request: pytest.FixtureRequest) -> None:
     if os.geteuid() != 0 and fuse_conf_allows_other():
         pytest.skip("/etc/fuse.conf has user_allow_other, and only root could hide it")
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    command = [sys.executable, "-m", "blockbridge", "mount", "-o", "ro,allow_other",
-               "127.0.0.1:1", str(mnt)]
+    argv = ["mount", "-o", "ro,allow_other", "127.0.0.1:1"]
+    command = [sys.executable, "-m", "blockbridge", *argv, str(mnt)]
+    env: dict[str, str] | None = home.env
     if os.geteuid() == 0:
-        # root may always use allow_other: run as nobody, with an /etc/fuse.conf without
-        # the line seen only inside a private mount namespace.
+        # root may always use allow_other: run as a normal user with their own
+        # installation, with an /etc/fuse.conf without the line seen only inside a
+        # private mount namespace.
         if not can_isolate():
-            pytest.skip("needs unshare and setpriv to run as a user without user_allow_other")
-        if not nobody_can_run_the_code():
-            pytest.skip("the user nobody cannot read this Python installation")
+            pytest.skip("needs unshare to show the user an /etc/fuse.conf of its own")
+        user: DesktopUser = request.getfixturevalue("desktop_user")
         conf = tmp_path / "fuse.conf"
         conf.write_text("# mount_max = 1000\n")
         conf.chmod(0o644)
-        command = private_mounts({"/etc/fuse.conf": conf}, [*AS_NOBODY, *command])
-    r = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd="/",
-                       env=home.env)
+        command = private_mounts({"/etc/fuse.conf": conf},
+                                 user.command("blockbridge", *argv, str(user.home)))
+        env = None
+    r = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd="/", env=env)
     expect_error("-o allow_other needs 'user_allow_other' in /etc/fuse.conf", r)
 
 
@@ -584,6 +606,41 @@ def test_discard_outside_a_mount(home: Home) -> None:
     r = home.bb("discard", str(f))
     expect_error("FILE is not a LUN file of a running blockbridge mount", r)
     assert str(f) in r.stderr
+
+
+@system
+@needs_fuse
+@needs("root", "unshare", "nsenter")
+def test_fusectl_not_mounted(home: Home, plain_target: RunningTarget, tmp_path: Path) -> None:
+    mount_log = tmp_path / "mount.log"
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    with without_fusectl() as ns:
+
+        def run(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([*ns.prefix, sys.executable, "-m", "blockbridge", *args],
+                                  capture_output=True, text=True, timeout=90, env=home.env)
+
+        r = run("mount", plain_target.portal, str(mnt), "--log-file", str(mount_log))
+        assert r.returncode == 0, r.stderr
+        try:
+            queue = wait_for_queue_line(lambda: run("status").stdout)
+            # the mount works all the same, with the kernel's queue limit
+            lun = mnt / "iqn.2026-11.test:trouble-plain" / "lun0"
+            head = subprocess.run([*ns.prefix, "head", "-c", "4096", str(lun)],
+                                  capture_output=True, timeout=30)
+            assert head.returncode == 0 and len(head.stdout) == 4096, head.stderr
+        finally:
+            u = run("umount", str(mnt))
+        assert u.returncode == 0, u.stderr
+        assert not ns.is_mount(mnt)
+    assert queue == UNMOUNTED_STATUS
+    log = mount_log.read_text()
+    expect("FUSE max_background left at the kernel's default: fusectl is not mounted, so loop "
+           "devices and io_uring on the LUN files get fewer requests in flight (fix, as root: "
+           "mount -t fusectl none /sys/fs/fuse/connections)", log)
+    assert log.count("fusectl is not mounted") == 1
+    assert "WARNING" in next(line for line in log.splitlines() if "fusectl is not" in line)
 
 
 @system
@@ -735,24 +792,24 @@ LOW_PORT = 860  # iSCSI's system port, unused by the tests
 
 
 @system
-def test_low_port_without_privileges() -> None:
+def test_low_port_without_privileges(request: pytest.FixtureRequest) -> None:
     if _unprivileged_port_start() <= LOW_PORT:
         pytest.skip("every user may bind low ports here (net.ipv4.ip_unprivileged_port_start)")
-    prefix: tuple[str, ...] = ()
-    if os.geteuid() == 0:
-        # root may bind it: run as nobody (no capabilities), who only needs to read the
-        # configuration, so it lives in a directory of its own that nobody can read.
-        if not have("setpriv") or not nobody_can_run_the_code():
-            pytest.skip("needs setpriv and a Python installation the user nobody can read")
-        prefix = tuple(AS_NOBODY)
     with tempfile.TemporaryDirectory(prefix="bb-lowport-") as name:
+        # root may bind it: root runs it as a normal user (no capabilities) with their own
+        # installation, who only needs to read the configuration, so it lives in a
+        # directory of its own that every user can read.
         work = Path(name)
         work.chmod(0o755)
         conf = work / "ietd.conf"
         conf.write_text("Target iqn.2026-11.test:low\n  Lun 0 Type=nullio,Blocks=2048\n")
         conf.chmod(0o644)
-        r = target_cli("-c", str(conf), "--portal", f"127.0.0.1:{LOW_PORT}", cwd=Path("/"),
-                       prefix=prefix)
+        args = ("-c", str(conf), "--portal", f"127.0.0.1:{LOW_PORT}")
+        if os.geteuid() == 0:
+            user: DesktopUser = request.getfixturevalue("desktop_user")
+            r = user.run("blockbridge-target", *args, timeout=60)
+        else:
+            r = target_cli(*args, cwd=Path("/"))
     expect_error("cannot listen on HOST:PORT: permission denied …", r)
     assert f"127.0.0.1:{LOW_PORT}" in r.stderr
     assert r.returncode == 2

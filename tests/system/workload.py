@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import signal
 import subprocess
@@ -93,6 +94,17 @@ def loop_filesystem(lun: Path, directory: Path) -> Iterator[LoopFS]:
         if mounted_fs:
             subprocess.run(["umount", "-l", str(directory)], check=False)
         subprocess.run(["losetup", "-d", dev], check=False)
+
+
+def filesystem_round_trip(lun: Path, workdir: Path) -> bytes:
+    """losetup + mkfs.ext4 + mount + write + umount + mount + re-read (+ fsck) on a LUN."""
+    data = os.urandom(5 << 20)
+    with loop_filesystem(lun, workdir / "fs") as fs:
+        (fs.directory / "data.bin").write_bytes(data)
+        subprocess.run(["umount", str(fs.directory)], check=True)
+        subprocess.run(["mount", fs.device, str(fs.directory)], check=True)
+        assert (fs.directory / "data.bin").read_bytes() == data
+    return data
 
 
 def start_fio_verify(directory: Path, size: str, output: Path,
