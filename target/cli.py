@@ -16,6 +16,7 @@ from pathlib import Path
 
 import trio
 
+from blockbridge.iscsi.chap import MIN_SECRET_LENGTH
 from blockbridge.iscsi.constants import DEFAULT_PORT
 from blockbridge.systemd import notify
 from blockbridge.tls import TLSError, generate_self_signed, server_context
@@ -118,8 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="IET initiators.allow file (default: /etc/iet/initiators.allow if "
                           "it exists)")
     acl.add_argument("--refuse-weak-secrets", action="store_true",
-                     help="refuse to start when a CHAP secret is shorter than 12 characters "
-                          "(default: warn, as RFC 7143 recommends 12 or more)")
+                     help="refuse to start when a CHAP secret is shorter than "
+                          f"{MIN_SECRET_LENGTH} characters (default: warn, as RFC 7143 "
+                          f"recommends {MIN_SECRET_LENGTH} or more)")
     acl.add_argument("--targets-allow", metavar="FILE", type=Path,
                      help="IET targets.allow file")
     net = p.add_argument_group("network")

@@ -72,5 +72,6 @@ def parse_response(value: str, algorithm: int) -> bytes:
 
 
 def weak_secret(secret: bytes) -> bool:
-    """RFC 7143 §12.1.3: secrets shorter than 12 bytes are too easy to guess offline."""
+    """RFC 7143 §12.1.3: secrets shorter than MIN_SECRET_LENGTH bytes are too easy to guess
+    offline.  Every place that reads a secret asks here."""
     return len(secret) < MIN_SECRET_LENGTH
