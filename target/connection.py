@@ -69,7 +69,6 @@ class Task:
     # bytes received so far; Data-Out must continue here, no gaps (DataPDUInOrder)
     next_offset: int = 0
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
-    aborted: bool = False
 
 
 class Connection:
@@ -651,7 +650,6 @@ class Connection:
         if fn == TaskFunction.ABORT_TASK:
             task = self.tasks.get(req.referenced_itt)
             if task is not None:
-                task.aborted = True
                 task.scope.cancel()
             else:
                 response = TaskResponse.TASK_DOES_NOT_EXIST
@@ -679,7 +677,6 @@ class Connection:
     def _abort_lun(self, lun_number: int | None) -> None:
         for task in list(self.tasks.values()):
             if lun_number is None or task.lun_number == lun_number:
-                task.aborted = True
                 task.scope.cancel()
         self.pending.clear()
 

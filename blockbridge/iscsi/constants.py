@@ -32,9 +32,6 @@ class Opcode(IntEnum):
     REJECT = 0x3F
 
 
-INITIATOR_OPCODES = frozenset(op for op in Opcode if op < 0x20)
-TARGET_OPCODES = frozenset(op for op in Opcode if op >= 0x20)
-
 
 class Stage(IntEnum):
     """Login stages (CSG/NSG)."""

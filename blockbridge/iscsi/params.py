@@ -221,7 +221,3 @@ class SessionParams:
             default_time2retain=int(get("DefaultTime2Retain")),
             **identity,  # type: ignore[arg-type]
         )
-
-
-def discovery_params(**identity: object) -> SessionParams:
-    return SessionParams(**identity)  # type: ignore[arg-type]
