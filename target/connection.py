@@ -32,6 +32,7 @@ from blockbridge.iscsi.constants import (
 from blockbridge.iscsi.errors import NegotiationError, PDUFormatError
 from blockbridge.iscsi.framing import FileRange, WithFileData, segment_length
 from blockbridge.iscsi.login import TargetLogin
+from blockbridge.iscsi.serial import sn_add
 from blockbridge.iscsi.text import TextAssembler, decode_text, encode_text
 from blockbridge.scsi.constants import Op, Status
 from blockbridge.transport import ConnectionClosed, PDUStream
@@ -166,8 +167,8 @@ class Connection:
                 if cfg is not None and cfg.target_name in server.targets:
                     depth = server.targets[cfg.target_name].queued_commands
                 rsp = machine.receive(req, statsn=self.statsn, expcmdsn=expcmdsn,
-                                      maxcmdsn=(expcmdsn + depth - 1) & 0xFFFFFFFF)
-                self.statsn = (self.statsn + 1) & 0xFFFFFFFF
+                                      maxcmdsn=sn_add(expcmdsn, depth - 1))
+                self.statsn = sn_add(self.statsn, 1)
                 if machine.failed:
                     log.warning("%s: login of %s to %s refused: %s", self.peer,
                                 machine.initiator_name or "?", machine.target_name or "?",
@@ -273,7 +274,7 @@ class Connection:
         fields: dict[str, int] = {"expcmdsn": w.expcmdsn, "maxcmdsn": w.maxcmdsn}
         if status:
             fields["statsn"] = self.statsn
-            self.statsn = (self.statsn + 1) & 0xFFFFFFFF
+            self.statsn = sn_add(self.statsn, 1)
         elif not isinstance(pdu, P.DataIn | P.R2T) or isinstance(pdu, P.R2T):
             fields["statsn"] = self.statsn
         return dataclasses.replace(pdu, **fields)  # type: ignore[arg-type]
@@ -596,7 +597,7 @@ class Connection:
                 residual_overflow=overflow, residual_underflow=underflow,
                 residual_count=residual if (overflow or underflow) else 0,
                 statsn=statsn, expcmdsn=expcmdsn, maxcmdsn=maxcmdsn))
-        self.statsn = (statsn + 1) & 0xFFFFFFFF
+        self.statsn = sn_add(statsn, 1)
         return pdus
 
     # ---------------------------------------------------------------- other requests

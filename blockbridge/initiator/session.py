@@ -21,6 +21,7 @@ from blockbridge.iscsi.errors import LoginFailed
 from blockbridge.iscsi.login import ChapCredentials, InitiatorLogin
 from blockbridge.iscsi.params import SessionParams
 from blockbridge.iscsi.pdu import Buffer
+from blockbridge.iscsi.serial import sn_add, sn_le, sn_lt
 from blockbridge.iscsi.text import decode_text, encode_text
 from blockbridge.tls import ClientTLS, TLSError
 from blockbridge.transport import ConnectionClosed, PDUStream, open_tcp
@@ -59,10 +60,6 @@ def _reason(exc: BaseException) -> str:
 _NOT_FOUND = {socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)}
 
 
-def _newer(a: int, b: int) -> bool:
-    return a != b and ((a - b) & 0xFFFFFFFF) < (1 << 31)
-
-
 @dataclass
 class Response:
     status: int
@@ -97,7 +94,7 @@ class Session:
         self.cmdsn = login.cmdsn
         self.expcmdsn = login.expcmdsn
         self.maxcmdsn = login.maxcmdsn
-        self.expstatsn = (login.statsn + 1) & 0xFFFFFFFF
+        self.expstatsn = sn_add(login.statsn, 1)
         self._itt = 1
         self._pending: dict[int, _Pending] = {}
         stream.placement = self._place_data_in
@@ -213,9 +210,9 @@ class Session:
             self._window_opened = None
 
     def _update_window(self, expcmdsn: int, maxcmdsn: int) -> None:
-        if _newer(maxcmdsn, self.maxcmdsn) or maxcmdsn == self.maxcmdsn:
+        if sn_le(self.maxcmdsn, maxcmdsn):
             self.maxcmdsn = maxcmdsn
-        if _newer(expcmdsn, self.expcmdsn):
+        if sn_lt(self.expcmdsn, expcmdsn):
             self.expcmdsn = expcmdsn
 
     def _place_data_in(self, bhs: bytes) -> memoryview | None:
@@ -248,14 +245,14 @@ class Session:
                 p.buffer[pdu.offset : end] = data
             p.received = max(p.received, end)
             if pdu.has_status:
-                self.expstatsn = (pdu.statsn + 1) & 0xFFFFFFFF
+                self.expstatsn = sn_add(pdu.statsn, 1)
                 p.response = Response(pdu.status, data=p.buffer, received=p.received,
                                       residual=pdu.residual_count,
                                       overflow=pdu.residual_overflow,
                                       underflow=pdu.residual_underflow)
                 p.done.set()
         elif isinstance(pdu, P.SCSIResponse):
-            self.expstatsn = (pdu.statsn + 1) & 0xFFFFFFFF
+            self.expstatsn = sn_add(pdu.statsn, 1)
             p = self._pending.get(pdu.itt)
             if p is not None:
                 p.response = Response(pdu.status, sense=pdu.sense,
@@ -276,10 +273,10 @@ class Session:
                         itt=RESERVED_TAG, ttt=pdu.ttt, lun=pdu.lun, cmdsn=self.cmdsn,
                         expstatsn=self.expstatsn, immediate=True))
                 return
-            self.expstatsn = (pdu.statsn + 1) & 0xFFFFFFFF
+            self.expstatsn = sn_add(pdu.statsn, 1)
             self._complete(pdu)
         elif isinstance(pdu, P.TextResponse | P.LogoutResponse | P.TaskManagementResponse):
-            self.expstatsn = (pdu.statsn + 1) & 0xFFFFFFFF
+            self.expstatsn = sn_add(pdu.statsn, 1)
             self._complete(pdu)
         elif isinstance(pdu, P.Reject):
             itt = pdu.rejected_itt
@@ -307,15 +304,14 @@ class Session:
         """The next CmdSN, waiting while the target's command window is full.  Returns
         without a checkpoint when the window is open, so the caller's send keeps the
         CmdSN order."""
-        while not (_newer(self.maxcmdsn, self.cmdsn) or self.maxcmdsn == self.cmdsn) \
-                and self._closed is None:
+        while not sn_le(self.cmdsn, self.maxcmdsn) and self._closed is None:
             if self._window_opened is None:
                 self._window_opened = trio.Event()
             await self._window_opened.wait()
         if self._closed is not None:
             raise ConnectionLost(self._closed)
         cmdsn = self.cmdsn
-        self.cmdsn = (self.cmdsn + 1) & 0xFFFFFFFF
+        self.cmdsn = sn_add(self.cmdsn, 1)
         return cmdsn
 
     async def _send_data_out(self, itt: int, lun: int, data: memoryview, offset: int,
