@@ -24,6 +24,7 @@ from blockbridge.iscsi.constants import (
     RESERVED_TAG,
     LoginStatus,
     LogoutReason,
+    LogoutResponseCode,
     Opcode,
     RejectReason,
     TaskFunction,
@@ -686,9 +687,9 @@ class Connection:
         with trio.move_on_after(10):
             while self.tasks:
                 await trio.sleep(0.01)
-        response = 0
+        response = LogoutResponseCode.SUCCESS
         if req.reason == LogoutReason.REMOVE_CONNECTION_FOR_RECOVERY:
-            response = 2  # recovery not supported
+            response = LogoutResponseCode.RECOVERY_NOT_SUPPORTED
         await self._send_status([P.LogoutResponse(itt=req.itt, response=response,
                                                   time2wait=2, time2retain=0)])
 

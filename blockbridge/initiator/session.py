@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 
 import trio
 
+from blockbridge.iscsi import chap
 from blockbridge.iscsi import pdu as P
-from blockbridge.iscsi.constants import RESERVED_TAG, LogoutReason, Opcode
+from blockbridge.iscsi.constants import RESERVED_TAG, AsyncEvent, LogoutReason, Opcode
 from blockbridge.iscsi.errors import LoginFailed
 from blockbridge.iscsi.login import ChapCredentials, InitiatorLogin
 from blockbridge.iscsi.params import SessionParams
@@ -116,7 +117,7 @@ class Session:
         target_credentials: ChapCredentials | None = None,
         proposals: Mapping[str, str] | None = None,
         isid: bytes | None = None,
-        chap_algorithms: tuple[int, ...] = (7, 6, 5),
+        chap_algorithms: tuple[int, ...] = chap.DEFAULT_PREFERENCE,
         tls: ClientTLS | None = None,
     ) -> Session:
         """Connect and log in.  If the target refuses our list of CHAP algorithms, retry
@@ -129,7 +130,8 @@ class Session:
             log.info("%s:%d refused CHAP_A=%s; retrying with MD5 only", host, port,
                      ",".join(map(str, chap_algorithms)))
             return await cls._connect(host, port, initiator_name, target_name, credentials,
-                                      target_credentials, proposals, isid, (5,), tls)
+                                      target_credentials, proposals, isid, (chap.MD5,),
+                                      tls)
 
     @classmethod
     async def _connect(
@@ -285,7 +287,11 @@ class Session:
                 p.error = f"the target rejected the request (reason 0x{pdu.reason:02x})"
                 p.done.set()
         elif isinstance(pdu, P.AsyncMessage):
-            log.info("%s: asynchronous event %d from the target", self.portal, pdu.event)
+            try:
+                event = AsyncEvent(pdu.event).name
+            except ValueError:
+                event = str(pdu.event)
+            log.info("%s: asynchronous event %s from the target", self.portal, event)
 
     def _complete(self, pdu: P.PDU) -> None:
         p = self._pending.get(pdu.itt)

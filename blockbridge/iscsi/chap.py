@@ -9,14 +9,15 @@ from collections.abc import Callable
 from .errors import AuthenticationError, NegotiationError
 from .text import decode_binary
 
+# CHAP_A values
+MD5, SHA1, SHA256, SHA3_256 = 5, 6, 7, 8
 ALGORITHMS: dict[int, Callable[[], hashlib._Hash]] = {
-    5: hashlib.md5,
-    6: hashlib.sha1,
-    7: hashlib.sha256,
-    8: hashlib.sha3_256,
+    MD5: hashlib.md5,
+    SHA1: hashlib.sha1,
+    SHA256: hashlib.sha256,
+    SHA3_256: hashlib.sha3_256,
 }
-NAMES = {5: "MD5", 6: "SHA-1", 7: "SHA-256", 8: "SHA3-256"}
-DEFAULT_PREFERENCE = (7, 6, 5)
+DEFAULT_PREFERENCE = (SHA256, SHA1, MD5)
 MIN_SECRET_LENGTH = 12
 
 

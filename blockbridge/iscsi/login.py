@@ -84,7 +84,7 @@ class TargetLogin:
         self._config: TargetLoginConfig | None = None
         self._stage = Stage.SECURITY
         self._auth = "pending"  # pending, none, chap-a, chap-r, done
-        self._chap_alg = 5
+        self._chap_alg = chap.MD5
         self._chap_id = 0
         self._chap_challenge = b""
         self._agreed: dict[str, str] = {}
@@ -367,7 +367,7 @@ class InitiatorLogin:
         self._peer_mrdsl = 8192
         self._stage = Stage.SECURITY
         self._auth = "offer"
-        self._chap_alg = 5
+        self._chap_alg = chap.MD5
         self._my_challenge = b""
         self._my_id = 0
         self._text = TextAssembler()
