@@ -17,7 +17,7 @@ from pathlib import Path
 import trio
 
 from blockbridge.iscsi.chap import MIN_SECRET_LENGTH
-from blockbridge.iscsi.constants import DEFAULT_PORT
+from blockbridge.iscsi.portal import split_portal
 from blockbridge.systemd import notify
 from blockbridge.tls import TLSError, generate_self_signed, server_context
 
@@ -76,14 +76,12 @@ def parse_size(text: str) -> int:
 
 
 def parse_portal(text: str) -> tuple[str, int]:
-    m = re.match(r"^\[([0-9a-fA-F:.]+)\](?::(\d+))?$", text) or \
-        re.match(r"^([^:\[\]]+)(?::(\d+))?$", text)
-    if not m:
+    portal = split_portal(text)
+    if portal is None:
         raise UsageError(f"invalid portal {text!r}: use HOST:PORT, e.g. 0.0.0.0:3260 or [::]:3260")
-    port = int(m[2]) if m[2] is not None else DEFAULT_PORT
-    if not 0 <= port <= 65535:
+    if portal[1] > 65535:
         raise UsageError(f"invalid port in {text!r}")
-    return m[1], port
+    return portal
 
 
 def default_iqn(disk: Path) -> str:
