@@ -29,6 +29,7 @@ from blockbridge.iscsi.constants import (
     RejectReason,
     TaskFunction,
     TaskResponse,
+    name_of,
 )
 from blockbridge.iscsi.errors import NegotiationError, PDUFormatError
 from blockbridge.iscsi.framing import FileRange, WithFileData, segment_length
@@ -672,7 +673,7 @@ class Connection:
         await trio.lowlevel.checkpoint()
         await self._send_status([P.TaskManagementResponse(itt=req.itt, response=response)])
         log.info("%s: task management %s on LUN %d: %s", self.peer,
-                 _name(TaskFunction, fn), lun_number, _name(TaskResponse, response))
+                 name_of(TaskFunction, fn), lun_number, name_of(TaskResponse, response))
         if fn == TaskFunction.TARGET_COLD_RESET:
             self.close()
 
@@ -699,10 +700,3 @@ def _placed_buffer(data: object, edtl: int) -> bytearray | None:
     if isinstance(data, memoryview) and type(data.obj) is bytearray and len(data.obj) == edtl:
         return data.obj
     return None
-
-
-def _name(enum: type, value: int) -> str:
-    try:
-        return str(enum(value).name)
-    except ValueError:
-        return str(value)

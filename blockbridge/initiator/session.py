@@ -17,7 +17,7 @@ import trio
 
 from blockbridge.iscsi import chap
 from blockbridge.iscsi import pdu as P
-from blockbridge.iscsi.constants import RESERVED_TAG, AsyncEvent, LogoutReason, Opcode
+from blockbridge.iscsi.constants import RESERVED_TAG, AsyncEvent, LogoutReason, Opcode, name_of
 from blockbridge.iscsi.errors import LoginFailed
 from blockbridge.iscsi.login import ChapCredentials, InitiatorLogin
 from blockbridge.iscsi.params import SessionParams
@@ -287,11 +287,8 @@ class Session:
                 p.error = f"the target rejected the request (reason 0x{pdu.reason:02x})"
                 p.done.set()
         elif isinstance(pdu, P.AsyncMessage):
-            try:
-                event = AsyncEvent(pdu.event).name
-            except ValueError:
-                event = str(pdu.event)
-            log.info("%s: asynchronous event %s from the target", self.portal, event)
+            log.info("%s: asynchronous event %s from the target", self.portal,
+                     name_of(AsyncEvent, pdu.event))
 
     def _complete(self, pdu: P.PDU) -> None:
         p = self._pending.get(pdu.itt)

@@ -11,6 +11,14 @@ RESERVED_TAG = 0xFFFFFFFF
 ISCSI_VERSION = 0x00
 
 
+def name_of(enum: type[IntEnum], value: int) -> str:
+    """The name of ``value`` in ``enum`` for a log line, or the number if it has none."""
+    try:
+        return enum(value).name
+    except ValueError:
+        return str(value)
+
+
 class Opcode(IntEnum):
     NOP_OUT = 0x00
     SCSI_COMMAND = 0x01
