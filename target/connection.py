@@ -12,6 +12,7 @@ many per system call, by one flusher task.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import TYPE_CHECKING
@@ -142,7 +143,8 @@ class Connection:
     async def _login(self) -> bool:
         server = self.server
         machine = TargetLogin(portal_group_tag=server.tpgt, resolve=server.resolver(
-            self.peer.rsplit(":", 1)[0].strip("[]"), self.local.rsplit(":", 1)[0].strip("[]")))
+            self.peer.rsplit(":", 1)[0].strip("[]"), self.local.rsplit(":", 1)[0].strip("[]")),
+            random_bytes=os.urandom)
         first = True
         expcmdsn = 0
         depth = 32

@@ -151,7 +151,7 @@ class Session:
         login = InitiatorLogin(initiator_name=initiator_name, target_name=target_name,
                                isid=isid, credentials=credentials,
                                target_credentials=target_credentials, proposals=proposals,
-                               chap_algorithms=chap_algorithms)
+                               chap_algorithms=chap_algorithms, random_bytes=os.urandom)
         try:
             with trio.fail_after(LOGIN_TIMEOUT):
                 req: P.LoginRequest | None = login.start(cmdsn=1, itt=0)
