@@ -6,7 +6,6 @@ import argparse
 import contextlib
 import logging
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -19,8 +18,8 @@ from . import __version__
 from .copy import CopyError
 from .credentials import Credentials, CredentialsError, from_options, lookup
 from .initiator.errors import InitiatorError
-from .iscsi.constants import DEFAULT_PORT
 from .iscsi.errors import ISCSIError
+from .iscsi.portal import split_portal
 from .mount import MountError, MountRequest, discover, serve
 from .state import config_dir, initiator_name, log_file_for, records
 from .tls import ClientTLS, TLSError, normalise_fingerprint
@@ -72,11 +71,10 @@ def user_error(exc: BaseException, kinds: tuple[type[Exception], ...] = USER_ERR
 
 
 def parse_portal(text: str) -> tuple[str, int]:
-    m = re.match(r"^\[([0-9a-fA-F:.]+)\](?::(\d+))?$", text) or \
-        re.match(r"^([^:\[\]]+)(?::(\d+))?$", text)
-    if not m:
+    portal = split_portal(text)
+    if portal is None:
         raise UsageError(f"invalid portal {text!r}: use HOST or HOST:PORT")
-    return m[1], int(m[2]) if m[2] else DEFAULT_PORT
+    return portal
 
 
 AUTH_HELP = ("CHAP credentials: a TOML file readable only by you (default: "

@@ -21,6 +21,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from .iscsi.chap import MIN_SECRET_LENGTH, weak_secret
 from .iscsi.login import ChapCredentials
 from .state import config_dir
 
@@ -48,9 +49,10 @@ def _pair(values: dict[str, object], origin: str, section: str, user_key: str,
         return None
     if not isinstance(user, str) or not isinstance(secret, str) or not secret:
         raise CredentialsError(f"{origin}: [{section}] needs both {user_key} and {secret_key}")
-    if len(secret.encode()) < 12:
-        log.warning("%s: [%s] %s is shorter than 12 characters; RFC 7143 recommends 12 or "
-                    "more (or TLS)", origin, section, secret_key)
+    if weak_secret(secret.encode()):
+        log.warning("%s: [%s] %s is shorter than %d characters; RFC 7143 recommends %d or "
+                    "more (or TLS)", origin, section, secret_key, MIN_SECRET_LENGTH,
+                    MIN_SECRET_LENGTH)
     return ChapCredentials(user, secret.encode())
 
 

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import trio
 
-from blockbridge.iscsi.constants import DEFAULT_PORT
+from blockbridge.iscsi.chap import MIN_SECRET_LENGTH
+from blockbridge.iscsi.portal import split_portal
 from blockbridge.systemd import notify
 from blockbridge.tls import TLSError, generate_self_signed, server_context
 
@@ -75,14 +76,12 @@ def parse_size(text: str) -> int:
 
 
 def parse_portal(text: str) -> tuple[str, int]:
-    m = re.match(r"^\[([0-9a-fA-F:.]+)\](?::(\d+))?$", text) or \
-        re.match(r"^([^:\[\]]+)(?::(\d+))?$", text)
-    if not m:
+    portal = split_portal(text)
+    if portal is None:
         raise UsageError(f"invalid portal {text!r}: use HOST:PORT, e.g. 0.0.0.0:3260 or [::]:3260")
-    port = int(m[2]) if m[2] is not None else DEFAULT_PORT
-    if not 0 <= port <= 65535:
+    if portal[1] > 65535:
         raise UsageError(f"invalid port in {text!r}")
-    return m[1], port
+    return portal
 
 
 def default_iqn(disk: Path) -> str:
@@ -118,8 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="IET initiators.allow file (default: /etc/iet/initiators.allow if "
                           "it exists)")
     acl.add_argument("--refuse-weak-secrets", action="store_true",
-                     help="refuse to start when a CHAP secret is shorter than 12 characters "
-                          "(default: warn, as RFC 7143 recommends 12 or more)")
+                     help="refuse to start when a CHAP secret is shorter than "
+                          f"{MIN_SECRET_LENGTH} characters (default: warn, as RFC 7143 "
+                          f"recommends {MIN_SECRET_LENGTH} or more)")
     acl.add_argument("--targets-allow", metavar="FILE", type=Path,
                      help="IET targets.allow file")
     net = p.add_argument_group("network")

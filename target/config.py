@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from blockbridge.iscsi.chap import MIN_SECRET_LENGTH, weak_secret
+
 TARGET_NAME = re.compile(r"^(iqn\.\S+|eui\.[0-9A-Fa-f]{16}|naa\.[0-9A-Fa-f]+)$")
 RFC_IQN = re.compile(r"^iqn\.\d{4}-\d{2}\.")
 MAX_NAME_BYTES = 223  # RFC 7143's limit for iSCSI names; VPD 0x83 holds them with room to spare
@@ -55,9 +57,12 @@ class ConfigWarning:
     filename: str
     line: int
     message: str
+    why: str = ""  # shown after the message
+    weak_secret: bool = False  # --refuse-weak-secrets makes this warning an error
 
     def __str__(self) -> str:
-        return f"{self.filename}:{self.line}: {self.message}"
+        why = f"; {self.why}" if self.why else ""
+        return f"{self.filename}:{self.line}: {self.message}{why}"
 
 
 @dataclass(frozen=True)
@@ -218,9 +223,11 @@ def parse_config(text: str, filename: str = "<config>") -> Config:
                 raise ConfigError(filename, line, f"{keyword} needs a user name and a secret",
                                   f"e.g. {keyword} alice secret-of-12+-chars")
             account = (args[0], args[1])
-            if len(args[1]) < 12:
+            if weak_secret(args[1].encode()):
                 warn(ConfigWarning(filename, line, f"the CHAP secret of {args[0]} is shorter "
-                                   "than 12 characters; RFC 7143 asks for at least 12"))
+                                   f"than {MIN_SECRET_LENGTH} characters",
+                                   f"RFC 7143 asks for at least {MIN_SECRET_LENGTH}",
+                                   weak_secret=True))
             if key == "incominguser":
                 (target.incoming_users if target else cfg.incoming_users).append(account)
             else:

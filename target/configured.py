@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from blockbridge.iscsi.chap import MIN_SECRET_LENGTH
 from blockbridge.iscsi.login import ChapCredentials
 
 from .backends.base import Backend
@@ -71,10 +72,10 @@ def server_from_config(path: Path | None, acl: AccessPolicy | None, *,
             log.warning("/etc/ietd.conf is a deprecated location; move it to /etc/iet/")
     cfg = load_config(path)
     for w in cfg.warnings:
-        if refuse_weak_secrets and "shorter than 12 characters" in w.message:
-            raise ConfigError(w.filename, w.line, w.message.split(";")[0],
-                              "use a secret of 12 or more characters, or drop "
-                              "--refuse-weak-secrets")
+        if refuse_weak_secrets and w.weak_secret:
+            raise ConfigError(w.filename, w.line, w.message,
+                              f"use a secret of {MIN_SECRET_LENGTH} or more characters, or "
+                              "drop --refuse-weak-secrets")
         log.warning("%s", w)
     if not cfg.targets:
         log.warning("%s defines no targets", path)

@@ -12,6 +12,7 @@ many per system call, by one flusher task.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import TYPE_CHECKING
@@ -24,14 +25,17 @@ from blockbridge.iscsi.constants import (
     RESERVED_TAG,
     LoginStatus,
     LogoutReason,
+    LogoutResponseCode,
     Opcode,
     RejectReason,
     TaskFunction,
     TaskResponse,
+    name_of,
 )
 from blockbridge.iscsi.errors import NegotiationError, PDUFormatError
 from blockbridge.iscsi.framing import FileRange, WithFileData, segment_length
 from blockbridge.iscsi.login import TargetLogin
+from blockbridge.iscsi.serial import sn_add
 from blockbridge.iscsi.text import TextAssembler, decode_text, encode_text
 from blockbridge.scsi.constants import Op, Status
 from blockbridge.transport import ConnectionClosed, PDUStream
@@ -69,7 +73,6 @@ class Task:
     # bytes received so far; Data-Out must continue here, no gaps (DataPDUInOrder)
     next_offset: int = 0
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
-    aborted: bool = False
 
 
 class Connection:
@@ -140,7 +143,8 @@ class Connection:
     async def _login(self) -> bool:
         server = self.server
         machine = TargetLogin(portal_group_tag=server.tpgt, resolve=server.resolver(
-            self.peer.rsplit(":", 1)[0].strip("[]"), self.local.rsplit(":", 1)[0].strip("[]")))
+            self.peer.rsplit(":", 1)[0].strip("[]"), self.local.rsplit(":", 1)[0].strip("[]")),
+            random_bytes=os.urandom)
         first = True
         expcmdsn = 0
         depth = 32
@@ -167,8 +171,8 @@ class Connection:
                 if cfg is not None and cfg.target_name in server.targets:
                     depth = server.targets[cfg.target_name].queued_commands
                 rsp = machine.receive(req, statsn=self.statsn, expcmdsn=expcmdsn,
-                                      maxcmdsn=(expcmdsn + depth - 1) & 0xFFFFFFFF)
-                self.statsn = (self.statsn + 1) & 0xFFFFFFFF
+                                      maxcmdsn=sn_add(expcmdsn, depth - 1))
+                self.statsn = sn_add(self.statsn, 1)
                 if machine.failed:
                     log.warning("%s: login of %s to %s refused: %s", self.peer,
                                 machine.initiator_name or "?", machine.target_name or "?",
@@ -274,7 +278,7 @@ class Connection:
         fields: dict[str, int] = {"expcmdsn": w.expcmdsn, "maxcmdsn": w.maxcmdsn}
         if status:
             fields["statsn"] = self.statsn
-            self.statsn = (self.statsn + 1) & 0xFFFFFFFF
+            self.statsn = sn_add(self.statsn, 1)
         elif not isinstance(pdu, P.DataIn | P.R2T) or isinstance(pdu, P.R2T):
             fields["statsn"] = self.statsn
         return dataclasses.replace(pdu, **fields)  # type: ignore[arg-type]
@@ -597,7 +601,7 @@ class Connection:
                 residual_overflow=overflow, residual_underflow=underflow,
                 residual_count=residual if (overflow or underflow) else 0,
                 statsn=statsn, expcmdsn=expcmdsn, maxcmdsn=maxcmdsn))
-        self.statsn = (statsn + 1) & 0xFFFFFFFF
+        self.statsn = sn_add(statsn, 1)
         return pdus
 
     # ---------------------------------------------------------------- other requests
@@ -651,7 +655,6 @@ class Connection:
         if fn == TaskFunction.ABORT_TASK:
             task = self.tasks.get(req.referenced_itt)
             if task is not None:
-                task.aborted = True
                 task.scope.cancel()
             else:
                 response = TaskResponse.TASK_DOES_NOT_EXIST
@@ -672,14 +675,13 @@ class Connection:
         await trio.lowlevel.checkpoint()
         await self._send_status([P.TaskManagementResponse(itt=req.itt, response=response)])
         log.info("%s: task management %s on LUN %d: %s", self.peer,
-                 _name(TaskFunction, fn), lun_number, _name(TaskResponse, response))
+                 name_of(TaskFunction, fn), lun_number, name_of(TaskResponse, response))
         if fn == TaskFunction.TARGET_COLD_RESET:
             self.close()
 
     def _abort_lun(self, lun_number: int | None) -> None:
         for task in list(self.tasks.values()):
             if lun_number is None or task.lun_number == lun_number:
-                task.aborted = True
                 task.scope.cancel()
         self.pending.clear()
 
@@ -688,9 +690,9 @@ class Connection:
         with trio.move_on_after(10):
             while self.tasks:
                 await trio.sleep(0.01)
-        response = 0
+        response = LogoutResponseCode.SUCCESS
         if req.reason == LogoutReason.REMOVE_CONNECTION_FOR_RECOVERY:
-            response = 2  # recovery not supported
+            response = LogoutResponseCode.RECOVERY_NOT_SUPPORTED
         await self._send_status([P.LogoutResponse(itt=req.itt, response=response,
                                                   time2wait=2, time2retain=0)])
 
@@ -700,10 +702,3 @@ def _placed_buffer(data: object, edtl: int) -> bytearray | None:
     if isinstance(data, memoryview) and type(data.obj) is bytearray and len(data.obj) == edtl:
         return data.obj
     return None
-
-
-def _name(enum: type, value: int) -> str:
-    try:
-        return str(enum(value).name)
-    except ValueError:
-        return str(value)

@@ -16,7 +16,6 @@ from blockbridge.scsi.constants import (
 WE, EA, WERO, EARO, WEAR, EAAR = 1, 3, 5, 6, 7, 8
 VALID_TYPES = (WE, EA, WERO, EARO, WEAR, EAAR)
 ALL_REGISTRANTS = (WEAR, EAAR)
-REGISTRANTS_ONLY = (WERO, EARO, WEAR, EAAR)
 
 
 class Conflict(Exception):

@@ -7,22 +7,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from blockbridge.iscsi.params import SessionParams
+from blockbridge.iscsi.serial import sn_add, sn_le, sn_lt
 
 if TYPE_CHECKING:
     from .connection import Connection
     from .lun import LogicalUnit, Nexus
-
-SERIAL_HALF = 1 << 31
-
-
-def sn_lt(a: int, b: int) -> bool:
-    """Serial number arithmetic (RFC 1982) for 32-bit CmdSN/StatSN."""
-    return a != b and ((b - a) & 0xFFFFFFFF) < SERIAL_HALF
-
-
-def sn_le(a: int, b: int) -> bool:
-    return a == b or sn_lt(a, b)
-
 
 @dataclass
 class CommandWindow:
@@ -35,7 +24,7 @@ class CommandWindow:
     @property
     def maxcmdsn(self) -> int:
         room = max(self.depth - self.in_flight, 1)
-        return (self.expcmdsn + room - 1) & 0xFFFFFFFF
+        return sn_add(self.expcmdsn, room - 1)
 
     def classify(self, cmdsn: int) -> str:
         """'now' if it is the next command, 'later' if inside the window, 'drop' otherwise."""
@@ -46,7 +35,7 @@ class CommandWindow:
         return "drop"
 
     def advance(self) -> None:
-        self.expcmdsn = (self.expcmdsn + 1) & 0xFFFFFFFF
+        self.expcmdsn = sn_add(self.expcmdsn, 1)
 
 
 @dataclass

@@ -15,12 +15,14 @@ from dataclasses import dataclass, field
 
 import trio
 
+from blockbridge.iscsi import chap
 from blockbridge.iscsi import pdu as P
-from blockbridge.iscsi.constants import RESERVED_TAG, LogoutReason, Opcode
+from blockbridge.iscsi.constants import RESERVED_TAG, AsyncEvent, LogoutReason, Opcode, name_of
 from blockbridge.iscsi.errors import LoginFailed
 from blockbridge.iscsi.login import ChapCredentials, InitiatorLogin
 from blockbridge.iscsi.params import SessionParams
 from blockbridge.iscsi.pdu import Buffer
+from blockbridge.iscsi.serial import sn_add, sn_le, sn_lt
 from blockbridge.iscsi.text import decode_text, encode_text
 from blockbridge.tls import ClientTLS, TLSError
 from blockbridge.transport import ConnectionClosed, PDUStream, open_tcp
@@ -59,10 +61,6 @@ def _reason(exc: BaseException) -> str:
 _NOT_FOUND = {socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)}
 
 
-def _newer(a: int, b: int) -> bool:
-    return a != b and ((a - b) & 0xFFFFFFFF) < (1 << 31)
-
-
 @dataclass
 class Response:
     status: int
@@ -97,7 +95,7 @@ class Session:
         self.cmdsn = login.cmdsn
         self.expcmdsn = login.expcmdsn
         self.maxcmdsn = login.maxcmdsn
-        self.expstatsn = (login.statsn + 1) & 0xFFFFFFFF
+        self.expstatsn = sn_add(login.statsn, 1)
         self._itt = 1
         self._pending: dict[int, _Pending] = {}
         stream.placement = self._place_data_in
@@ -119,7 +117,7 @@ class Session:
         target_credentials: ChapCredentials | None = None,
         proposals: Mapping[str, str] | None = None,
         isid: bytes | None = None,
-        chap_algorithms: tuple[int, ...] = (7, 6, 5),
+        chap_algorithms: tuple[int, ...] = chap.DEFAULT_PREFERENCE,
         tls: ClientTLS | None = None,
     ) -> Session:
         """Connect and log in.  If the target refuses our list of CHAP algorithms, retry
@@ -132,7 +130,8 @@ class Session:
             log.info("%s:%d refused CHAP_A=%s; retrying with MD5 only", host, port,
                      ",".join(map(str, chap_algorithms)))
             return await cls._connect(host, port, initiator_name, target_name, credentials,
-                                      target_credentials, proposals, isid, (5,), tls)
+                                      target_credentials, proposals, isid, (chap.MD5,),
+                                      tls)
 
     @classmethod
     async def _connect(
@@ -152,7 +151,7 @@ class Session:
         login = InitiatorLogin(initiator_name=initiator_name, target_name=target_name,
                                isid=isid, credentials=credentials,
                                target_credentials=target_credentials, proposals=proposals,
-                               chap_algorithms=chap_algorithms)
+                               chap_algorithms=chap_algorithms, random_bytes=os.urandom)
         try:
             with trio.fail_after(LOGIN_TIMEOUT):
                 req: P.LoginRequest | None = login.start(cmdsn=1, itt=0)
@@ -213,9 +212,9 @@ class Session:
             self._window_opened = None
 
     def _update_window(self, expcmdsn: int, maxcmdsn: int) -> None:
-        if _newer(maxcmdsn, self.maxcmdsn) or maxcmdsn == self.maxcmdsn:
+        if sn_le(self.maxcmdsn, maxcmdsn):
             self.maxcmdsn = maxcmdsn
-        if _newer(expcmdsn, self.expcmdsn):
+        if sn_lt(self.expcmdsn, expcmdsn):
             self.expcmdsn = expcmdsn
 
     def _place_data_in(self, bhs: bytes) -> memoryview | None:
@@ -248,14 +247,14 @@ class Session:
                 p.buffer[pdu.offset : end] = data
             p.received = max(p.received, end)
             if pdu.has_status:
-                self.expstatsn = (pdu.statsn + 1) & 0xFFFFFFFF
+                self.expstatsn = sn_add(pdu.statsn, 1)
                 p.response = Response(pdu.status, data=p.buffer, received=p.received,
                                       residual=pdu.residual_count,
                                       overflow=pdu.residual_overflow,
                                       underflow=pdu.residual_underflow)
                 p.done.set()
         elif isinstance(pdu, P.SCSIResponse):
-            self.expstatsn = (pdu.statsn + 1) & 0xFFFFFFFF
+            self.expstatsn = sn_add(pdu.statsn, 1)
             p = self._pending.get(pdu.itt)
             if p is not None:
                 p.response = Response(pdu.status, sense=pdu.sense,
@@ -276,10 +275,10 @@ class Session:
                         itt=RESERVED_TAG, ttt=pdu.ttt, lun=pdu.lun, cmdsn=self.cmdsn,
                         expstatsn=self.expstatsn, immediate=True))
                 return
-            self.expstatsn = (pdu.statsn + 1) & 0xFFFFFFFF
+            self.expstatsn = sn_add(pdu.statsn, 1)
             self._complete(pdu)
         elif isinstance(pdu, P.TextResponse | P.LogoutResponse | P.TaskManagementResponse):
-            self.expstatsn = (pdu.statsn + 1) & 0xFFFFFFFF
+            self.expstatsn = sn_add(pdu.statsn, 1)
             self._complete(pdu)
         elif isinstance(pdu, P.Reject):
             itt = pdu.rejected_itt
@@ -288,7 +287,8 @@ class Session:
                 p.error = f"the target rejected the request (reason 0x{pdu.reason:02x})"
                 p.done.set()
         elif isinstance(pdu, P.AsyncMessage):
-            log.info("%s: asynchronous event %d from the target", self.portal, pdu.event)
+            log.info("%s: asynchronous event %s from the target", self.portal,
+                     name_of(AsyncEvent, pdu.event))
 
     def _complete(self, pdu: P.PDU) -> None:
         p = self._pending.get(pdu.itt)
@@ -307,15 +307,14 @@ class Session:
         """The next CmdSN, waiting while the target's command window is full.  Returns
         without a checkpoint when the window is open, so the caller's send keeps the
         CmdSN order."""
-        while not (_newer(self.maxcmdsn, self.cmdsn) or self.maxcmdsn == self.cmdsn) \
-                and self._closed is None:
+        while not sn_le(self.cmdsn, self.maxcmdsn) and self._closed is None:
             if self._window_opened is None:
                 self._window_opened = trio.Event()
             await self._window_opened.wait()
         if self._closed is not None:
             raise ConnectionLost(self._closed)
         cmdsn = self.cmdsn
-        self.cmdsn = (self.cmdsn + 1) & 0xFFFFFFFF
+        self.cmdsn = sn_add(self.cmdsn, 1)
         return cmdsn
 
     async def _send_data_out(self, itt: int, lun: int, data: memoryview, offset: int,

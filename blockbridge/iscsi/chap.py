@@ -9,14 +9,15 @@ from collections.abc import Callable
 from .errors import AuthenticationError, NegotiationError
 from .text import decode_binary
 
+# CHAP_A values
+MD5, SHA1, SHA256, SHA3_256 = 5, 6, 7, 8
 ALGORITHMS: dict[int, Callable[[], hashlib._Hash]] = {
-    5: hashlib.md5,
-    6: hashlib.sha1,
-    7: hashlib.sha256,
-    8: hashlib.sha3_256,
+    MD5: hashlib.md5,
+    SHA1: hashlib.sha1,
+    SHA256: hashlib.sha256,
+    SHA3_256: hashlib.sha3_256,
 }
-NAMES = {5: "MD5", 6: "SHA-1", 7: "SHA-256", 8: "SHA3-256"}
-DEFAULT_PREFERENCE = (7, 6, 5)
+DEFAULT_PREFERENCE = (SHA256, SHA1, MD5)
 MIN_SECRET_LENGTH = 12
 
 
@@ -72,5 +73,6 @@ def parse_response(value: str, algorithm: int) -> bytes:
 
 
 def weak_secret(secret: bytes) -> bool:
-    """RFC 7143 §12.1.3: secrets shorter than 12 bytes are too easy to guess offline."""
+    """RFC 7143 §12.1.3: secrets shorter than MIN_SECRET_LENGTH bytes are too easy to guess
+    offline.  Every place that reads a secret asks here."""
     return len(secret) < MIN_SECRET_LENGTH

@@ -11,6 +11,14 @@ RESERVED_TAG = 0xFFFFFFFF
 ISCSI_VERSION = 0x00
 
 
+def name_of(enum: type[IntEnum], value: int) -> str:
+    """The name of ``value`` in ``enum`` for a log line, or the number if it has none."""
+    try:
+        return enum(value).name
+    except ValueError:
+        return str(value)
+
+
 class Opcode(IntEnum):
     NOP_OUT = 0x00
     SCSI_COMMAND = 0x01
@@ -31,9 +39,6 @@ class Opcode(IntEnum):
     ASYNC_MESSAGE = 0x32
     REJECT = 0x3F
 
-
-INITIATOR_OPCODES = frozenset(op for op in Opcode if op < 0x20)
-TARGET_OPCODES = frozenset(op for op in Opcode if op >= 0x20)
 
 
 class Stage(IntEnum):

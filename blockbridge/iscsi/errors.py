@@ -47,11 +47,3 @@ class LoginFailed(ISCSIError):
 class AuthenticationError(LoginFailed):
     def __init__(self, message: str) -> None:
         super().__init__(message, LoginStatus.AUTHENTICATION_FAILURE)
-
-
-class ProtocolViolation(ISCSIError):
-    """The peer broke a protocol rule during full-feature phase."""
-
-    def __init__(self, message: str, reason: RejectReason = RejectReason.PROTOCOL_ERROR) -> None:
-        super().__init__(message)
-        self.reason = reason

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from .constants import BHS_LENGTH, DIGEST_LENGTH, RejectReason
-from .digest import crc32c, digest_bytes
+from .digest import digest_bytes
 from .errors import DigestError, PDUFormatError
 from .pdu import MAX_DATA_SEGMENT, PDU, Buffer, ahs_length, data_segment_length, decode_pdu
 
@@ -254,7 +254,8 @@ class PDUReader:
             return True
         view = memoryview(self._buf)
         try:
-            return crc32c(view[start : end - 4]).to_bytes(4, "little") == view[end - 4 : end]
+            digest = end - DIGEST_LENGTH
+            return digest_bytes(view[start:digest]) == view[digest:end]
         finally:
             view.release()
 
@@ -286,7 +287,8 @@ class PDUReader:
         avail = self.buffered
         if avail < BHS_LENGTH:
             return BHS_LENGTH - avail
-        hlen, _dlen, plen = self._frame_lengths(memoryview(self._buf)[self._pos : self._pos + 48])
+        bhs = memoryview(self._buf)[self._pos : self._pos + BHS_LENGTH]
+        hlen, _dlen, plen = self._frame_lengths(bhs)
         return max(hlen + plen - avail, 0)
 
     def next_pdu(self) -> PDU | None:
@@ -320,8 +322,8 @@ class PDUReader:
             data = bytes(view[end_hdr : end_hdr + dlen])
             if self.data_digest:
                 pad_end = end_hdr + dlen + (-dlen & 3)
-                got = bytes(view[pad_end : pad_end + 4])
-                if crc32c(view[end_hdr:pad_end]).to_bytes(4, "little") != got:
+                got = bytes(view[pad_end : pad_end + DIGEST_LENGTH])
+                if digest_bytes(view[end_hdr:pad_end]) != got:
                     self._pos = start + hlen + plen
                     raise DigestError("data digest mismatch", header=False)
         bhs_copy = bytes(bhs)

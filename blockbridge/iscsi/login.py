@@ -6,7 +6,6 @@ Randomness (CHAP challenges) is injected; nothing here touches a socket.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -72,8 +71,8 @@ class TargetLogin:
         *,
         portal_group_tag: int,
         resolve: Resolver,
-        random_bytes: Callable[[int], bytes] = os.urandom,
-        chap_algorithms: tuple[int, ...] = (5, 6, 7, 8),
+        random_bytes: Callable[[int], bytes],
+        chap_algorithms: tuple[int, ...] = tuple(chap.ALGORITHMS),
     ) -> None:
         self.portal_group_tag = portal_group_tag
         self._resolve = resolve
@@ -84,7 +83,7 @@ class TargetLogin:
         self._config: TargetLoginConfig | None = None
         self._stage = Stage.SECURITY
         self._auth = "pending"  # pending, none, chap-a, chap-r, done
-        self._chap_alg = 5
+        self._chap_alg = chap.MD5
         self._chap_id = 0
         self._chap_challenge = b""
         self._agreed: dict[str, str] = {}
@@ -341,7 +340,7 @@ class InitiatorLogin:
         credentials: ChapCredentials | None = None,
         target_credentials: ChapCredentials | None = None,
         proposals: Mapping[str, str] | None = None,
-        random_bytes: Callable[[int], bytes] = os.urandom,
+        random_bytes: Callable[[int], bytes],
         chap_algorithms: tuple[int, ...] = chap.DEFAULT_PREFERENCE,
         initiator_alias: str | None = None,
     ) -> None:
@@ -367,7 +366,7 @@ class InitiatorLogin:
         self._peer_mrdsl = 8192
         self._stage = Stage.SECURITY
         self._auth = "offer"
-        self._chap_alg = 5
+        self._chap_alg = chap.MD5
         self._my_challenge = b""
         self._my_id = 0
         self._text = TextAssembler()

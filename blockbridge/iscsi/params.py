@@ -69,9 +69,9 @@ OBSOLETE = frozenset({"OFMarkInt", "IFMarkInt"})
 
 # What we offer/accept unless configured otherwise: what real initiators send (open-iscsi),
 # except the two lengths a write of 1 MiB needs to go as one PDU (one command, received in
-# place, one write on the target instead of four of each; see docs/benchmarks.md).  A peer
-# that offers less gets less: FirstBurstLength is the minimum of both offers, and each side
-# sends segments no longer than the other declared.
+# place, one write on the target instead of four of each; see
+# docs/dev/performance-notes.md).  A peer that offers less gets less: FirstBurstLength is
+# the minimum of both offers, and each side sends segments no longer than the other declared.
 OUR_DEFAULTS: dict[str, str] = {
     "HeaderDigest": "None",
     "DataDigest": "None",
@@ -221,7 +221,3 @@ class SessionParams:
             default_time2retain=int(get("DefaultTime2Retain")),
             **identity,  # type: ignore[arg-type]
         )
-
-
-def discovery_params(**identity: object) -> SessionParams:
-    return SessionParams(**identity)  # type: ignore[arg-type]

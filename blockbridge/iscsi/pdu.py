@@ -16,9 +16,13 @@ from .constants import (
     BHS_LENGTH,
     RESERVED_TAG,
     AhsType,
+    LogoutResponseCode,
     Opcode,
     RejectReason,
+    ServiceResponse,
     Stage,
+    TaskAttribute,
+    TaskResponse,
 )
 from .errors import PDUFormatError
 
@@ -143,7 +147,7 @@ class SCSICommand(PDU):
     read: bool = False
     write: bool = False
     final: bool = True
-    attr: int = 1  # SIMPLE
+    attr: int = TaskAttribute.SIMPLE
     immediate: bool = False
     bidi_read_length: int | None = None
 
@@ -407,7 +411,7 @@ class SCSIResponse(PDU):
     """SCSI Response.  ``data`` holds the raw segment: 2-byte SenseLength + sense data."""
 
     opcode: ClassVar[Opcode] = Opcode.SCSI_RESPONSE
-    response: int = 0
+    response: int = ServiceResponse.COMPLETED
     status: int = 0
     statsn: int = 0
     expcmdsn: int = 0
@@ -468,7 +472,7 @@ class SCSIResponse(PDU):
 @dataclass(frozen=True, slots=True)
 class TaskManagementResponse(PDU):
     opcode: ClassVar[Opcode] = Opcode.TASK_MGMT_RESPONSE
-    response: int = 0
+    response: int = TaskResponse.COMPLETE
     statsn: int = 0
     expcmdsn: int = 0
     maxcmdsn: int = 0
@@ -615,7 +619,7 @@ class DataIn(PDU):
 @dataclass(frozen=True, slots=True)
 class LogoutResponse(PDU):
     opcode: ClassVar[Opcode] = Opcode.LOGOUT_RESPONSE
-    response: int = 0
+    response: int = LogoutResponseCode.SUCCESS
     statsn: int = 0
     expcmdsn: int = 0
     maxcmdsn: int = 0

@@ -54,13 +54,6 @@ def encode_text(pairs: list[tuple[str, str]] | dict[str, str]) -> bytes:
     return b"".join(f"{k}={v}".encode() + b"\0" for k, v in items)
 
 
-def split_segments(text: bytes, max_length: int) -> list[bytes]:
-    """Split text into data segments of at most ``max_length`` bytes (at least one segment)."""
-    if max_length <= 0:
-        raise ValueError("max_length must be positive")
-    return [text[i : i + max_length] for i in range(0, len(text), max_length)] or [b""]
-
-
 class TextAssembler:
     """Collects text segments sent with the Continue bit until the final one arrives."""
 

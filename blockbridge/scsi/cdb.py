@@ -2,48 +2,52 @@
 
 from __future__ import annotations
 
+from .constants import SA_READ_CAPACITY_16, Op
+
+FUA = 0x08  # READ/WRITE byte 1: force unit access
+DBD = 0x08  # MODE SENSE byte 1: disable block descriptors
+
 
 def inquiry(alloc: int = 96, page: int | None = None) -> bytes:
     evpd, code = (1, page) if page is not None else (0, 0)
-    return bytes([0x12, evpd, code]) + alloc.to_bytes(2, "big") + b"\0"
-
-
-def test_unit_ready() -> bytes:
-    return bytes(6)
+    return bytes([Op.INQUIRY, evpd, code]) + alloc.to_bytes(2, "big") + b"\0"
 
 
 def read_capacity_10() -> bytes:
-    return bytes([0x25]) + bytes(9)
+    return bytes([Op.READ_CAPACITY_10]) + bytes(9)
 
 
 def read_capacity_16(alloc: int = 32) -> bytes:
-    return bytes([0x9E, 0x10]) + bytes(8) + alloc.to_bytes(4, "big") + b"\0\0"
+    return bytes([Op.SERVICE_ACTION_IN_16, SA_READ_CAPACITY_16]) + bytes(8) + \
+        alloc.to_bytes(4, "big") + b"\0\0"
 
 
 def report_luns(alloc: int = 4096) -> bytes:
-    return bytes([0xA0, 0, 0, 0, 0, 0]) + alloc.to_bytes(4, "big") + b"\0\0"
+    return bytes([Op.REPORT_LUNS, 0, 0, 0, 0, 0]) + alloc.to_bytes(4, "big") + b"\0\0"
 
 
 def mode_sense_6(page: int = 0x3F, alloc: int = 255, dbd: bool = True) -> bytes:
-    return bytes([0x1A, 0x08 if dbd else 0, page & 0x3F, 0, alloc & 0xFF, 0])
+    return bytes([Op.MODE_SENSE_6, DBD if dbd else 0, page & 0x3F, 0, alloc & 0xFF, 0])
 
 
 def read(lba: int, blocks: int) -> bytes:
     if lba < 1 << 32 and blocks < 1 << 16:
-        return bytes([0x28, 0]) + lba.to_bytes(4, "big") + b"\0" + blocks.to_bytes(2, "big") + b"\0"
-    return bytes([0x88, 0]) + lba.to_bytes(8, "big") + blocks.to_bytes(4, "big") + b"\0\0"
+        return bytes([Op.READ_10, 0]) + lba.to_bytes(4, "big") + b"\0" + \
+            blocks.to_bytes(2, "big") + b"\0"
+    return bytes([Op.READ_16, 0]) + lba.to_bytes(8, "big") + blocks.to_bytes(4, "big") + b"\0\0"
 
 
 def write(lba: int, blocks: int, fua: bool = False) -> bytes:
-    flags = 0x08 if fua else 0
+    flags = FUA if fua else 0
     if lba < 1 << 32 and blocks < 1 << 16:
-        return bytes([0x2A, flags]) + lba.to_bytes(4, "big") + b"\0" + \
+        return bytes([Op.WRITE_10, flags]) + lba.to_bytes(4, "big") + b"\0" + \
             blocks.to_bytes(2, "big") + b"\0"
-    return bytes([0x8A, flags]) + lba.to_bytes(8, "big") + blocks.to_bytes(4, "big") + b"\0\0"
+    return bytes([Op.WRITE_16, flags]) + lba.to_bytes(8, "big") + blocks.to_bytes(4, "big") + \
+        b"\0\0"
 
 
 def synchronize_cache() -> bytes:
-    return bytes([0x35]) + bytes(9)
+    return bytes([Op.SYNCHRONIZE_CACHE_10]) + bytes(9)
 
 
 def unmap(ranges: list[tuple[int, int]]) -> tuple[bytes, bytes]:
@@ -51,4 +55,4 @@ def unmap(ranges: list[tuple[int, int]]) -> tuple[bytes, bytes]:
     descs = b"".join(lba.to_bytes(8, "big") + n.to_bytes(4, "big") + bytes(4)
                      for lba, n in ranges)
     params = (len(descs) + 6).to_bytes(2, "big") + len(descs).to_bytes(2, "big") + bytes(4) + descs
-    return bytes([0x42, 0, 0, 0, 0, 0, 0]) + len(params).to_bytes(2, "big") + b"\0", params
+    return bytes([Op.UNMAP, 0, 0, 0, 0, 0, 0]) + len(params).to_bytes(2, "big") + b"\0", params

@@ -4,31 +4,33 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from . import constants as c
 from .constants import SenseKey
 
 _ASC_TEXT = {
-    (0x00, 0x00): "no additional sense information",
-    (0x04, 0x00): "logical unit not ready",
-    (0x08, 0x00): "logical unit communication failure",
-    (0x0C, 0x00): "write error",
-    (0x11, 0x00): "unrecovered read error",
-    (0x1A, 0x00): "parameter list length error",
-    (0x1D, 0x00): "miscompare during verify operation",
-    (0x20, 0x00): "invalid command operation code",
-    (0x21, 0x00): "logical block address out of range",
-    (0x24, 0x00): "invalid field in CDB",
-    (0x25, 0x00): "logical unit not supported",
-    (0x26, 0x00): "invalid field in parameter list",
-    (0x27, 0x00): "write protected",
-    (0x27, 0x07): "space allocation failed (the target's storage is full)",
-    (0x29, 0x00): "power on, reset, or bus device reset occurred",
-    (0x29, 0x03): "bus device reset function occurred",
-    (0x2A, 0x01): "mode parameters changed",
-    (0x2A, 0x03): "reservations preempted",
-    (0x2A, 0x04): "reservations released",
-    (0x2A, 0x05): "registrations preempted",
-    (0x3A, 0x00): "medium not present",
-    (0x44, 0x00): "internal target failure",
+    c.NO_ADDITIONAL_SENSE: "no additional sense information",
+    c.LOGICAL_UNIT_NOT_READY: "logical unit not ready",
+    c.LOGICAL_UNIT_COMMUNICATION_FAILURE: "logical unit communication failure",
+    c.WRITE_ERROR: "write error",
+    c.UNRECOVERED_READ_ERROR: "unrecovered read error",
+    c.PARAMETER_LIST_LENGTH_ERROR: "parameter list length error",
+    c.MISCOMPARE_DURING_VERIFY: "miscompare during verify operation",
+    c.INVALID_COMMAND_OPERATION_CODE: "invalid command operation code",
+    c.LBA_OUT_OF_RANGE: "logical block address out of range",
+    c.INVALID_FIELD_IN_CDB: "invalid field in CDB",
+    c.LOGICAL_UNIT_NOT_SUPPORTED: "logical unit not supported",
+    c.INVALID_FIELD_IN_PARAMETER_LIST: "invalid field in parameter list",
+    c.WRITE_PROTECTED: "write protected",
+    c.SPACE_ALLOCATION_FAILED_WRITE_PROTECT:
+        "space allocation failed (the target's storage is full)",
+    c.POWER_ON_RESET: "power on, reset, or bus device reset occurred",
+    c.BUS_DEVICE_RESET: "bus device reset function occurred",
+    c.MODE_PARAMETERS_CHANGED: "mode parameters changed",
+    c.RESERVATIONS_PREEMPTED: "reservations preempted",
+    c.RESERVATIONS_RELEASED: "reservations released",
+    c.REGISTRATIONS_PREEMPTED: "registrations preempted",
+    c.MEDIUM_NOT_PRESENT: "medium not present",
+    c.INTERNAL_TARGET_FAILURE: "internal target failure",
 }
 
 

@@ -6,13 +6,15 @@ decoder, the key=value text parser, and the target's login state machine.
     python -m tests.fuzz.atheris_targets login -max_total_time=600 corpus-dir/
 
 Any exception other than the core's typed errors is a finding: libFuzzer stops, prints
-the input and writes it to crash-<sha1>.  Arguments after the target name go to libFuzzer.
+the input and writes it to crash-<sha1> in a fresh temporary directory (its path is printed
+first), or under the given -artifact_prefix=.  Arguments after the target name go to libFuzzer.
 """
 
 from __future__ import annotations
 
 import contextlib
 import sys
+import tempfile
 
 import atheris
 
@@ -99,7 +101,12 @@ def main() -> None:
         sys.exit(f"usage: python -m tests.fuzz.atheris_targets {{{','.join(TARGETS)}}} "
                  "[libFuzzer options]")
     target = TARGETS[sys.argv[1]]
-    atheris.Setup([sys.argv[0], *sys.argv[2:]], target)
+    options = sys.argv[2:]
+    if not any(o.startswith("-artifact_prefix=") for o in options):
+        findings = tempfile.mkdtemp(prefix="blockbridge-fuzz-")
+        print(f"findings go to {findings}/", file=sys.stderr)
+        options.append(f"-artifact_prefix={findings}/")
+    atheris.Setup([sys.argv[0], *options], target)
     atheris.Fuzz()
 
 

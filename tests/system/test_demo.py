@@ -37,3 +37,24 @@ def test_demo_mounts_a_lun_and_stops_cleanly(tmp_path: Path) -> None:
     assert stop.returncode == 0 and "demo stopped" in stop.stdout
     assert not (tmp_path / "demo" / "mnt").is_mount()
     assert (tmp_path / "demo" / "demo.img").read_bytes()[:10] == b"hello demo"
+
+
+def test_demo_fails_loudly_when_the_mount_fails(tmp_path: Path) -> None:
+    # A live process in the pid file passes for a running target, but nothing listens on the
+    # port: the mount cannot connect, and the demo says so instead of carrying on.
+    demo = tmp_path / "demo"
+    demo.mkdir()
+    env = {**os.environ, "DEMO_DIR": str(demo), "DEMO_PORT": str(free_port()),
+           "XDG_STATE_HOME": str(tmp_path / "state")}
+    stand_in = subprocess.Popen(["sleep", "600"])
+    try:
+        (demo / "target.pid").write_text(f"{stand_in.pid}\n")
+        r = subprocess.run([str(ROOT / "scripts" / "demo")], capture_output=True, text=True,
+                           env=env, timeout=600)
+    finally:
+        stand_in.kill()
+        stand_in.wait()
+    assert r.returncode != 0
+    assert "cannot connect" in r.stderr and "blockbridge mount failed" in r.stderr
+    assert "Things to try" not in r.stdout
+    assert not (demo / "mnt").is_mount()

@@ -1,13 +1,18 @@
-"""ietd.conf parsing: the IET syntax, warnings with file:line, errors that stop startup."""
+"""ietd.conf parsing: the IET syntax, warnings with file:line, errors that stop startup
+(and the initiator's credentials file, which shares the weak-secret check)."""
 
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 
 import pytest
 from blockbridge_target.config import ConfigError, parse_config
+from blockbridge_target.configured import server_from_config
 from hypothesis import given
 from hypothesis import strategies as st
+
+from blockbridge.credentials import parse
 
 EXAMPLE = """\
 # global section: discovery accounts
@@ -110,3 +115,27 @@ def test_clamped_values() -> None:
 def test_random_text_raises_only_config_errors(text: str) -> None:
     with contextlib.suppress(ConfigError):
         parse_config(text)
+
+
+def test_a_weak_secret_is_one_flagged_warning(tmp_path: Path) -> None:
+    text = "Target iqn.2026-11.x:y\nLun 0 Type=nullio,Blocks=8\nIncomingUser bob short\n" \
+           "IncomingUser eve twelve-chars\n"
+    [weak] = [w for w in parse_config(text, "ietd.conf").warnings if w.weak_secret]
+    assert str(weak) == ("ietd.conf:3: the CHAP secret of bob is shorter than 12 characters; "
+                         "RFC 7143 asks for at least 12")
+    conf = tmp_path / "ietd.conf"
+    conf.write_text(text)
+    server_from_config(conf, None)  # a warning only
+    with pytest.raises(ConfigError) as info:
+        server_from_config(conf, None, refuse_weak_secrets=True)
+    assert str(info.value).startswith(
+        f"{conf}:3: the CHAP secret of bob is shorter than 12 characters (use a secret")
+
+
+def test_a_weak_initiator_secret_warns(caplog: pytest.LogCaptureFixture) -> None:
+    parse('[default]\nuser = "alice"\nsecret = "short"\n', "credentials.toml")
+    assert "credentials.toml: [default] secret is shorter than 12 characters; RFC 7143 " \
+           "recommends 12 or more (or TLS)" in caplog.text
+    caplog.clear()
+    parse('[default]\nuser = "alice"\nsecret = "twelve-chars"\n', "credentials.toml")
+    assert "shorter" not in caplog.text

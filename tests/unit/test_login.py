@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import pytest
 
@@ -25,6 +26,11 @@ ISID = bytes.fromhex("400001370000")
 def counter_random() -> callable:  # type: ignore[valid-type]
     c = itertools.count(1)
     return lambda n: bytes((next(c) + i) & 0xFF for i in range(n))
+
+
+def make_initiator(target_name: str | None, **options: Any) -> InitiatorLogin:
+    options.setdefault("random_bytes", counter_random())
+    return InitiatorLogin(initiator_name=INI, target_name=target_name, isid=ISID, **options)
 
 
 def make_target(cfg: TargetLoginConfig, discovery: TargetLoginConfig | None = None) -> TargetLogin:
@@ -54,7 +60,7 @@ def run(ini: InitiatorLogin, tgt: TargetLogin, *, tsih: int = 7) -> None:
 
 def test_no_auth_login_negotiates_defaults() -> None:
     tgt = make_target(TargetLoginConfig(target_name=IQN))
-    ini = InitiatorLogin(initiator_name=INI, target_name=IQN, isid=ISID)
+    ini = make_initiator(IQN)
     run(ini, tgt)
     assert ini.done and tgt.done and ini.tsih == 7
     assert ini.params.immediate_data and not ini.params.initial_r2t
@@ -71,7 +77,7 @@ def test_target_limits_win() -> None:
         "MaxBurstLength": "65536", "ImmediateData": "No", "MaxRecvDataSegmentLength": "8192",
         "HeaderDigest": "CRC32C", "DataDigest": "CRC32C,None"})
     tgt = make_target(cfg)
-    ini = InitiatorLogin(initiator_name=INI, target_name=IQN, isid=ISID,
+    ini = make_initiator(IQN,
                          proposals={"HeaderDigest": "CRC32C,None", "DataDigest": "None"})
     run(ini, tgt)
     for params in (ini.params, tgt.params):
@@ -84,7 +90,7 @@ def test_target_limits_win() -> None:
 
 def test_digest_required_but_refused_fails() -> None:
     tgt = make_target(TargetLoginConfig(target_name=IQN, operational={"HeaderDigest": "CRC32C"}))
-    ini = InitiatorLogin(initiator_name=INI, target_name=IQN, isid=ISID)
+    ini = make_initiator(IQN)
     with pytest.raises(LoginFailed):
         run(ini, tgt)
     assert tgt.failed
@@ -95,7 +101,7 @@ def test_chap_and_mutual_chap(algs: tuple[int, ...]) -> None:
     cfg = TargetLoginConfig(target_name=IQN, incoming={"alice": b"alice-secret-123"},
                             outgoing=ChapCredentials("tgt", b"target-secret-456"))
     tgt = make_target(cfg)
-    ini = InitiatorLogin(initiator_name=INI, target_name=IQN, isid=ISID,
+    ini = make_initiator(IQN,
                          credentials=ChapCredentials("alice", b"alice-secret-123"),
                          target_credentials=ChapCredentials("tgt", b"target-secret-456"),
                          chap_algorithms=algs, random_bytes=counter_random())
@@ -105,7 +111,7 @@ def test_chap_and_mutual_chap(algs: tuple[int, ...]) -> None:
 
 def test_wrong_secret_is_authentication_failure() -> None:
     tgt = make_target(TargetLoginConfig(target_name=IQN, incoming={"alice": b"alice-secret-123"}))
-    ini = InitiatorLogin(initiator_name=INI, target_name=IQN, isid=ISID,
+    ini = make_initiator(IQN,
                          credentials=ChapCredentials("alice", b"wrong-secret-0000"))
     with pytest.raises(LoginFailed) as info:
         run(ini, tgt)
@@ -116,7 +122,7 @@ def test_wrong_secret_is_authentication_failure() -> None:
 def test_wrong_target_secret_is_refused_by_initiator() -> None:
     cfg = TargetLoginConfig(target_name=IQN, incoming={"alice": b"alice-secret-123"},
                             outgoing=ChapCredentials("tgt", b"impostor-secret-9"))
-    ini = InitiatorLogin(initiator_name=INI, target_name=IQN, isid=ISID,
+    ini = make_initiator(IQN,
                          credentials=ChapCredentials("alice", b"alice-secret-123"),
                          target_credentials=ChapCredentials("tgt", b"target-secret-456"))
     with pytest.raises(AuthenticationError, match="mutual"):
@@ -125,7 +131,7 @@ def test_wrong_target_secret_is_refused_by_initiator() -> None:
 
 def test_chap_required_but_initiator_has_none() -> None:
     tgt = make_target(TargetLoginConfig(target_name=IQN, incoming={"alice": b"alice-secret-123"}))
-    ini = InitiatorLogin(initiator_name=INI, target_name=IQN, isid=ISID)
+    ini = make_initiator(IQN)
     with pytest.raises(LoginFailed) as info:
         run(ini, tgt)
     assert info.value.status == LoginStatus.AUTHENTICATION_FAILURE
@@ -133,7 +139,7 @@ def test_chap_required_but_initiator_has_none() -> None:
 
 def test_mutual_requested_but_target_skips_auth() -> None:
     tgt = make_target(TargetLoginConfig(target_name=IQN))
-    ini = InitiatorLogin(initiator_name=INI, target_name=IQN, isid=ISID,
+    ini = make_initiator(IQN,
                          credentials=ChapCredentials("alice", b"alice-secret-123"),
                          target_credentials=ChapCredentials("tgt", b"target-secret-456"))
     with pytest.raises(AuthenticationError):
@@ -142,7 +148,7 @@ def test_mutual_requested_but_target_skips_auth() -> None:
 
 def test_unknown_target() -> None:
     tgt = make_target(TargetLoginConfig(target_name=IQN))
-    ini = InitiatorLogin(initiator_name=INI, target_name="iqn.2026-11.test:nope", isid=ISID)
+    ini = make_initiator("iqn.2026-11.test:nope")
     with pytest.raises(LoginFailed, match="not found") as info:
         run(ini, tgt)
     assert info.value.status == LoginStatus.NOT_FOUND
@@ -150,7 +156,7 @@ def test_unknown_target() -> None:
 
 def test_discovery_session() -> None:
     tgt = make_target(TargetLoginConfig(target_name=IQN))
-    ini = InitiatorLogin(initiator_name=INI, target_name=None, isid=ISID)
+    ini = make_initiator(None)
     run(ini, tgt)
     assert tgt.session_type == "Discovery" and ini.params.session_type == "Discovery"
 
@@ -182,7 +188,7 @@ def test_reflected_challenge_refused() -> None:
     cfg = TargetLoginConfig(target_name=IQN, incoming={"alice": b"alice-secret-123"},
                             outgoing=ChapCredentials("tgt", b"target-secret-456"))
     tgt = make_target(cfg)
-    ini = InitiatorLogin(initiator_name=INI, target_name=IQN, isid=ISID,
+    ini = make_initiator(IQN,
                          credentials=ChapCredentials("alice", b"alice-secret-123"))
     req = ini.start()
     rsp = tgt.receive(req, statsn=1, expcmdsn=1, maxcmdsn=1)

@@ -17,7 +17,6 @@ from blockbridge.iscsi.text import (
     decode_text,
     encode_hex,
     encode_text,
-    split_segments,
 )
 
 keys = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E, exclude_characters="="),
@@ -49,13 +48,11 @@ def test_malformed_text(blob: bytes, message: str) -> None:
         decode_text(blob)
 
 
-def test_assembler_bounds_and_segments() -> None:
+def test_assembler_bounds() -> None:
     asm = TextAssembler(limit=10)
     asm.add(b"12345")
     with pytest.raises(NegotiationError):
         asm.add(b"678901")
-    assert split_segments(b"abcdefg", 3) == [b"abc", b"def", b"g"]
-    assert split_segments(b"", 3) == [b""]
 
 
 def test_binary_values() -> None:
