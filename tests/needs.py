@@ -26,7 +26,7 @@ PACKAGES: dict[str, str] = {
     "iscsi-ls": "libiscsi-bin", "iscsi-inq": "libiscsi-bin", "iscsi-test-cu": "libiscsi-bin",
     "iscsi-perf": "libiscsi-bin", "iscsi-readcapacity16": "libiscsi-bin",
     "qemu-img": "qemu-utils", "qemu-storage-daemon": "qemu-system-common",
-    "nbdkit": "nbdkit", "nbdfuse": "nbdfuse",
+    "nbdkit": "nbdkit", "nbdfuse": "libnbd-bin",
     "fio": "fio",
     "mkfs.ext4": "e2fsprogs", "e2fsck": "e2fsprogs", "debugfs": "e2fsprogs",
     "losetup": "util-linux", "blkdiscard": "util-linux", "fstrim": "util-linux",
