@@ -285,3 +285,20 @@ async def test_parallel_guesses_take_as_long_as_the_brake_says() -> None:
         assert not ok_wrong and ok_right
         assert right >= brake and right >= wrong - 0.02
         assert srv.brake.failures("127.0.0.1", trio.current_time()) == srv.brake.KEEP
+
+
+# ------------------------------------------------------------------ CHAP digests
+
+async def test_either_side_can_refuse_md5(caplog: pytest.LogCaptureFixture) -> None:
+    t = target(IQN1, incoming={ALICE.user: ALICE.secret})
+    async with running([t], chap_algorithms=(5,)) as (_srv, port):
+        with trio.fail_after(10):
+            with pytest.raises(LoginFailed, match="authentication failed"):
+                await Session.connect("127.0.0.1", port, initiator_name=INI,
+                                      target_name=IQN1, credentials=ALICE,
+                                      chap_algorithms=(7, 6))
+            s = await Session.connect("127.0.0.1", port, initiator_name=INI,
+                                      target_name=IQN1, credentials=ALICE)  # MD5 allowed
+            await s.stream.aclose()
+    assert "retrying with MD5 only" not in caplog.text
+    assert "no supported CHAP algorithm in '7,6'" in caplog.text
