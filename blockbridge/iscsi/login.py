@@ -514,6 +514,7 @@ class InitiatorLogin:
                 raise AuthenticationError(f"target chose CHAP algorithm {alg_text!r} "
                                           "that we did not offer")
             self._chap_alg = int(alg_text)
+            self._auth = "chap-r"  # the algorithm is agreed: a failure now is no refusal of it
             ident = chap.parse_identifier(keys.get("CHAP_I", ""))
             challenge = chap.parse_challenge(keys.get("CHAP_C", ""), self._chap_alg)
             if len(challenge) < chap.digest_size(self._chap_alg):
