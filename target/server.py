@@ -127,8 +127,8 @@ class LoginBrake:
         if failed:
             g.failures = [*g.failures, now][-self.KEEP:]
             if n in (self.FREE + 1, 10, 30):
-                log.warning("%s: %d failed logins in the last minute; answers to this "
-                            "address are held back now", key, n)
+                log.warning("%s: %d failed logins in the last minute; slowing this address "
+                            "down", key, n)
         hold = 0.0
         if n > self.FREE:
             delay = min(2.0 ** (n - self.FREE - 1), self.max_delay)
