@@ -18,6 +18,7 @@ from . import __version__
 from .copy import CopyError
 from .credentials import Credentials, CredentialsError, from_options, lookup
 from .initiator.errors import InitiatorError
+from .iscsi import chap
 from .iscsi.errors import ISCSIError
 from .iscsi.portal import split_portal
 from .mount import MountError, MountRequest, discover, serve
@@ -97,6 +98,19 @@ def add_tls_options(p: argparse.ArgumentParser) -> None:
                         "in ~/.config/blockbridge/known_hosts (later changes are refused)")
 
 
+def add_chap_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--chap-digests", metavar="LIST", default="SHA-256,SHA-1,MD5",
+                   help="CHAP digests to offer, in order of preference; e.g. SHA-256,SHA-1 "
+                        "refuses MD5 (default: SHA-256,SHA-1,MD5)")
+
+
+def chap_digests(args: argparse.Namespace) -> tuple[int, ...]:
+    try:
+        return chap.parse_digests(args.chap_digests)
+    except ValueError as exc:
+        raise UsageError(f"--chap-digests: {exc}") from None
+
+
 def tls_options(args: argparse.Namespace) -> ClientTLS | None:
     if not (args.tls or args.tls_ca or args.tls_fingerprint or args.tls_accept_new
             or args.tls_client_cert):
@@ -124,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--auth-file", metavar="FILE", help=AUTH_HELP)
     d.add_argument("--auth-env", metavar="VAR",
                    help="read the credentials TOML from this environment variable")
+    add_chap_option(d)
     add_tls_options(d)
     d.add_argument("--initiator-name", metavar="IQN", help="our iSCSI name (default: stored "
                    "in the user's config directory, created on first use)")
@@ -150,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--auth-file", metavar="FILE", help=AUTH_HELP)
     m.add_argument("--auth-env", metavar="VAR",
                    help="read the credentials TOML from this environment variable")
+    add_chap_option(m)
     add_tls_options(m)
     m.add_argument("--replacement-timeout", metavar="SECONDS", type=float, default=120.0,
                    help="when the target is unreachable, hold I/O this long while "
@@ -201,7 +217,8 @@ def cmd_discover(args: argparse.Namespace) -> int:
     name = args.initiator_name or initiator_name()
     table = from_options(args.auth_file, args.auth_env)
     tls = tls_options(args)
-    found = trio.run(discover, host, port, name, table, tls)
+    digests = chap_digests(args)
+    found = trio.run(discover, host, port, name, table, tls, digests)
     if not found:
         print(f"{host}:{port} offers no targets to {name}")
     for target, addresses in found:
@@ -210,20 +227,21 @@ def cmd_discover(args: argparse.Namespace) -> int:
         if args.luns:
             creds = lookup(table, target)
             for number, size, ro in trio.run(describe_luns, host, port, name, target, creds,
-                                             tls):
+                                             tls, digests):
                 print(f"    lun{number}: {size} bytes ({size / 2**30:.2f} GiB)"
                       f"{', read-only' if ro else ''}")
     return 0
 
 
 async def describe_luns(host: str, port: int, name: str, target: str, creds: Credentials,
-                        tls: ClientTLS | None) -> list[tuple[int, int, bool]]:
+                        tls: ClientTLS | None, chap_algorithms: tuple[int, ...]
+                        ) -> list[tuple[int, int, bool]]:
     from .initiator.blockdev import BlockDevice, list_disk_luns
     from .initiator.session import Session
 
     s = await Session.connect(host, port, initiator_name=name, target_name=target,
                               credentials=creds.chap, target_credentials=creds.target,
-                              tls=tls)
+                              tls=tls, chap_algorithms=chap_algorithms)
     out = []
     async with trio.open_nursery() as nursery:
         nursery.start_soon(s.run)
@@ -268,7 +286,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
                        args.initiator_name or initiator_name(), args.target, ro, allow_other,
                        fuse_opts, from_options(args.auth_file, args.auth_env),
                        tls_options(args), args.replacement_timeout,
-                       args.nop_interval)
+                       args.nop_interval, chap_algorithms=chap_digests(args))
     if args.foreground:
         req.log_file = args.log_file
         trio.run(serve, req, lambda: None)

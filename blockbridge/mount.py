@@ -21,6 +21,7 @@ from .initiator.blockdev import BlockDevice, list_disk_luns
 from .initiator.errors import InitiatorError
 from .initiator.recovery import DEFAULT_REPLACEMENT_TIMEOUT, RecoveringSession
 from .initiator.session import Session
+from .iscsi import chap
 from .state import record_path, remove_record, write_record
 from .tls import ClientTLS
 
@@ -46,6 +47,7 @@ class MountRequest:
     replacement_timeout: float = DEFAULT_REPLACEMENT_TIMEOUT
     nop_interval: float = 5.0
     log_file: str | None = None
+    chap_algorithms: tuple[int, ...] = chap.DEFAULT_PREFERENCE
 
 
 def check_mountpoint(path: str) -> None:
@@ -68,11 +70,14 @@ def check_mountpoint(path: str) -> None:
 
 async def discover(host: str, port: int, initiator_name: str,
                    credentials: dict[str, Credentials] | None = None,
-                   tls: ClientTLS | None = None) -> list[tuple[str, list[str]]]:
+                   tls: ClientTLS | None = None,
+                   chap_algorithms: tuple[int, ...] = chap.DEFAULT_PREFERENCE
+                   ) -> list[tuple[str, list[str]]]:
     """SendTargets=All: [(target name, [addresses])]."""
     creds = lookup(credentials or {}, None)
     s = await Session.connect(host, port, initiator_name=initiator_name, target_name=None,
-                              credentials=creds.chap, target_credentials=creds.target, tls=tls)
+                              credentials=creds.chap, target_credentials=creds.target, tls=tls,
+                              chap_algorithms=chap_algorithms)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(s.run)
         pairs = await s.text([("SendTargets", "All")])
@@ -91,7 +96,8 @@ async def serve(req: MountRequest, ready: Callable[[], None]) -> None:
     check_mountpoint(req.mountpoint)
     try:
         offered = [name for name, _ in await discover(req.host, req.port, req.initiator_name,
-                                                      req.credentials, req.tls)]
+                                                      req.credentials, req.tls,
+                                                      req.chap_algorithms)]
     except (InitiatorError, Exception) as exc:
         raise MountError(str(exc)) from None
     wanted = req.targets or offered
@@ -114,7 +120,8 @@ async def serve(req: MountRequest, ready: Callable[[], None]) -> None:
                     return await Session.connect(
                         req.host, req.port, initiator_name=req.initiator_name,
                         target_name=name, credentials=creds.chap,
-                        target_credentials=creds.target, tls=req.tls, isid=isid)
+                        target_credentials=creds.target, tls=req.tls, isid=isid,
+                        chap_algorithms=req.chap_algorithms)
 
                 s = RecoveringSession(connect, nursery,
                                       replacement_timeout=req.replacement_timeout,

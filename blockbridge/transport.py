@@ -34,6 +34,9 @@ from .iscsi.pdu import PDU, Buffer
 from .tls import ClientTLS, TLSError
 
 RECEIVE_CHUNK = 256 * 1024
+# Before login a peer has proved nothing: what it sends is read in small pieces, so an
+# idle or slow connection costs a few KiB, not a full receive buffer.
+LOGIN_RECEIVE_CHUNK = 4096
 _IOV_MAX = 1024
 
 
@@ -47,8 +50,12 @@ class PDUStream:
         stream: trio.abc.Stream,
         *,
         max_data_segment_length: int = DEFAULT_MAX_DATA_SEGMENT,
+        receive_chunk: int = RECEIVE_CHUNK,
     ) -> None:
         self.stream = stream
+        # The least each receive asks for (the reader's buffer grows to it); a larger PDU
+        # still gets the room it needs.
+        self.receive_chunk = receive_chunk
         self._reader = PDUReader(max_data_segment_length=max_data_segment_length)
         self._queue: list[Buffer | FileRange] = []
         self._after: list[Callable[[], None]] = []  # run once the queued buffers are written
@@ -123,7 +130,7 @@ class PDUStream:
                 return pdu
             if self._broken is not None:
                 raise ConnectionClosed(self._broken)
-            want = max(self._reader.bytes_needed(), RECEIVE_CHUNK)
+            want = max(self._reader.bytes_needed(), self.receive_chunk)
             try:
                 if self._socket is not None:  # straight into the reader's buffer
                     with self._reader.get_buffer(want) as view:

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import re
+import resource
 import signal
 import socket
 import ssl
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import trio
 
+from blockbridge.iscsi import chap
 from blockbridge.iscsi.chap import MIN_SECRET_LENGTH
 from blockbridge.iscsi.portal import split_portal
 from blockbridge.systemd import notify
@@ -26,7 +28,7 @@ from .backends.file import BackingStoreError, FileBackend
 from .config import MAX_NAME_BYTES, ConfigError, default_config_path
 from .configured import StartupError, reload_config, server_from_config
 from .lun import LogicalUnit
-from .server import ListenError, TargetServer, format_address
+from .server import Limits, ListenError, TargetServer, format_address
 from .targets import TargetDef
 
 log = logging.getLogger("blockbridge_target")
@@ -122,6 +124,36 @@ def build_parser() -> argparse.ArgumentParser:
                           f"recommends {MIN_SECRET_LENGTH} or more)")
     acl.add_argument("--targets-allow", metavar="FILE", type=Path,
                      help="IET targets.allow file")
+    acl.add_argument("--chap-digests", metavar="LIST", default="SHA3-256,SHA-256,SHA-1,MD5",
+                     help="CHAP digests to accept, e.g. SHA-256,SHA-1 to refuse MD5 "
+                          "(default: SHA3-256,SHA-256,SHA-1,MD5)")
+    acl.add_argument("--login-brake", metavar="SECONDS", type=float,
+                     default=Limits.login_brake,
+                     help="after repeated failed logins from an address, hold every answer "
+                          "that settles a login there for up to this long, one at a time "
+                          "(default %(default)g; 0 turns the brake off)")
+    lim = p.add_argument_group("limits (docs/security.md)")
+    lim.add_argument("--max-logins", metavar="N", type=int, default=Limits.max_logins,
+                     help="connections that are logging in or in a discovery session, from "
+                          "all addresses (default %(default)d)")
+    lim.add_argument("--max-logins-per-address", metavar="N", type=int,
+                     default=Limits.max_logins_per_address,
+                     help="the same from one address, an IPv6 one counted per /64 "
+                          "(default %(default)d)")
+    lim.add_argument("--login-timeout", metavar="SECONDS", type=float,
+                     default=Limits.login_timeout,
+                     help="a login must complete within this time (default %(default)g)")
+    lim.add_argument("--discovery-idle", metavar="SECONDS", type=float,
+                     default=Limits.discovery_idle,
+                     help="close a discovery session that sends nothing for this long "
+                          "(default %(default)g)")
+    lim.add_argument("--discovery-lifetime", metavar="SECONDS", type=float,
+                     default=Limits.discovery_lifetime,
+                     help="close any discovery session after this long (default %(default)g)")
+    lim.add_argument("--max-sessions-per-initiator", metavar="N", type=int,
+                     default=Limits.max_sessions_per_initiator,
+                     help="sessions one initiator name may have with one target (default "
+                          "%(default)d; 0: no limit; MaxSessions in ietd.conf caps a target)")
     net = p.add_argument_group("network")
     net.add_argument("--tls-portal", metavar="HOST:PORT", action="append", default=[],
                      help="address to listen on with TLS (needs --tls-cert and --tls-key); "
@@ -150,6 +182,47 @@ def _version() -> str:
     from blockbridge import __version__
 
     return __version__
+
+
+def limits(args: argparse.Namespace) -> Limits:
+    try:
+        algorithms = chap.parse_digests(args.chap_digests)
+    except ValueError as exc:
+        raise UsageError(f"--chap-digests: {exc}") from None
+    for name in ("max_logins", "max_logins_per_address"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
+    for name in ("login_timeout", "discovery_idle", "discovery_lifetime"):
+        if getattr(args, name) <= 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be more than 0 seconds")
+    if args.max_sessions_per_initiator < 0 or args.login_brake < 0:
+        raise UsageError("--max-sessions-per-initiator and --login-brake cannot be negative")
+    return Limits(
+        max_logins=args.max_logins, max_logins_per_address=args.max_logins_per_address,
+        login_timeout=args.login_timeout, discovery_idle=args.discovery_idle,
+        discovery_lifetime=args.discovery_lifetime,
+        max_sessions_per_initiator=args.max_sessions_per_initiator,
+        login_brake=args.login_brake, chap_algorithms=algorithms)
+
+
+DESCRIPTOR_MARGIN = 64  # listeners, logs, io_uring, the configuration: besides connections
+
+
+def raise_descriptor_limit(lim: Limits, luns: int) -> None:
+    """Take the hard limit on open files as the soft one, and warn when even that leaves
+    too little room for the connections the limits allow (the sizing rule of
+    docs/security.md: max-logins + sessions + LUNs + 64)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    need = lim.max_logins + luns + DESCRIPTOR_MARGIN
+    if soft != resource.RLIM_INFINITY and soft < need:
+        log.warning("the limit on open files is %d, less than --max-logins %d + %d LUN(s) "
+                    "+ %d: new connections will be paused when it is reached; raise "
+                    "LimitNOFILE or lower --max-logins", soft, lim.max_logins, luns,
+                    DESCRIPTOR_MARGIN)
 
 
 def quick_target(args: argparse.Namespace) -> TargetDef:
@@ -234,12 +307,13 @@ async def run(server: TargetServer, portals: list[tuple[str, int]],
 
 
 def load_targets(args: argparse.Namespace) -> TargetServer:
+    lim = limits(args)
     if args.disk is not None:
         if args.config is not None:
             raise UsageError("give either --disk or --config, not both")
-        return TargetServer([quick_target(args)], acl=load_acl(args))
+        return TargetServer([quick_target(args)], acl=load_acl(args), limits=lim)
     return server_from_config(args.config, load_acl(args),
-                              refuse_weak_secrets=args.refuse_weak_secrets)
+                              refuse_weak_secrets=args.refuse_weak_secrets, limits=lim)
 
 
 def load_acl(args: argparse.Namespace) -> AccessControl | None:
@@ -269,6 +343,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                  "with --generate-cert DIR)")
             tls = server_context(args.tls_cert, args.tls_key, args.tls_client_ca)
         server = load_targets(args)
+        raise_descriptor_limit(server.limits,
+                               sum(len(t.luns) for t in server.targets.values()))
         if args.pid_file:
             args.pid_file.write_text(f"{os.getpid()}\n")
         config = None

@@ -196,6 +196,8 @@ def parse_config(text: str, filename: str = "<config>") -> Config:
     cfg = Config()
     target: TargetConfig | None = None
     warn = cfg.warnings.append
+    # every account's secret, with where it is: a secret must not serve both directions
+    secrets: dict[str, list[tuple[str, str, int]]] = {"incominguser": [], "outgoinguser": []}
     for line, content in _logical_lines(text):
         keyword, *args = content.split()
         key = keyword.lower()
@@ -223,6 +225,7 @@ def parse_config(text: str, filename: str = "<config>") -> Config:
                 raise ConfigError(filename, line, f"{keyword} needs a user name and a secret",
                                   f"e.g. {keyword} alice secret-of-12+-chars")
             account = (args[0], args[1])
+            secrets[key].append((args[0], args[1], line))
             if weak_secret(args[1].encode()):
                 warn(ConfigWarning(filename, line, f"the CHAP secret of {args[0]} is shorter "
                                    f"than {MIN_SECRET_LENGTH} characters",
@@ -302,11 +305,30 @@ def parse_config(text: str, filename: str = "<config>") -> Config:
             warn(ConfigWarning(filename, line, f"{keyword} is obsolete or not needed; ignored"))
         else:
             warn(ConfigWarning(filename, line, f"unknown keyword {keyword!r} ignored"))
+    _check_secret_directions(secrets, filename)
     for t in cfg.targets:
         if t.luns and min(x.number for x in t.luns) != 0:
             warn(ConfigWarning(filename, t.line, f"target {t.name} has no Lun 0; some "
                                "initiators only scan from LUN 0"))
     return cfg
+
+
+def _check_secret_directions(secrets: dict[str, list[tuple[str, str, int]]],
+                             filename: str) -> None:
+    """RFC 7143 §12.1.3: a CHAP secret is not used in both directions. An OutgoingUser
+    secret that is also an IncomingUser secret, of any target or of discovery, lets one
+    account's holder log in as the other: the target answers the challenge it gets, and
+    that answer is what the other account must send."""
+    incoming: dict[str, tuple[str, int]] = {}
+    for user, secret, line in secrets["incominguser"]:
+        incoming.setdefault(secret, (user, line))
+    for user, secret, line in secrets["outgoinguser"]:
+        if secret in incoming:
+            other, other_line = incoming[secret]
+            raise ConfigError(
+                filename, max(line, other_line), f"the secret of OutgoingUser {user} (line "
+                f"{line}) is also the secret of IncomingUser {other} (line {other_line})",
+                "RFC 7143 forbids a secret in both directions: give each its own")
 
 
 def load_config(path: Path | str) -> Config:

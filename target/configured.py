@@ -12,7 +12,7 @@ from .backends.base import Backend
 from .backends.file import BackingStoreError, FileBackend, NullBackend
 from .config import Config, ConfigError, LunConfig, default_config_path, load_config
 from .lun import LogicalUnit
-from .server import AccessPolicy, TargetServer
+from .server import AccessPolicy, Limits, TargetServer
 from .targets import TargetDef
 
 log = logging.getLogger(__name__)
@@ -56,13 +56,15 @@ def build_targets(cfg: Config, filename: str) -> list[TargetDef]:
 def reload_config(server: TargetServer, path: Path, *, refuse_weak_secrets: bool = False
                   ) -> list[str]:
     """Re-read ietd.conf into a running server (raises on errors; nothing changes then)."""
-    fresh = server_from_config(path, server.acl, refuse_weak_secrets=refuse_weak_secrets)
+    fresh = server_from_config(path, server.acl, refuse_weak_secrets=refuse_weak_secrets,
+                               limits=server.limits)
     return server.reload(list(fresh.targets.values()), fresh.discovery_users,
                          fresh.discovery_outgoing)
 
 
 def server_from_config(path: Path | None, acl: AccessPolicy | None, *,
-                       refuse_weak_secrets: bool = False) -> TargetServer:
+                       refuse_weak_secrets: bool = False, limits: Limits | None = None
+                       ) -> TargetServer:
     if path is None:
         path = default_config_path()
         if path is None:
@@ -81,7 +83,7 @@ def server_from_config(path: Path | None, acl: AccessPolicy | None, *,
         log.warning("%s defines no targets", path)
     targets = build_targets(cfg, str(path))
     return TargetServer(
-        targets, acl=acl,
+        targets, acl=acl, limits=limits,
         discovery_users={u: s.encode() for u, s in cfg.incoming_users},
         discovery_outgoing=ChapCredentials(cfg.outgoing_user[0], cfg.outgoing_user[1].encode())
         if cfg.outgoing_user else None)

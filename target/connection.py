@@ -12,7 +12,6 @@ many per system call, by one flusher task.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import TYPE_CHECKING
@@ -38,7 +37,7 @@ from blockbridge.iscsi.login import TargetLogin
 from blockbridge.iscsi.serial import sn_add
 from blockbridge.iscsi.text import TextAssembler, decode_text, encode_text
 from blockbridge.scsi.constants import Op, Status
-from blockbridge.transport import ConnectionClosed, PDUStream
+from blockbridge.transport import LOGIN_RECEIVE_CHUNK, RECEIVE_CHUNK, ConnectionClosed, PDUStream
 
 from .lun import LogicalUnit, Nexus, SCSIResult, not_supported_lun_result, report_luns_data
 from .session import CommandWindow, Session
@@ -48,7 +47,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-LOGIN_TIMEOUT = 30.0
 MAX_WRITE_BUFFER = 64 * 1024 * 1024
 MAX_PENDING_COMMANDS = 256
 MAX_POSTED_BYTES = 8 << 20  # answered but unsent read data before the reader waits
@@ -76,10 +74,18 @@ class Task:
 
 
 class Connection:
-    def __init__(self, server: TargetServer, stream: trio.abc.Stream, peer: str, local: str):
+    def __init__(self, server: TargetServer, stream: trio.abc.Stream, peer: str, local: str,
+                 *, address_key: str = ""):
         self.server = server
-        self.pdus = PDUStream(stream, max_data_segment_length=65536)
+        # small reads until the login is done: an idle connection holds a few KiB
+        self.pdus = PDUStream(stream, max_data_segment_length=65536,
+                              receive_chunk=LOGIN_RECEIVE_CHUNK)
         self.peer = peer
+        self.address_key = address_key or peer.rsplit(":", 1)[0].strip("[]")
+        # holds one of the server's places for connections that proved nothing yet (in
+        # login or in a discovery session); given back when a normal session starts
+        self.unproven = True
+        self._idle: trio.CancelScope | None = None  # a discovery session's idle limit
         self._dropped = 0  # commands dropped for a CmdSN outside the window
         self._buffers = BufferPool()  # write data buffers, recycled after each command
         self.local = local
@@ -105,7 +111,10 @@ class Connection:
                     self._nursery = nursery
                     try:
                         if await self._login():
-                            await self._full_feature()
+                            if self.session is not None and self.session.discovery:
+                                await self._discovery()
+                            else:
+                                await self._full_feature()
                     except ConnectionClosed as exc:
                         log.debug("%s: %s", self.peer, exc)
                     except PDUFormatError as exc:
@@ -117,6 +126,28 @@ class Connection:
             finally:
                 self._cleanup()
                 await self.pdus.aclose()
+
+    async def _discovery(self) -> None:
+        """A discovery session: it may answer SendTargets for a while, not hold a place
+        for ever (``Limits.discovery_idle``, ``discovery_lifetime``)."""
+        assert self.session is not None
+        limits = self.server.limits
+        idle = trio.CancelScope(deadline=trio.current_time() + limits.discovery_idle)
+        self._idle = idle
+        with trio.move_on_after(limits.discovery_lifetime) as lifetime, idle:
+            await self._full_feature()
+        if idle.cancelled_caught:
+            log.info("%s: discovery session %d closed: idle for %gs", self.peer,
+                     self.session.tsih, limits.discovery_idle)
+        elif lifetime.cancelled_caught:
+            log.info("%s: discovery session %d closed: open for %gs, the longest allowed",
+                     self.peer, self.session.tsih, limits.discovery_lifetime)
+
+    async def _receive(self) -> P.PDU:
+        pdu = await self.pdus.receive_pdu()
+        if self._idle is not None:
+            self._idle.deadline = trio.current_time() + self.server.limits.discovery_idle
+        return pdu
 
     def _cleanup(self) -> None:
         s = self.session
@@ -142,18 +173,16 @@ class Connection:
 
     async def _login(self) -> bool:
         server = self.server
-        machine = TargetLogin(portal_group_tag=server.tpgt, resolve=server.resolver(
-            self.peer.rsplit(":", 1)[0].strip("[]"), self.local.rsplit(":", 1)[0].strip("[]")),
-            random_bytes=os.urandom)
-        first = True
+        peer_ip = self.peer.rsplit(":", 1)[0].strip("[]")
+        machine: TargetLogin | None = None
         expcmdsn = 0
         depth = 32
-        with trio.move_on_after(LOGIN_TIMEOUT) as timeout:
+        with trio.move_on_after(server.limits.login_timeout) as timeout:
             while True:
                 req = await self.pdus.receive_pdu()
                 if not isinstance(req, P.LoginRequest):
                     raise Drop(f"expected a Login request, got {type(req).__name__}")
-                if first:
+                if machine is None:
                     expcmdsn = req.cmdsn
                     if req.tsih != 0:
                         rsp = P.LoginResponse(
@@ -165,11 +194,13 @@ class Connection:
                         log.info("%s: refused connection to existing session %d "
                                  "(one connection per session)", self.peer, req.tsih)
                         return False
+                    machine = server.login_machine(
+                        peer_ip, self.local.rsplit(":", 1)[0].strip("[]"), bytes(req.isid))
                     machine.assign_tsih(server.sessions.allocate_tsih())
-                    first = False
                 cfg = machine.config
                 if cfg is not None and cfg.target_name in server.targets:
                     depth = server.targets[cfg.target_name].queued_commands
+                was_authenticated = machine.authenticated
                 rsp = machine.receive(req, statsn=self.statsn, expcmdsn=expcmdsn,
                                       maxcmdsn=sn_add(expcmdsn, depth - 1))
                 self.statsn = sn_add(self.statsn, 1)
@@ -177,15 +208,22 @@ class Connection:
                     log.warning("%s: login of %s to %s refused: %s", self.peer,
                                 machine.initiator_name or "?", machine.target_name or "?",
                                 machine.failure)
-                    await trio.sleep(server.note_login_failure(self.peer, machine.failure or ""))
+                    await trio.sleep(server.login_hold(peer_ip, failed=True))
                     await self.pdus.send_pdu(rsp)
                     return False
+                if machine.authenticated and not was_authenticated:
+                    # The answer that tells a guess right is held as long as a wrong one.
+                    await trio.sleep(server.login_hold(peer_ip, failed=False))
                 await self.pdus.send_pdu(rsp)
                 if machine.done:
                     break
-        if timeout.cancelled_caught:
+        if timeout.cancelled_caught or machine is None:
             raise Drop("login did not complete in time")
         params = machine.params
+        refused = server.check_session(machine.target_name, machine.initiator_name,
+                                       machine.isid, machine.auth_user)
+        if refused is not None:  # another login took the session while we answered
+            raise Drop(f"login of {machine.initiator_name} refused: {refused}")
         self.pdus.max_data_segment_length = max(params.max_recv_data_segment_length, 8192)
         self.pdus.header_digest = params.header_digest
         self.pdus.data_digest = params.data_digest
@@ -209,11 +247,18 @@ class Connection:
             tsih=machine.tsih, isid=machine.isid, initiator_name=machine.initiator_name,
             target_name=machine.target_name, params=params, nexus=nexus,
             luns=target.luns if target else {},
-            window=CommandWindow(expcmdsn, depth), discovery=discovery)
+            window=CommandWindow(expcmdsn, depth), discovery=discovery,
+            chap_user=machine.auth_user)
         self.session.connections.add(self)
         server.sessions.add(self.session)
-        log.info("%s: %s logged in to %s (session %d%s%s)", self.peer, machine.initiator_name,
-                 machine.target_name or "discovery", machine.tsih,
+        if not discovery:
+            # a proven session: its place among the unproven goes to the next one
+            server.release(self.address_key)
+            self.unproven = False
+            self.pdus.receive_chunk = RECEIVE_CHUNK
+        log.info("%s: %s logged in to %s (session %d%s%s%s)", self.peer,
+                 machine.initiator_name, machine.target_name or "discovery", machine.tsih,
+                 f", CHAP user {machine.auth_user}" if machine.auth_user else "",
                  ", header digest" if params.header_digest else "",
                  ", data digest" if params.data_digest else "")
         return True
@@ -229,7 +274,7 @@ class Connection:
         self._nursery.start_soon(self._flusher)
         self.pdus.placement = self._place_data_out
         while True:
-            pdu = await self.pdus.receive_pdu()
+            pdu = await self._receive()
             if isinstance(pdu, P.SCSICommand):
                 await self._on_command(pdu)
                 if self.pdus.backlog > MAX_POSTED_BYTES:

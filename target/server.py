@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import errno
+import ipaddress
 import logging
+import math
+import os
 import socket
 import ssl
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import trio
 
+from blockbridge.iscsi import chap
 from blockbridge.iscsi.constants import LoginStatus
-from blockbridge.iscsi.login import ChapCredentials, TargetLoginConfig
+from blockbridge.iscsi.errors import LoginFailed
+from blockbridge.iscsi.login import ChapCredentials, TargetLogin, TargetLoginConfig
 
 from .connection import Connection
 from .session import SessionTable
@@ -21,6 +28,127 @@ from .targets import TargetDef
 log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE = 10.0
+ACCEPT_PAUSE = 0.5  # out of descriptors: accept again once a connection closes, or after this
+REPORT_INTERVAL = 60.0  # recurring refusals are logged once per interval, with a count
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What peers may hold before they have proved anything (docs/security.md)."""
+
+    # connections that are logging in or in a discovery session: all of them, and from
+    # one address (an IPv6 peer counts per /64)
+    max_logins: int = 256
+    max_logins_per_address: int = 8
+    login_timeout: float = 30.0
+    discovery_idle: float = 30.0  # a discovery session that sends nothing this long ends
+    discovery_lifetime: float = 600.0  # and none lasts longer
+    max_sessions_per_initiator: int = 16  # sessions of one initiator name per target; 0: any
+    login_brake: float = 10.0  # the longest hold of an answer to a guessing address; 0: off
+    chap_algorithms: tuple[int, ...] = tuple(chap.ALGORITHMS)
+
+
+def address_key(ip: str) -> str:
+    """What limits and the brake count by: the address, or an IPv6 address's /64."""
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.ipv4_mapped is not None:
+            return str(addr.ipv4_mapped)
+        return str(ipaddress.IPv6Network((addr, 64), strict=False))
+    return str(addr)
+
+
+class Throttled:
+    """A recurring event logged at most once per interval, with how often it happened."""
+
+    def __init__(self, interval: float = REPORT_INTERVAL) -> None:
+        self.interval = interval
+        self._next = -math.inf
+        self._count = 0
+
+    def log(self, level: int, message: str, *args: object) -> None:
+        now = trio.current_time()
+        self._count += 1
+        if now < self._next:
+            return
+        if self._count > 1:
+            message += f" ({self._count} times in the last {self.interval:.0f}s)"
+        else:
+            message += f" (reported at most once every {self.interval:.0f}s)"
+        log.log(level, message, *args)
+        self._count = 0
+        self._next = now + self.interval
+
+
+@dataclass
+class _Guesses:
+    failures: list[float] = field(default_factory=list)
+    next_answer: float = -math.inf
+
+
+class LoginBrake:
+    """Slows down guessing of secrets and names, per address (IPv6: per /64).
+
+    Two failed logins in a minute are free. After that the address is penalised: every
+    answer that settles a login there, failure or success alike, is held, the k-th one
+    past the free ones for 2**(k-1) seconds up to ``max_delay``, and such answers go out
+    one after the other, ``hold`` apart, however many logins run in parallel. A right
+    guess is therefore not answered sooner than a wrong one. The table holds at most
+    ``max_addresses`` addresses, the least recently seen dropped first, and forgets an
+    address once its minute has passed. Time is a parameter: this is plain bookkeeping.
+    """
+
+    WINDOW = 60.0
+    FREE = 2
+    KEEP = 64  # failures remembered per address
+
+    def __init__(self, max_delay: float = 10.0, max_addresses: int = 4096) -> None:
+        self.max_delay = max_delay
+        self.max_addresses = max_addresses
+        self._table: OrderedDict[str, _Guesses] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+    def failures(self, key: str, now: float) -> int:
+        g = self._table.get(key)
+        return 0 if g is None else sum(1 for t in g.failures if now - t < self.WINDOW)
+
+    def hold(self, key: str, now: float, *, failed: bool) -> float:
+        """Seconds to wait before sending an answer that ends a login's authentication
+        (``failed``: the login failed, which is counted)."""
+        if self.max_delay <= 0:
+            return 0.0
+        g = self._table.pop(key, None) or _Guesses()
+        g.failures = [t for t in g.failures if now - t < self.WINDOW]
+        n = len(g.failures) + 1  # this answer, counted as a failure whatever it is
+        if failed:
+            g.failures = [*g.failures, now][-self.KEEP:]
+            if n in (self.FREE + 1, 10, 30):
+                log.warning("%s: %d failed logins in the last minute; slowing this address "
+                            "down", key, n)
+        hold = 0.0
+        if n > self.FREE:
+            delay = min(2.0 ** (n - self.FREE - 1), self.max_delay)
+            g.next_answer = max(now, g.next_answer) + delay
+            hold = g.next_answer - now
+        self._prune(now)
+        if g.failures or g.next_answer > now:
+            self._table[key] = g
+        return hold
+
+    def _prune(self, now: float) -> None:
+        table = self._table
+        while table:
+            key, g = next(iter(table.items()))
+            stale = (not g.failures or now - g.failures[-1] >= self.WINDOW) and \
+                g.next_answer <= now
+            if not stale and len(table) < self.max_addresses:
+                break
+            del table[key]
 
 
 class AccessPolicy(Protocol):
@@ -46,6 +174,7 @@ class TargetServer:
         discovery_outgoing: ChapCredentials | None = None,
         acl: AccessPolicy | None = None,
         tpgt: int = 1,
+        limits: Limits | None = None,
     ) -> None:
         self.targets = {t.name: t for t in targets}
         self.discovery_users = discovery_users or {}
@@ -55,7 +184,16 @@ class TargetServer:
         self.sessions = SessionTable()
         self.connections: set[Connection] = set()
         self.addresses: list[tuple[str, int]] = []
-        self.login_failures: dict[str, list[float]] = {}
+        self.limits = limits or Limits()
+        self.brake = LoginBrake(self.limits.login_brake)
+        self.recent_challenges = chap.RecentChallenges(clock=trio.current_time)
+        # connections logging in or in a discovery session, by address key
+        self.unproven: dict[str, int] = {}
+        self.unproven_total = 0
+        self._refused_address = Throttled()
+        self._refused_total = Throttled()
+        self._accept_trouble = Throttled()
+        self._closed_one = trio.Event()
         self._listeners_scope = trio.CancelScope()
         self._tls: dict[int, ssl.SSLContext] = {}
         self.tls_addresses: set[tuple[str, int]] = set()
@@ -70,7 +208,7 @@ class TargetServer:
             self.acl.portal_allowed(target, local)
 
     def resolver(
-        self, peer_ip: str, local_ip: str
+        self, peer_ip: str, local_ip: str, isid: bytes = b""
     ) -> Callable[[str, str, str], TargetLoginConfig | LoginStatus]:
         def resolve(session_type: str, target_name: str, initiator: str
                     ) -> TargetLoginConfig | LoginStatus:
@@ -88,24 +226,77 @@ class TargetServer:
                 1 for s in self.sessions.sessions.values() if s.target_name == t.name
             ) >= t.max_sessions:
                 return LoginStatus.TOO_MANY_CONNECTIONS
+            per_initiator = self.limits.max_sessions_per_initiator
+            if per_initiator and sum(
+                1 for s in self.sessions.sessions.values()
+                if s.target_name == t.name and s.initiator_name == initiator
+                and s.isid != isid  # a reinstatement replaces its session
+            ) >= per_initiator:
+                log.warning("%s: %s has %d sessions with %s already "
+                            "(--max-sessions-per-initiator %d)", peer_ip, initiator,
+                            per_initiator, t.name, per_initiator)
+                return LoginStatus.TOO_MANY_CONNECTIONS
             return TargetLoginConfig(target_name=t.name, incoming=t.incoming,
                                      outgoing=t.outgoing, operational=t.operational,
                                      target_alias=t.alias)
 
         return resolve
 
-    def note_login_failure(self, peer: str, reason: str) -> float:
-        """Record a failed login; returns how long to hold the answer (brute-force brake)."""
-        ip = peer.rsplit(":", 1)[0]
-        now = trio.current_time()
-        recent = [t for t in self.login_failures.get(ip, []) if now - t < 60] + [now]
-        self.login_failures[ip] = recent[-64:]
-        if len(recent) < 3:
-            return 0.0
-        if len(recent) in (3, 10, 30):
-            log.warning("%s: %d failed logins in the last minute; slowing this address down",
-                        ip, len(recent))
-        return float(min(2 ** (len(recent) - 3), 10))
+    def login_machine(self, peer_ip: str, local_ip: str, isid: bytes) -> TargetLogin:
+        """The login state machine for one connection, whose first request came with
+        ``isid``."""
+        return TargetLogin(
+            portal_group_tag=self.tpgt, resolve=self.resolver(peer_ip, local_ip, isid),
+            random_bytes=os.urandom, chap_algorithms=self.limits.chap_algorithms,
+            challenges=self.recent_challenges, check_session=self.check_session)
+
+    def check_session(self, target_name: str, initiator: str, isid: bytes,
+                      chap_user: str | None) -> LoginFailed | None:
+        """The CHAP user is part of a session's identity: a login that would reinstate a
+        session of another user is refused."""
+        if not target_name:
+            return None
+        old = self.sessions.find(initiator, isid, target_name)
+        if old is None or old.chap_user == chap_user:
+            return None
+        return LoginFailed(
+            f"session {old.tsih} of {initiator} (ISID {isid.hex()}) belongs to CHAP user "
+            f"{_who(old.chap_user)}, not {_who(chap_user)}: reinstatement refused",
+            LoginStatus.AUTHORIZATION_FAILURE)
+
+    def login_hold(self, peer_ip: str, *, failed: bool) -> float:
+        """How long to hold an answer that settles a login from this address."""
+        return self.brake.hold(address_key(peer_ip), trio.current_time(), failed=failed)
+
+    # ------------------------------------------------------ unproven connections
+
+    def admit(self, key: str, peer: str) -> bool:
+        """Take a place for a connection that has proved nothing yet (False: no room)."""
+        limits = self.limits
+        if self.unproven_total >= limits.max_logins:
+            self._refused_total.log(
+                logging.WARNING, "%s: connection refused: %d connections are logging in or "
+                "in discovery sessions (--max-logins %d)", peer, self.unproven_total,
+                limits.max_logins)
+            return False
+        held = self.unproven.get(key, 0)
+        if held >= limits.max_logins_per_address:
+            self._refused_address.log(
+                logging.WARNING, "%s: connection refused: %d connections from %s are "
+                "logging in or in discovery sessions (--max-logins-per-address %d)", peer,
+                held, key, limits.max_logins_per_address)
+            return False
+        self.unproven[key] = held + 1
+        self.unproven_total += 1
+        return True
+
+    def release(self, key: str) -> None:
+        held = self.unproven.get(key, 0) - 1
+        if held > 0:
+            self.unproven[key] = held
+        else:
+            self.unproven.pop(key, None)
+        self.unproven_total -= 1
 
     def send_targets(
         self, value: str, session: object, peer_ip: str, local: str
@@ -250,20 +441,59 @@ class TargetServer:
                 stream = await listener.accept()
             except OSError as exc:
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    log.error("accept failed: %s; retrying", exc)
-                    await trio.sleep(0.1)
+                    # Out of descriptors (or memory): new connections wait in the listen
+                    # queue until one closes, instead of a failed accept in a tight loop.
+                    self._accept_trouble.log(
+                        logging.ERROR, "accepting connections paused: %s; raise LimitNOFILE "
+                        "or lower --max-logins (docs/security.md)", exc.strerror or exc)
+                    with trio.move_on_after(ACCEPT_PAUSE):
+                        await self._closed_one.wait()
                     continue
                 raise
             handlers.start_soon(self._handle, stream, self._tls.get(id(listener)))
 
     async def _handle(self, tcp: trio.SocketStream, tls: ssl.SSLContext | None) -> None:
         try:
-            tcp.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             peer = tcp.socket.getpeername()
+        except OSError:
+            await tcp.aclose()
+            self._one_closed()
+            return
+        key = address_key(peer[0])
+        if not self.admit(key, format_address(peer[0], peer[1])):
+            await tcp.aclose()
+            self._one_closed()
+            return
+        conn: Connection | None = None
+        try:
+            conn = await self._connection(tcp, tls, peer, key)
+            if conn is None:
+                return
+            self.connections.add(conn)
+            log.debug("%s: connected", conn.peer)
+            await conn.run()
+        except Exception:
+            log.exception("%s: internal error; connection dropped",
+                          format_address(peer[0], peer[1]))
+        finally:
+            if conn is not None:
+                self.connections.discard(conn)
+            if conn is None or conn.unproven:
+                self.release(key)
+            self._one_closed()
+
+    def _one_closed(self) -> None:
+        closed, self._closed_one = self._closed_one, trio.Event()
+        closed.set()
+
+    async def _connection(self, tcp: trio.SocketStream, tls: ssl.SSLContext | None,
+                          peer: tuple[str, int], key: str) -> Connection | None:
+        try:
+            tcp.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             local = tcp.socket.getsockname()
         except OSError:
             await tcp.aclose()
-            return
+            return None
         stream: trio.abc.Stream = tcp
         if tls is not None:
             ssl_stream = trio.SSLStream(tcp, tls, server_side=True)
@@ -275,18 +505,10 @@ class TargetServer:
                 log.warning("%s: TLS handshake failed (%s); closed",
                             format_address(peer[0], peer[1]), cause)
                 await tcp.aclose()
-                return
+                return None
             stream = ssl_stream
-        conn = Connection(self, stream, format_address(peer[0], peer[1]),
-                          format_address(local[0], local[1]))
-        self.connections.add(conn)
-        log.debug("%s: connected", conn.peer)
-        try:
-            await conn.run()
-        except Exception:
-            log.exception("%s: internal error; connection dropped", conn.peer)
-        finally:
-            self.connections.discard(conn)
+        return Connection(self, stream, format_address(peer[0], peer[1]),
+                          format_address(local[0], local[1]), address_key=key)
 
     def shutdown(self) -> None:
         """Stop accepting; in-flight commands finish, then sessions close."""
@@ -309,3 +531,7 @@ class TargetServer:
                 except OSError as exc:
                     log.error("flushing LUN %d of %s failed: %s", lu.number, t.name, exc)
                 lu.close()
+
+
+def _who(user: str | None) -> str:
+    return repr(user) if user is not None else "(none)"

@@ -50,6 +50,8 @@ class Session:
     window: CommandWindow
     connections: set[Connection] = field(default_factory=set)
     discovery: bool = False
+    # who logged in: part of the session's identity, with the initiator name and ISID
+    chap_user: str | None = None
 
 
 class SessionTable:

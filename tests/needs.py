@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -69,6 +70,9 @@ SPECIAL: dict[str, tuple[Callable[[], bool], str]] = {
 }
 
 
+VENV_BIN = str(Path(sys.executable).parent)  # the test extras' programs
+
+
 def in_ci() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -81,7 +85,7 @@ def missing(*wanted: str) -> list[str]:
             check, reason = SPECIAL[name]
             if not check():
                 reasons.append(reason)
-        elif shutil.which(name) is None:
+        elif shutil.which(name) is None and shutil.which(name, path=VENV_BIN) is None:
             package = PACKAGES.get(name)
             where = package if " " in (package or "") else f"Debian package {package}"
             reasons.append(f"needs {name} ({where})" if package else f"needs {name}")

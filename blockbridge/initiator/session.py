@@ -37,6 +37,10 @@ class _AlgorithmRefused(Exception):
     """The target refused our CHAP_A list."""
 
 
+def _may_retry_md5(algorithms: tuple[int, ...]) -> bool:
+    return len(algorithms) > 1 and 5 in algorithms
+
+
 def _reason(exc: BaseException) -> str:
     """The underlying socket error of a failed connect, in plain words."""
     if isinstance(exc, trio.TooSlowError):
@@ -121,7 +125,8 @@ class Session:
         tls: ClientTLS | None = None,
     ) -> Session:
         """Connect and log in.  If the target refuses our list of CHAP algorithms, retry
-        once with MD5 alone (some targets reject lists, as open-iscsi 2.1.0 users found)."""
+        once with MD5 alone (some targets reject lists, as open-iscsi 2.1.0 users found),
+        unless MD5 is not in the list."""
         try:
             return await cls._connect(host, port, initiator_name, target_name, credentials,
                                       target_credentials, proposals, isid, chap_algorithms,
@@ -166,13 +171,13 @@ class Session:
             raise ConnectError(f"login to {portal} timed out") from None
         except ConnectionClosed:
             await stream.aclose()
-            if login.negotiating_algorithm and len(chap_algorithms) > 1:
+            if login.negotiating_algorithm and _may_retry_md5(chap_algorithms):
                 raise _AlgorithmRefused() from None
             hint = "" if tls else " (if it is a TLS portal, add --tls)"
             raise ConnectError(f"{portal} closed the connection during login{hint}") from None
         except LoginFailed:
             await stream.aclose()
-            if login.negotiating_algorithm and len(chap_algorithms) > 1:
+            if login.negotiating_algorithm and _may_retry_md5(chap_algorithms):
                 raise _AlgorithmRefused() from None
             raise
         except BaseException:

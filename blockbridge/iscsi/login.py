@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from . import chap
 from .constants import ISCSI_VERSION, LoginStatus, Stage
@@ -38,6 +39,17 @@ class TargetLoginConfig:
 
 
 Resolver = Callable[[str, str, str], "TargetLoginConfig | LoginStatus"]
+# (target name, initiator name, ISID, CHAP user or None) -> why the session may not be
+# created or reinstated, or None
+SessionCheck = Callable[[str, str, bytes, "str | None"], "LoginFailed | None"]
+
+
+class ChallengeRegistry(Protocol):
+    """Challenges this side issued recently (see :class:`chap.RecentChallenges`)."""
+
+    def add(self, challenge: bytes) -> None: ...
+
+    def __contains__(self, challenge: object) -> bool: ...
 
 _STATUS_TEXT = {
     LoginStatus.AUTHENTICATION_FAILURE: "authentication failed",
@@ -73,9 +85,14 @@ class TargetLogin:
         resolve: Resolver,
         random_bytes: Callable[[int], bytes],
         chap_algorithms: tuple[int, ...] = tuple(chap.ALGORITHMS),
+        challenges: ChallengeRegistry | None = None,
+        check_session: SessionCheck | None = None,
     ) -> None:
         self.portal_group_tag = portal_group_tag
         self._resolve = resolve
+        # Shared by every login of the server: our challenges are never answered.
+        self._challenges = challenges
+        self._check_session = check_session
         self._random = random_bytes
         self._chap_algorithms = chap_algorithms
         self._text = TextAssembler()
@@ -111,6 +128,11 @@ class TargetLogin:
     @property
     def needs_tsih(self) -> bool:
         return self.tsih == 0
+
+    @property
+    def authenticated(self) -> bool:
+        """The security stage is over: the initiator proved who it is, or needs not."""
+        return self._auth in ("done", "none")
 
     def assign_tsih(self, tsih: int) -> None:
         self.tsih = tsih
@@ -248,6 +270,8 @@ class TargetLogin:
             self._chap_alg = alg
             self._chap_id = self._random(1)[0]
             self._chap_challenge = self._random(chap.digest_size(alg))
+            if self._challenges is not None:
+                self._challenges.add(self._chap_challenge)
             answers += [("CHAP_A", str(alg)), ("CHAP_I", str(self._chap_id)),
                         ("CHAP_C", encode_hex(self._chap_challenge))]
             self._auth = "chap-r"
@@ -273,6 +297,10 @@ class TargetLogin:
                 challenge = chap.parse_challenge(keys.get("CHAP_C", ""), self._chap_alg)
                 if challenge == self._chap_challenge:
                     raise AuthenticationError("initiator reflected our CHAP challenge")
+                if self._challenges is not None and challenge in self._challenges:
+                    raise AuthenticationError(
+                        f"CHAP user {user!r} sent a challenge this target issued to another "
+                        "login: reflection refused")
                 answers += [("CHAP_N", out.user), ("CHAP_R", encode_hex(
                     chap.response(self._chap_alg, ident, out.secret, challenge)))]
             self._auth = "done"
@@ -310,6 +338,11 @@ class TargetLogin:
 
     def _finish(self) -> None:
         assert self._config is not None
+        if self._check_session is not None:
+            refused = self._check_session(self.target_name, self.initiator_name, self.isid,
+                                          self.auth_user)
+            if refused is not None:
+                raise refused
         ours = {**OUR_DEFAULTS, **self._config.operational}
         our_mrdsl = int(self._our_mrdsl(ours)) if self._declared_mrdsl else 8192
         # IET's MaxXmitDataSegmentLength caps what we send.
@@ -480,8 +513,15 @@ class InitiatorLogin:
                 raise AuthenticationError(f"target chose CHAP algorithm {alg_text!r} "
                                           "that we did not offer")
             self._chap_alg = int(alg_text)
+            self._auth = "chap-r"  # the algorithm is agreed: a failure now is no refusal of it
             ident = chap.parse_identifier(keys.get("CHAP_I", ""))
             challenge = chap.parse_challenge(keys.get("CHAP_C", ""), self._chap_alg)
+            if len(challenge) < chap.digest_size(self._chap_alg):
+                raise AuthenticationError(
+                    f"the target's CHAP challenge is {len(challenge)} bytes, shorter than "
+                    f"the {chap.digest_size(self._chap_alg)}-byte {chap.NAMES[self._chap_alg]}"
+                    " digest: refused (a short challenge lets answers be collected and "
+                    "replayed)")
             assert self.credentials is not None
             pairs = [("CHAP_N", self.credentials.user), ("CHAP_R", encode_hex(
                 chap.response(self._chap_alg, ident, self.credentials.secret, challenge)))]

@@ -47,13 +47,23 @@ def wait_for_listening(
 
 
 @contextlib.contextmanager
-def our_target(args: list[str], workdir: Path, timeout: float = 20.0) -> Iterator[RunningTarget]:
-    """Run ``python -m blockbridge_target ARGS`` until the block ends, then SIGTERM it."""
+def our_target(args: list[str], workdir: Path, timeout: float = 20.0,
+               nofile: int | None = None) -> Iterator[RunningTarget]:
+    """Run ``python -m blockbridge_target ARGS`` until the block ends, then SIGTERM it;
+    ``nofile``: with that limit on open files (soft and hard)."""
     log_path = workdir / f"target-{os.getpid()}-{time.monotonic_ns()}.log"
+
+    def limit() -> None:
+        import resource
+
+        if nofile is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
     with log_path.open("w") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "blockbridge_target", *args],
             stdout=log, stderr=subprocess.STDOUT, text=True, cwd=workdir,
+            preexec_fn=limit if nofile is not None else None,
         )
     try:
         host, port = wait_for_listening(log_path, proc, timeout)

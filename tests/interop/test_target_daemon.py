@@ -95,6 +95,33 @@ def test_weak_secrets_warn_or_refuse(tmp_path: Path) -> None:
         assert "shorter than 12 characters" in t.log()
 
 
+def test_a_secret_in_both_directions_is_refused_at_start_and_reload(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    disk = tmp_path / "s.img"
+    disk.write_bytes(bytes(1 << 20))
+    conf = tmp_path / "ietd.conf"
+    good = (f"Target {IQN}\n  Lun 0 Path={disk}\n  IncomingUser bob bob-secret-45678\n"
+            "  OutgoingUser one one-secret-4567\n"
+            f"Target {IQN}2\n  Lun 0 Path={disk}\n  IncomingUser carol carol-secret-456\n")
+    bad = good.replace("carol-secret-456", "one-secret-4567")
+    conf.write_text(bad)
+    r = target_cli("-c", str(conf), "--portal", "127.0.0.1:0", cwd=tmp_path)
+    assert r.returncode == 2
+    assert f"{conf}:7: the secret of OutgoingUser one (line 4) is also the secret of " \
+           "IncomingUser carol (line 7)" in r.stderr
+    conf.write_text(good)
+    with our_target(["-c", str(conf), "--portal", "127.0.0.1:0"], tmp_path) as t:
+        conf.write_text(bad)
+        t.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while "reload failed" not in t.log() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "reload failed, keeping the running configuration: " \
+               f"{conf}:7: the secret of OutgoingUser one" in t.log()
+
+
 def target_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "blockbridge_target", *args], cwd=cwd,
                           capture_output=True, text=True, timeout=30)

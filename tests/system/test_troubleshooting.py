@@ -58,6 +58,9 @@ DOCUMENTED: dict[str, str] = {
         "test_mutual_chap[target-without-chap]",
     "…: this initiator is not allowed to use the target (status 0x0202)":
         "test_initiator_refused_by_initiators_allow",
+    "the target's CHAP challenge is … bytes, shorter than the …-byte … digest: refused …":
+        "test_short_target_challenge",
+    "--chap-digests: unknown CHAP digest …": "test_unknown_chap_digest",
     "FILE is readable by other users; run: chmod 600 FILE": "test_credentials_readable_by_others",
     "mount point DIR does not exist (create it with mkdir -p DIR)":
         "test_mount_point_does_not_exist",
@@ -98,6 +101,24 @@ DOCUMENTED: dict[str, str] = {
     "login of IQN to TARGET refused: authentication failed: …": "test_wrong_chap_secret",
     "N failed logins in the last minute; slowing this address down":
         "test_repeated_failures_slow_the_address_down",
+    "FILE:LINE: the secret of OutgoingUser USER (line N) is also the secret of IncomingUser "
+    "… (line …)": "test_target_refuses_to_start[secret-both-directions]",
+    "connection refused: N connections from … are logging in or in discovery sessions "
+    "(--max-logins-per-address N)": "test_unproven_connections_are_capped",
+    "connection refused: N connections are logging in or in discovery sessions "
+    "(--max-logins N)": "test_unproven_connections_are_capped",
+    "accepting connections paused: Too many open files; raise LimitNOFILE or lower "
+    "--max-logins (docs/security.md)": "test_out_of_descriptors",
+    "the limit on open files is N, less than --max-logins …": "test_out_of_descriptors",
+    "discovery session N closed: idle for …": "test_discovery_sessions_end",
+    "discovery session N closed: open for …, the longest allowed": "test_discovery_sessions_end",
+    "IQN has N sessions with TARGET already (--max-sessions-per-initiator N)":
+        "test_sessions_per_initiator",
+    "login of IQN to TARGET refused: this initiator is not allowed to use the target: session "
+    "N of IQN (ISID …) belongs to CHAP user …, not …: reinstatement refused":
+        "test_session_takeover_and_reflection",
+    "login of IQN to TARGET refused: authentication failed: CHAP user … sent a challenge this "
+    "target issued to another login: reflection refused": "test_session_takeover_and_reflection",
     "dropping connection: …": "test_protocol_violation_drops_the_connection",
     "TLS handshake failed (…)": "test_plain_client_on_a_tls_portal",
     "LUN N: I/O error on …: … No space left on device": "test_target_storage_full",
@@ -742,8 +763,26 @@ def _weak_secret(work: Path) -> list[str]:
     return ["-c", str(conf), "--refuse-weak-secrets", "--portal", "127.0.0.1:0"]
 
 
+def _secret_both_directions(work: Path) -> list[str]:
+    (work / "s.img").write_bytes(bytes(1 << 20))
+    conf = work / "ietd.conf"
+    conf.write_text(f"Target iqn.2026-11.test:cfg\n  Lun 0 Path={work / 's.img'}\n"
+                    "  IncomingUser bob same-secret-4567\n  OutgoingUser filer same-secret-4567\n")
+    return ["-c", str(conf), "--portal", "127.0.0.1:0"]
+
+
+def _unknown_digest(work: Path) -> list[str]:
+    return ["--disk", str(work / "d.img"), "--size", "1M", "--chap-digests", "SHA-256,sha512"]
+
+
 @system
 @pytest.mark.parametrize("make_args, message, exact", [
+    pytest.param(_secret_both_directions, "FILE:LINE: the secret of OutgoingUser USER (line N) "
+                 "is also the secret of IncomingUser … (line …)",
+                 "ietd.conf:4: the secret of OutgoingUser filer (line 4)",
+                 id="secret-both-directions"),
+    pytest.param(_unknown_digest, "--chap-digests: unknown CHAP digest …", "'sha512'",
+                 id="unknown-digest"),
     pytest.param(_config_error, "FILE:LINE: …", "ietd.conf:2: Lun 0 has no Path",
                  id="config-error"),
     pytest.param(_backing_file_missing, "FILE:LINE: Lun N: backing file PATH does not exist",
@@ -827,3 +866,190 @@ def test_protocol_violation_drops_the_connection(plain_target: RunningTarget) ->
     assert plain_target.process.poll() is None
     with socket.create_connection(("127.0.0.1", plain_target.port), timeout=10):
         pass  # and it still accepts others
+
+
+# ----------------------------------------------------------------- limits and CHAP rules
+
+def raw_login(port: int, target: str | None, isid: bytes, **kw: object) -> socket.socket:
+    """Log in with our login machine over a plain socket; the socket stays open (raises
+    LoginFailed when refused)."""
+    from blockbridge.iscsi.framing import PDUReader
+    from blockbridge.iscsi.login import InitiatorLogin
+
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    login = InitiatorLogin(initiator_name="iqn.2026-11.test:raw", target_name=target,
+                           isid=isid, **kw)  # type: ignore[arg-type]
+    reader = PDUReader()
+    req: P.LoginRequest | None = login.start(cmdsn=1)
+    try:
+        while req is not None:
+            s.sendall(P.encode_pdu(req))
+            while (rsp := reader.next_pdu()) is None:
+                chunk = s.recv(65536)
+                if not chunk:
+                    raise ConnectionError("closed by the target")
+                reader.feed(chunk)
+            assert isinstance(rsp, P.LoginResponse)
+            req = login.receive(rsp)
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
+@system
+def test_unproven_connections_are_capped(tmp_path: Path) -> None:
+    for option in ("--max-logins-per-address", "--max-logins"):
+        with our_target(quick(tmp_path / "d.img", "iqn.2026-11.test:cap", option, "1"),
+                        tmp_path) as t:
+            with socket.create_connection(("127.0.0.1", t.port)), \
+                    socket.create_connection(("127.0.0.1", t.port)) as second:
+                second.settimeout(10)
+                assert second.recv(10) == b""
+            assert wait_for(lambda: "connection refused" in t.log())
+            expect(f"connection refused: N connections {'from … ' if 'address' in option else ''}"
+                   f"are logging in or in discovery sessions ({option} N)", t.log())
+
+
+@system
+def test_out_of_descriptors(tmp_path: Path) -> None:
+    args = quick(tmp_path / "d.img", "iqn.2026-11.test:fd", "--max-logins", "500",
+                 "--max-logins-per-address", "500")
+    with our_target(args, tmp_path, nofile=48) as t:
+        held = [socket.create_connection(("127.0.0.1", t.port), timeout=10) for _ in range(60)]
+        try:
+            assert wait_for(lambda: "accepting connections paused" in t.log())
+        finally:
+            for c in held:
+                c.close()
+        expect("accepting connections paused: Too many open files; raise LimitNOFILE or "
+               "lower --max-logins (docs/security.md)", t.log())
+        expect("the limit on open files is N, less than --max-logins …", t.log())
+
+
+@system
+def test_discovery_sessions_end(tmp_path: Path) -> None:
+    for extra, message in ((["--discovery-idle", "0.3"], "discovery session N closed: idle for …"),
+                           (["--discovery-lifetime", "0.3"],
+                            "discovery session N closed: open for …, the longest allowed")):
+        with our_target(quick(tmp_path / "d.img", "iqn.2026-11.test:disc", *extra),
+                        tmp_path) as t:
+            s = raw_login(t.port, None, bytes.fromhex("800000000001"))
+            s.settimeout(10)
+            assert s.recv(10) == b""
+            s.close()
+            assert wait_for(lambda: "discovery session" in t.log())
+            expect(message, t.log())
+
+
+@system
+def test_sessions_per_initiator(tmp_path: Path) -> None:
+    from blockbridge.iscsi.errors import LoginFailed
+
+    iqn = "iqn.2026-11.test:per-initiator"
+    with our_target(quick(tmp_path / "d.img", iqn, "--max-sessions-per-initiator", "1"),
+                    tmp_path) as t:
+        with raw_login(t.port, iqn, bytes.fromhex("800000000001")), \
+                pytest.raises(LoginFailed, match="0x0206"):
+            raw_login(t.port, iqn, bytes.fromhex("800000000002"))
+        assert wait_for(lambda: "--max-sessions-per-initiator" in t.log())
+        expect("IQN has N sessions with TARGET already (--max-sessions-per-initiator N)",
+               t.log())
+
+
+@system
+def test_session_takeover_and_reflection(tmp_path: Path) -> None:
+    from blockbridge.iscsi.errors import LoginFailed
+    from blockbridge.iscsi.login import ChapCredentials
+    from blockbridge.iscsi.text import decode_text
+
+    iqn = "iqn.2026-11.test:takeover"
+    disk = tmp_path / "t.img"
+    disk.write_bytes(bytes(1 << 20))
+    conf = tmp_path / "ietd.conf"
+    conf.write_text(f"Target {iqn}\n  Lun 0 Path={disk}\n  IncomingUser alice {SECRET}\n"
+                    "  IncomingUser bob bob-secret-45678\n  OutgoingUser filer filer-secret-999\n")
+    alice = ChapCredentials("alice", SECRET.encode())
+    isid = bytes.fromhex("800000000007")
+    with our_target(["-c", str(conf), "--portal", "127.0.0.1:0"], tmp_path) as t:
+        with raw_login(t.port, iqn, isid, credentials=alice), \
+                pytest.raises(LoginFailed, match="0x0202"):
+            raw_login(t.port, iqn, isid, credentials=ChapCredentials("bob", b"bob-secret-45678"))
+        assert wait_for(lambda: "reinstatement refused" in t.log())
+        expect("login of IQN to TARGET refused: this initiator is not allowed to use the "
+               "target: session N of IQN (ISID …) belongs to CHAP user …, not …: "
+               "reinstatement refused", t.log())
+        # take a challenge of the target's, then ask the target to answer it
+        with socket.create_connection(("127.0.0.1", t.port), timeout=10) as s:
+            from blockbridge.iscsi.framing import PDUReader
+            from blockbridge.iscsi.login import InitiatorLogin
+
+            probe = InitiatorLogin(initiator_name="iqn.2026-11.test:raw", target_name=iqn,
+                                   isid=bytes.fromhex("800000000008"), credentials=alice,
+                                   chap_algorithms=(5,), random_bytes=os.urandom)
+            reader = PDUReader()
+            req = probe.start(cmdsn=1)
+            keys: dict[str, str] = {}
+            for _ in range(2):
+                s.sendall(P.encode_pdu(req))
+                while (rsp := reader.next_pdu()) is None:
+                    reader.feed(s.recv(65536))
+                assert isinstance(rsp, P.LoginResponse)
+                keys = dict(decode_text(rsp.data))
+                if "CHAP_C" in keys:
+                    break
+                nxt = probe.receive(rsp)
+                assert nxt is not None
+                req = nxt
+            ident, challenge = int(keys["CHAP_I"]), bytes.fromhex(keys["CHAP_C"][2:])
+
+            def rigged(n: int) -> bytes:
+                return bytes([ident]) if n == 1 else challenge
+
+            with pytest.raises(LoginFailed, match="0x0201"):
+                raw_login(t.port, iqn, bytes.fromhex("800000000009"), credentials=alice,
+                          target_credentials=ChapCredentials("filer", b"filer-secret-999"),
+                          random_bytes=rigged, chap_algorithms=(5,))
+        assert wait_for(lambda: "reflection refused" in t.log())
+        expect("login of IQN to TARGET refused: authentication failed: CHAP user … sent a "
+               "challenge this target issued to another login: reflection refused", t.log())
+
+
+@system
+def test_short_target_challenge(home: Home) -> None:
+    """A fake target that sends a 5-byte MD5 challenge."""
+    import threading
+
+    from blockbridge.iscsi.framing import PDUReader
+    from blockbridge.iscsi.text import encode_text
+
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def fake() -> None:
+        with contextlib.suppress(OSError), server, server.accept()[0] as c:
+            reader = PDUReader()
+            for answer in ([("AuthMethod", "CHAP")],
+                           [("CHAP_A", "5"), ("CHAP_I", "1"), ("CHAP_C", "0x0102030405")]):
+                while (req := reader.next_pdu()) is None:
+                    reader.feed(c.recv(65536))
+                assert isinstance(req, P.LoginRequest)
+                c.sendall(P.encode_pdu(P.LoginResponse(
+                    itt=req.itt, isid=req.isid, csg=req.csg, nsg=req.csg,
+                    data=encode_text(answer))))
+            c.recv(100)
+
+    thread = threading.Thread(target=fake, daemon=True)
+    thread.start()
+    creds = home.credentials("c.toml", SECRET)
+    r = home.bb("discover", f"127.0.0.1:{port}", "--auth-file", str(creds), timeout=30)
+    thread.join(10)
+    expect_error("the target's CHAP challenge is … bytes, shorter than the …-byte … digest: "
+                 "refused …", r)
+    assert "5 bytes, shorter than the 16-byte MD5 digest" in r.stderr
+
+
+@system
+def test_unknown_chap_digest(home: Home) -> None:
+    r = home.bb("discover", "127.0.0.1:9", "--chap-digests", "md4")
+    expect_error("--chap-digests: unknown CHAP digest …", r)

@@ -139,3 +139,29 @@ def test_a_weak_initiator_secret_warns(caplog: pytest.LogCaptureFixture) -> None
     caplog.clear()
     parse('[default]\nuser = "alice"\nsecret = "twelve-chars"\n', "credentials.toml")
     assert "shorter" not in caplog.text
+
+
+@pytest.mark.parametrize("text, line", [
+    # one target's OutgoingUser secret is another target's IncomingUser secret
+    ("Target iqn.2026-11.x:a\n  IncomingUser bob bob-secret-45678\n"
+     "  OutgoingUser a shared-secret-99\n"
+     "Target iqn.2026-11.x:b\n  IncomingUser carol shared-secret-99\n", 5),
+    # the same within one target, the outgoing one written last
+    ("Target iqn.2026-11.x:a\n  IncomingUser bob shared-secret-99\n"
+     "  OutgoingUser a shared-secret-99\n", 3),
+    # discovery's OutgoingUser and a target's IncomingUser
+    ("OutgoingUser filer shared-secret-99\nTarget iqn.2026-11.x:a\n"
+     "  IncomingUser carol shared-secret-99\n", 3),
+])
+def test_a_secret_in_both_directions_is_refused(text: str, line: int) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config(text, "ietd.conf")
+    assert str(err.value).startswith(f"ietd.conf:{line}: the secret of OutgoingUser ")
+    assert "is also the secret of IncomingUser" in str(err.value)
+    assert "RFC 7143 forbids a secret in both directions" in str(err.value)
+
+
+def test_the_same_incoming_secret_on_two_targets_is_allowed() -> None:
+    cfg = parse_config("Target iqn.2026-11.x:a\n  IncomingUser bob bob-secret-45678\n"
+                       "Target iqn.2026-11.x:b\n  IncomingUser bob bob-secret-45678\n")
+    assert len(cfg.targets) == 2

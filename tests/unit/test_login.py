@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import itertools
+import os
 from typing import Any
 
 import pytest
 
+from blockbridge.iscsi import chap
 from blockbridge.iscsi.constants import LoginStatus, Stage
 from blockbridge.iscsi.errors import AuthenticationError, LoginFailed, NegotiationError
 from blockbridge.iscsi.login import (
@@ -206,3 +208,97 @@ def test_reflected_challenge_refused() -> None:
 
 def test_negotiation_error_type() -> None:
     assert issubclass(NegotiationError, Exception)
+
+
+def test_a_challenge_issued_to_another_login_is_not_answered() -> None:
+    clock = [0.0]
+    recent = chap.RecentChallenges(clock=lambda: clock[0], lifetime=60)
+    cfg = TargetLoginConfig(target_name=IQN, incoming={"alice": b"alice-secret-123"},
+                            outgoing=ChapCredentials("tgt", b"target-secret-456"))
+
+    def resolve(session_type: str, target: str, initiator: str) -> TargetLoginConfig:
+        return cfg
+
+    def machine() -> TargetLogin:
+        return TargetLogin(portal_group_tag=1, resolve=resolve, random_bytes=os.urandom,
+                           challenges=recent)
+
+    other = machine()  # another connection's login: it issues a challenge
+    first = InitiatorLogin(random_bytes=os.urandom, initiator_name=INI, target_name=IQN, isid=ISID,
+                           credentials=ChapCredentials("alice", b"x"))
+    rsp = other.receive(first.start(), statsn=1, expcmdsn=1, maxcmdsn=1)
+    req = first.receive(rsp)
+    assert req is not None
+    issued = dict(decode_text(other.receive(req, statsn=2, expcmdsn=1, maxcmdsn=1).data))
+    challenge = bytes.fromhex(issued["CHAP_C"][2:])
+    assert challenge in recent
+
+    # A mutual-CHAP login that sends that very challenge is refused.
+    def rigged(n: int) -> bytes:
+        return bytes([int(issued["CHAP_I"])]) if n == 1 else challenge
+
+    ini = InitiatorLogin(initiator_name=INI, target_name=IQN, isid=ISID,
+                         credentials=ChapCredentials("alice", b"alice-secret-123"),
+                         target_credentials=ChapCredentials("tgt", b"target-secret-456"),
+                         random_bytes=rigged, chap_algorithms=(int(issued["CHAP_A"]),))
+    tgt = machine()
+    with pytest.raises(LoginFailed, match="authentication failed"):
+        run(ini, tgt)
+    assert "reflection refused" in (tgt.failure or "")
+    # forgotten after its lifetime, and the set stays bounded
+    clock[0] = 61.0
+    assert challenge not in recent
+    small = chap.RecentChallenges(clock=lambda: 0.0, max_entries=10)
+    for i in range(100):
+        small.add(bytes([i]) * 32)
+    assert len(small) == 10 and bytes([99]) * 32 in small and bytes([0]) * 32 not in small
+
+
+def test_the_initiator_refuses_a_challenge_shorter_than_the_digest() -> None:
+    cfg = TargetLoginConfig(target_name=IQN, incoming={"alice": b"alice-secret-123"})
+
+    def resolve(session_type: str, target: str, initiator: str) -> TargetLoginConfig:
+        return cfg
+
+    tgt = TargetLogin(portal_group_tag=1, resolve=resolve, random_bytes=lambda n: b"\1" * min(n, 8))
+    ini = InitiatorLogin(random_bytes=os.urandom, initiator_name=INI, target_name=IQN, isid=ISID,
+                         credentials=ChapCredentials("alice", b"alice-secret-123"))
+    with pytest.raises(AuthenticationError, match="challenge is 8 bytes, shorter than the 32"):
+        run(ini, tgt)
+
+
+def test_the_session_check_can_refuse_a_login() -> None:
+    seen = []
+
+    def check(target: str, initiator: str, isid: bytes, user: str | None) -> LoginFailed | None:
+        seen.append((target, initiator, isid, user))
+        return LoginFailed("taken", LoginStatus.AUTHORIZATION_FAILURE)
+
+    cfg = TargetLoginConfig(target_name=IQN, incoming={"bob": b"bob-secret-45678"})
+    tgt = TargetLogin(portal_group_tag=1, resolve=lambda *a: cfg, check_session=check,
+                      random_bytes=os.urandom)
+    ini = InitiatorLogin(random_bytes=os.urandom, initiator_name=INI, target_name=IQN, isid=ISID,
+                         credentials=ChapCredentials("bob", b"bob-secret-45678"))
+    with pytest.raises(LoginFailed, match="not allowed"):
+        run(ini, tgt)
+    assert seen == [(IQN, INI, ISID, "bob")] and tgt.failed and not tgt.done
+
+
+def test_chap_digest_lists() -> None:
+    assert chap.parse_digests("SHA-256, sha1,7") == (7, 6)
+    assert chap.parse_digests("8,MD5") == (8, 5)
+    with pytest.raises(ValueError, match="unknown CHAP digest 'sha512'"):
+        chap.parse_digests("sha512")
+    with pytest.raises(ValueError, match="no CHAP digest"):
+        chap.parse_digests(" , ")
+
+
+def test_a_target_without_md5_refuses_an_md5_only_initiator() -> None:
+    cfg = TargetLoginConfig(target_name=IQN, incoming={"alice": b"alice-secret-123"})
+    tgt = TargetLogin(portal_group_tag=1, resolve=lambda *a: cfg, chap_algorithms=(7, 6),
+                      random_bytes=os.urandom)
+    ini = InitiatorLogin(random_bytes=os.urandom, initiator_name=INI, target_name=IQN, isid=ISID,
+                         credentials=ChapCredentials("alice", b"alice-secret-123"),
+                         chap_algorithms=(5,))
+    with pytest.raises(LoginFailed, match="authentication failed"):
+        run(ini, tgt)
