@@ -44,18 +44,22 @@ def fusectl_mounted() -> Iterator[Path]:
 
 @dataclass
 class Namespace:
-    """A private mount namespace, kept by a sleeping process."""
+    """A private mount namespace, kept by a sleeping process; or, with no holder, the
+    test's own namespace (where fusectl is not mounted in the first place)."""
 
-    holder: subprocess.Popen[str]
+    holder: subprocess.Popen[str] | None
 
     @property
     def prefix(self) -> list[str]:
         """Put before a command to run it in the namespace (use absolute paths)."""
+        if self.holder is None:
+            return []
         return ["nsenter", f"--mount=/proc/{self.holder.pid}/ns/mnt", "--"]
 
     @property
     def mountinfo(self) -> Path:
-        return Path(f"/proc/{self.holder.pid}/mountinfo")
+        pid = "self" if self.holder is None else self.holder.pid
+        return Path(f"/proc/{pid}/mountinfo")
 
     def is_mount(self, path: Path) -> bool:
         return any(point == path for point, _ in mounts(self.mountinfo))
@@ -63,13 +67,18 @@ class Namespace:
 
 @contextlib.contextmanager
 def without_fusectl() -> Iterator[Namespace]:
-    """A private mount namespace in which fusectl is not mounted, whether or not it is on
-    the machine; mounts made in it vanish with it when the block ends."""
+    """A mount namespace in which fusectl is not mounted: the test's own where the machine
+    has none (a fresh machine, a chroot), else a private one whose mounts vanish with it
+    when the block ends."""
+    present = fusectl_mounts()
+    if not present:
+        yield Namespace(None)
+        return
     require("root", "unshare", "nsenter")
     script = 'for m; do umount "$m" || exit 1; done; echo ready; exec sleep 3600'
     holder = subprocess.Popen(
         ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh",
-         *map(str, fusectl_mounts())], stdout=subprocess.PIPE, text=True)
+         *map(str, present)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout is not None
         assert holder.stdout.readline() == "ready\n", "cannot make a namespace without fusectl"
