@@ -11,9 +11,11 @@ from typing import Protocol
 
 import trio
 
+from blockbridge.buffers import BufferPool
 from blockbridge.iscsi.constants import LoginStatus
 from blockbridge.iscsi.login import ChapCredentials, TargetLoginConfig
 
+from .budget import BufferLimits, ServerBudget
 from .connection import Connection
 from .session import SessionTable
 from .targets import TargetDef
@@ -46,8 +48,13 @@ class TargetServer:
         discovery_outgoing: ChapCredentials | None = None,
         acl: AccessPolicy | None = None,
         tpgt: int = 1,
+        limits: BufferLimits | None = None,
     ) -> None:
         self.targets = {t.name: t for t in targets}
+        # command buffers: a budget shared by every session, and one pool of write buffers
+        self.limits = limits or BufferLimits()
+        self.budget = ServerBudget(self.limits.server_budget)
+        self.write_buffers = BufferPool()
         self.discovery_users = discovery_users or {}
         self.discovery_outgoing = discovery_outgoing
         self.acl = acl
