@@ -9,6 +9,7 @@ from blockbridge.iscsi.login import ChapCredentials
 
 from .backends.base import Backend
 from .backends.file import BackingStoreError, FileBackend, NullBackend
+from .budget import BufferLimits
 from .config import Config, ConfigError, LunConfig, default_config_path, load_config
 from .lun import LogicalUnit
 from .server import AccessPolicy, TargetServer
@@ -61,7 +62,8 @@ def reload_config(server: TargetServer, path: Path, *, refuse_weak_secrets: bool
 
 
 def server_from_config(path: Path | None, acl: AccessPolicy | None, *,
-                       refuse_weak_secrets: bool = False) -> TargetServer:
+                       refuse_weak_secrets: bool = False,
+                       limits: BufferLimits | None = None) -> TargetServer:
     if path is None:
         path = default_config_path()
         if path is None:
@@ -80,7 +82,7 @@ def server_from_config(path: Path | None, acl: AccessPolicy | None, *,
         log.warning("%s defines no targets", path)
     targets = build_targets(cfg, str(path))
     return TargetServer(
-        targets, acl=acl,
+        targets, acl=acl, limits=limits,
         discovery_users={u: s.encode() for u, s in cfg.incoming_users},
         discovery_outgoing=ChapCredentials(cfg.outgoing_user[0], cfg.outgoing_user[1].encode())
         if cfg.outgoing_user else None)
