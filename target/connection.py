@@ -363,7 +363,8 @@ class Connection:
         unsolicited = cmd.write and edtl and not params.initial_r2t and not cmd.final
         unasked = bool(cmd.write and edtl and (data_len or unsolicited))
         early = self._refuse_early(cmd, lun_number)
-        if early is None and unasked and not self.budget.try_take(edtl):
+        size = edtl + self._read_buffer(cmd, lun_number) if unasked else 0
+        if early is None and unasked and not self.budget.try_take(size):
             # Its data comes unasked, and has nowhere to go: the initiator retries later.
             self._note_timeout("no buffer budget for the unsolicited data of task "
                                f"0x{cmd.itt:08x}: answered BUSY")
@@ -376,7 +377,7 @@ class Connection:
         task = Task(cmd=cmd, lun_number=lun_number)
         if cmd.write and edtl:
             if unasked:
-                task.reserved = edtl  # taken above
+                task.reserved = size  # taken above
             if placed is not None:
                 task.buffer = placed  # the immediate data was received into it
             elif data_len:
@@ -404,6 +405,12 @@ class Connection:
         if lu is None:
             return not_supported_lun_result() if cmd.write and cmd.expected_length else None
         return lu.refuse_early(cmd.cdb, self.session.nexus, cmd.expected_length, cmd.write)
+
+    def _read_buffer(self, cmd: P.SCSICommand, lun_number: int) -> int:
+        """The bytes a command reads into a buffer of its own (see buffer_length)."""
+        assert self.session is not None
+        lu = self.session.luns.get(lun_number)
+        return lu.buffer_length(cmd.cdb) if lu is not None else 0
 
     def _note_timeout(self, what: str) -> None:
         """Log a command ended for want of data or budget: the first of a connection as a
@@ -591,8 +598,10 @@ class Connection:
         assert self.session is not None
         params = self.session.params
         edtl = task.cmd.expected_length
-        if not task.reserved and (not self.budget.fits(edtl)
-                                  or not await self._reserve(task, edtl)):
+        # with what it reads (COMPARE AND WRITE, ORWRITE): all it needs at once
+        size = edtl + self._read_buffer(task.cmd, task.lun_number)
+        if not task.reserved and (not self.budget.fits(size)
+                                  or not await self._reserve(task, size)):
             return SCSIResult(Status.BUSY)
         if not await self._wait_data(task, task.unsolicited_done):
             return self._timed_out(task)
@@ -638,7 +647,7 @@ class Connection:
                 return SCSIResult(data=bytes(data[:alloc]))
             return not_supported_lun_result()
         assert self.session.nexus is not None
-        need = lu.buffer_length(cmd.cdb)
+        need = lu.buffer_length(cmd.cdb) if not task.reserved else 0  # a write's: taken
         # a need beyond the budget is a command the unit refuses without reading
         if need and self.budget.fits(need) and not await self._reserve(task, need):
             return SCSIResult(Status.BUSY)
