@@ -151,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     lim.add_argument("--session-buffer-budget", metavar="SIZE",
                      default=f"{DEFAULT_SESSION_BUDGET >> 20}M",
                      help="the same for one session; at least the largest transfer a "
-                          "command may ask, 16M (default %(default)s)")
+                          "command may ask, 32M (default %(default)s)")
     lim.add_argument("--data-out-timeout", metavar="SECONDS", type=float,
                      default=DEFAULT_DATA_OUT_TIMEOUT,
                      help="end a write whose data stops coming for this long, and a "

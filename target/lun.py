@@ -159,7 +159,9 @@ class NexusState:
 
 
 class LogicalUnit:
-    DEFAULT_MAX_TRANSFER = 16 * 1024 * 1024  # MAXIMUM TRANSFER LENGTH, in bytes
+    # MAXIMUM TRANSFER LENGTH, in bytes: 65536 blocks of 512 bytes, as many as a WRITE
+    # SAME may cover in a 4-byte length (libiscsi writes that many before unmapping them)
+    DEFAULT_MAX_TRANSFER = 32 * 1024 * 1024
 
     def __init__(
         self,

@@ -15,7 +15,6 @@ import trio
 from blockbridge.initiator.session import Session
 from blockbridge.iscsi import pdu as P
 from blockbridge.iscsi.framing import encode_bytes
-from blockbridge.scsi import cdb
 from blockbridge.scsi.constants import (
     INITIATOR_RESPONSE_TIMEOUT,
     INVALID_FIELD_IN_CDB,
@@ -168,7 +167,7 @@ def test_an_initiator_that_does_not_read_a_tmpfs_lun_cannot_grow_the_target(
     where = tmpfs_dir(tmp_path)
     disk = where / "d.img"
     try:
-        with start(disk, tmp_path, "--session-buffer-budget", "16M") as target:
+        with start(disk, tmp_path, "--session-buffer-budget", "32M") as target:
             disk.read_bytes()
             before = rss_mib(target.process.pid)
 
@@ -199,15 +198,16 @@ def test_an_initiator_that_does_not_read_a_tmpfs_lun_cannot_grow_the_target(
 
 def test_transfers_longer_than_the_block_limits_page_allows_are_refused(
         tmp_path: Path) -> None:
-    longest = 16 * MiB // 512  # MAXIMUM TRANSFER LENGTH, in blocks
+    longest = 32 * MiB // 512  # MAXIMUM TRANSFER LENGTH, in blocks
 
     async def main(target: RunningTarget) -> None:
         s = await login(target, "greedy")
         cases = [
             (read16(0, longest + 1), (longest + 1) * 512, False),
             (write16(0, longest + 1), (longest + 1) * 512, True),
-            (cdb.read(0, 0xFFFF), 0xFFFF * 512, False),  # READ(10) of 32 MiB - 512
             (write16(0, 8), 64 * MiB, True),  # a small write with a huge EDTL
+            (bytes([0x8F, 0]) + bytes(8) + (longest + 1).to_bytes(4, "big") + b"\0\0", 0,
+             False),  # VERIFY(16), BYTCHK 0: its length is a transfer length too
         ]
         for k, (c, length, write) in enumerate(cases):
             await s.stream.send_pdu(command(s, k, c, length, write=write))
