@@ -25,6 +25,12 @@ from blockbridge.tls import TLSError, generate_self_signed, server_context
 
 from .acl import AccessControl
 from .backends.file import BackingStoreError, FileBackend
+from .budget import (
+    DEFAULT_DATA_OUT_TIMEOUT,
+    DEFAULT_SERVER_BUDGET,
+    DEFAULT_SESSION_BUDGET,
+    BufferLimits,
+)
 from .config import MAX_NAME_BYTES, ConfigError, default_config_path
 from .configured import StartupError, reload_config, server_from_config
 from .lun import LogicalUnit
@@ -168,6 +174,21 @@ def build_parser() -> argparse.ArgumentParser:
     net.add_argument("-p", "--portal", metavar="HOST:PORT", action="append",
                      help="address to listen on; repeatable; port 0 picks a free port "
                           "(default 0.0.0.0:3260)")
+    lim = p.add_argument_group("limits")
+    lim.add_argument("--buffer-budget", metavar="SIZE",
+                     default=f"{DEFAULT_SERVER_BUDGET >> 20}M",
+                     help="memory for the data of commands in flight, all sessions together "
+                          "(write data being received, read data not yet sent); commands "
+                          "beyond it wait (default %(default)s)")
+    lim.add_argument("--session-buffer-budget", metavar="SIZE",
+                     default=f"{DEFAULT_SESSION_BUDGET >> 20}M",
+                     help="the same for one session; at least the largest transfer a "
+                          "command may ask, 32M (default %(default)s)")
+    lim.add_argument("--data-out-timeout", metavar="SECONDS", type=float,
+                     default=DEFAULT_DATA_OUT_TIMEOUT,
+                     help="end a write whose data stops coming for this long, and a "
+                          "command that waits this long for buffer memory (default "
+                          "%(default)gs)")
     out = p.add_argument_group("logging")
     out.add_argument("-v", "--verbose", action="count", default=0,
                      help="more log output (-vv for protocol debugging)")
@@ -223,6 +244,23 @@ def raise_descriptor_limit(lim: Limits, luns: int) -> None:
                     "+ %d: new connections will be paused when it is reached; raise "
                     "LimitNOFILE or lower --max-logins", soft, lim.max_logins, luns,
                     DESCRIPTOR_MARGIN)
+
+
+def buffer_limits(args: argparse.Namespace) -> BufferLimits:
+    """The budgets and the Data-Out timeout of the command line, checked."""
+    server = parse_size(args.buffer_budget)
+    session = parse_size(args.session_buffer_budget)
+    largest = LogicalUnit.DEFAULT_MAX_TRANSFER
+    if session < largest:
+        raise UsageError(f"--session-buffer-budget {args.session_buffer_budget} is smaller "
+                         f"than the largest transfer of one command ({largest >> 20}M)")
+    if server < session:
+        raise UsageError(f"--buffer-budget {args.buffer_budget} is smaller than "
+                         f"--session-buffer-budget {args.session_buffer_budget}")
+    timeout = args.data_out_timeout
+    if not 0.1 <= timeout <= 3600:
+        raise UsageError(f"--data-out-timeout {timeout:g} is outside 0.1..3600 seconds")
+    return BufferLimits(server, session, timeout)
 
 
 def quick_target(args: argparse.Namespace) -> TargetDef:
@@ -308,12 +346,15 @@ async def run(server: TargetServer, portals: list[tuple[str, int]],
 
 def load_targets(args: argparse.Namespace) -> TargetServer:
     lim = limits(args)
+    buffers = buffer_limits(args)
     if args.disk is not None:
         if args.config is not None:
             raise UsageError("give either --disk or --config, not both")
-        return TargetServer([quick_target(args)], acl=load_acl(args), limits=lim)
+        return TargetServer([quick_target(args)], acl=load_acl(args), limits=lim,
+                            buffer_limits=buffers)
     return server_from_config(args.config, load_acl(args),
-                              refuse_weak_secrets=args.refuse_weak_secrets, limits=lim)
+                              refuse_weak_secrets=args.refuse_weak_secrets, limits=lim,
+                              buffer_limits=buffers)
 
 
 def load_acl(args: argparse.Namespace) -> AccessControl | None:

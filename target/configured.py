@@ -10,6 +10,7 @@ from blockbridge.iscsi.login import ChapCredentials
 
 from .backends.base import Backend
 from .backends.file import BackingStoreError, FileBackend, NullBackend
+from .budget import BufferLimits
 from .config import Config, ConfigError, LunConfig, default_config_path, load_config
 from .lun import LogicalUnit
 from .server import AccessPolicy, Limits, TargetServer
@@ -57,14 +58,14 @@ def reload_config(server: TargetServer, path: Path, *, refuse_weak_secrets: bool
                   ) -> list[str]:
     """Re-read ietd.conf into a running server (raises on errors; nothing changes then)."""
     fresh = server_from_config(path, server.acl, refuse_weak_secrets=refuse_weak_secrets,
-                               limits=server.limits)
+                               limits=server.limits, buffer_limits=server.buffer_limits)
     return server.reload(list(fresh.targets.values()), fresh.discovery_users,
                          fresh.discovery_outgoing)
 
 
 def server_from_config(path: Path | None, acl: AccessPolicy | None, *,
-                       refuse_weak_secrets: bool = False, limits: Limits | None = None
-                       ) -> TargetServer:
+                       refuse_weak_secrets: bool = False, limits: Limits | None = None,
+                       buffer_limits: BufferLimits | None = None) -> TargetServer:
     if path is None:
         path = default_config_path()
         if path is None:
@@ -83,7 +84,7 @@ def server_from_config(path: Path | None, acl: AccessPolicy | None, *,
         log.warning("%s defines no targets", path)
     targets = build_targets(cfg, str(path))
     return TargetServer(
-        targets, acl=acl, limits=limits,
+        targets, acl=acl, limits=limits, buffer_limits=buffer_limits,
         discovery_users={u: s.encode() for u, s in cfg.incoming_users},
         discovery_outgoing=ChapCredentials(cfg.outgoing_user[0], cfg.outgoing_user[1].encode())
         if cfg.outgoing_user else None)

@@ -7,6 +7,12 @@ as its own task in the connection's nursery (so commands proceed concurrently),
 collecting Data-Out through R2Ts, running on the logical unit, and answering with Data-In
 and a response.  Answers given outside a task are posted to the PDU stream and written,
 many per system call, by one flusher task.
+
+Memory stays bounded whatever the initiator does: every buffer a command holds while it
+waits for its peer is reserved first in the session's budget and the server's
+(``budget``), write buffers are taken when the first byte of data arrives, a write's data
+is reserved before its R2T, and Data-Out that does not come within the Data-Out timeout
+ends the command.
 """
 
 from __future__ import annotations
@@ -36,9 +42,11 @@ from blockbridge.iscsi.framing import FileRange, WithFileData, segment_length
 from blockbridge.iscsi.login import TargetLogin
 from blockbridge.iscsi.serial import sn_add
 from blockbridge.iscsi.text import TextAssembler, decode_text, encode_text
-from blockbridge.scsi.constants import Op, Status
+from blockbridge.scsi.constants import INITIATOR_RESPONSE_TIMEOUT, Op, SenseKey, Status
+from blockbridge.scsi.sense import build_sense
 from blockbridge.transport import LOGIN_RECEIVE_CHUNK, RECEIVE_CHUNK, ConnectionClosed, PDUStream
 
+from .budget import SessionBudget
 from .lun import LogicalUnit, Nexus, SCSIResult, not_supported_lun_result, report_luns_data
 from .session import CommandWindow, Session
 
@@ -47,7 +55,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MAX_WRITE_BUFFER = 64 * 1024 * 1024
 MAX_PENDING_COMMANDS = 256
 MAX_POSTED_BYTES = 8 << 20  # answered but unsent read data before the reader waits
 
@@ -60,7 +67,8 @@ class Drop(Exception):
 class Task:
     cmd: P.SCSICommand
     lun_number: int
-    buffer: bytearray | None = None
+    buffer: bytearray | None = None  # write data, taken when its first byte arrives
+    reserved: int = 0  # bytes of the session's budget this task holds
     unsolicited_limit: int = 0
     unsolicited_done: trio.Event = field(default_factory=trio.Event)
     burst_done: trio.Event = field(default_factory=trio.Event)
@@ -87,7 +95,10 @@ class Connection:
         self.unproven = True
         self._idle: trio.CancelScope | None = None  # a discovery session's idle limit
         self._dropped = 0  # commands dropped for a CmdSN outside the window
-        self._buffers = BufferPool()  # write data buffers, recycled after each command
+        self._timeouts = 0  # commands ended for want of Data-Out or of buffer budget
+        self._buffers: BufferPool = server.write_buffers  # recycled after each command
+        self.budget: SessionBudget = server.budget.session(server.buffer_limits.session_budget)
+        self._data_out_timeout = server.buffer_limits.data_out_timeout
         self.local = local
         self.session: Session | None = None
         self.statsn = 0x1000
@@ -125,6 +136,7 @@ class Connection:
                         nursery.cancel_scope.cancel()
             finally:
                 self._cleanup()
+                self.budget.close()  # answers queued but unsent are dropped with the stream
                 await self.pdus.aclose()
 
     async def _discovery(self) -> None:
@@ -348,6 +360,10 @@ class Connection:
             await self._reject(cmd, RejectReason.PROTOCOL_ERROR)
             return
         if cmd.immediate:
+            if s.window.in_flight >= s.window.depth:
+                # immediate commands bypass the window, but not its limit on tasks
+                self._answer(cmd, P.decode_lun(cmd.lun), SCSIResult(Status.TASK_SET_FULL))
+                return
             self._start(cmd)
             return
         verdict = s.window.classify(cmd.cmdsn)
@@ -392,19 +408,34 @@ class Connection:
             if placed is not None:
                 self._buffers.give(placed)  # the write is done: nothing refers to it now
             return  # a read, or a write whose data all came with it, done at once
-        task = Task(cmd=cmd, lun_number=P.decode_lun(cmd.lun))
+        lun_number = P.decode_lun(cmd.lun)
+        unsolicited = cmd.write and edtl and not params.initial_r2t and not cmd.final
+        unasked = bool(cmd.write and edtl and (data_len or unsolicited))
+        early = self._refuse_early(cmd, lun_number)
+        size = edtl + self._read_buffer(cmd, lun_number) if unasked else 0
+        if early is None and unasked and not self.budget.try_take(size):
+            # Its data comes unasked, and has nowhere to go: the initiator retries later.
+            self._note_timeout("no buffer budget for the unsolicited data of task "
+                               f"0x{cmd.itt:08x}: answered BUSY")
+            early = SCSIResult(Status.BUSY)
+        if early is not None:
+            if placed is not None:
+                self._buffers.give(placed)
+            self._answer(cmd, lun_number, early)  # any Data-Out that follows is ignored
+            return
+        task = Task(cmd=cmd, lun_number=lun_number)
         if cmd.write and edtl:
-            if edtl > MAX_WRITE_BUFFER:
-                task.buffer = None  # refused in _run; data that follows is discarded
-            elif placed is not None:
+            if unasked:
+                task.reserved = size  # taken above
+            if placed is not None:
                 task.buffer = placed  # the immediate data was received into it
-            else:
+            elif data_len:
                 # every byte is overwritten by the data the initiator sends before the
                 # command runs (all of EDTL is collected first), so a reused buffer is safe
                 task.buffer = self._buffers.take(edtl)
                 task.buffer[:data_len] = cmd.data
             task.next_offset = data_len
-            if not params.initial_r2t and not cmd.final:
+            if unsolicited:
                 task.unsolicited_limit = min(params.first_burst_length, edtl)
             else:
                 task.unsolicited_done.set()
@@ -413,6 +444,30 @@ class Connection:
         self.tasks[cmd.itt] = task
         self.session.window.in_flight += 1
         self._nursery.start_soon(self._run, task)
+
+    def _refuse_early(self, cmd: P.SCSICommand, lun_number: int) -> SCSIResult | None:
+        """The answer for a command that fails before its data matters (no such LUN for
+        a write, a transfer longer than the Block Limits page allows, out of range...),
+        given before any buffer is reserved or any data solicited; None otherwise."""
+        assert self.session is not None and self.session.nexus is not None
+        lu = self.session.luns.get(lun_number)
+        if lu is None:
+            return not_supported_lun_result() if cmd.write and cmd.expected_length else None
+        return lu.refuse_early(cmd.cdb, self.session.nexus, cmd.expected_length, cmd.write)
+
+    def _read_buffer(self, cmd: P.SCSICommand, lun_number: int) -> int:
+        """The bytes a command reads into a buffer of its own (see buffer_length)."""
+        assert self.session is not None
+        lu = self.session.luns.get(lun_number)
+        return lu.buffer_length(cmd.cdb) if lu is not None else 0
+
+    def _note_timeout(self, what: str) -> None:
+        """Log a command ended for want of data or budget: the first of a connection as a
+        warning, the others at debug level (a hostile peer could fill the log)."""
+        self._timeouts += 1
+        log.log(logging.WARNING if self._timeouts == 1 else logging.DEBUG, "%s: %s%s",
+                self.peer, what, " (more on this connection are logged at debug level)"
+                if self._timeouts == 1 else "")
 
     def _run_now(self, cmd: P.SCSICommand) -> bool:
         """Answer a read served from the page cache, or a write that goes straight into
@@ -425,12 +480,13 @@ class Connection:
         if lu is None:
             return False
         result = lu.execute_now(cmd.cdb, self.session.nexus, cmd.data,
-                                files=cmd.read and self.pdus.sends_files)
+                                files=cmd.read and self.pdus.sends_files, budget=self.budget)
         if result is not None:
             self._answer(cmd, lun_number, result)
             return True
         if cmd.read and lu.read_soon(cmd.cdb, self.session.nexus,
-                                     partial(self._answer_soon, cmd, lun_number)):
+                                     partial(self._answer_soon, cmd, lun_number),
+                                     budget=self.budget):
             self._soon.add(cmd.itt)  # a cache miss on io_uring: answered from its completion
             self.session.window.in_flight += 1
             return True
@@ -478,9 +534,11 @@ class Connection:
         if op == Opcode.DATA_OUT:
             task = self.tasks.get(int.from_bytes(bhs[16:20], "big"))
             offset = int.from_bytes(bhs[40:44], "big")
-            if task is None or task.buffer is None or offset != task.next_offset \
-                    or offset + dlen > len(task.buffer):
+            if task is None or not task.reserved or offset != task.next_offset \
+                    or offset + dlen > task.cmd.expected_length:
                 return None
+            if task.buffer is None:  # the first byte of its data: reserved already
+                task.buffer = self._buffers.take(task.cmd.expected_length)
             return memoryview(task.buffer)[offset : offset + dlen]
         return None
 
@@ -504,9 +562,11 @@ class Connection:
         task.next_datasn += 1
         task.next_offset += n
         data = d.data
-        if task.buffer is not None and not (isinstance(data, memoryview)
-                                            and data.obj is task.buffer):
-            task.buffer[d.offset : d.offset + n] = data
+        if n:
+            if task.buffer is None:  # its first byte of data (validated: reserved already)
+                task.buffer = self._buffers.take(task.cmd.expected_length)
+            if not (isinstance(data, memoryview) and data.obj is task.buffer):
+                task.buffer[d.offset : d.offset + n] = data
         if d.final:
             end = task.unsolicited_limit if d.ttt == RESERVED_TAG else task.burst_end
             if task.next_offset != end:
@@ -521,23 +581,79 @@ class Connection:
     async def _run(self, task: Task) -> None:
         assert self.session is not None
         cmd = task.cmd
+        window = self.session.window
+        counted = True
         try:
             with task.scope:
                 result = await self._execute(task)
+                # out of the window before its response is built: the MaxCmdSN this
+                # last answer carries must leave room, or a closed window stays closed
+                window.in_flight -= 1
+                counted = False
                 await self._respond(task, result)
         except ConnectionClosed:
             pass
         finally:
             self.tasks.pop(cmd.itt, None)  # late Data-Out for it is ignored from now on
-            self.session.window.in_flight -= 1
+            if counted:
+                window.in_flight -= 1
             if task.buffer is not None:
                 self._buffers.give(task.buffer)
+            if task.reserved:
+                self.budget.give(task.reserved)
 
-    async def _collect(self, task: Task) -> None:
+    async def _reserve(self, task: Task, size: int) -> bool:
+        """Reserve ``size`` bytes for the task, waiting for them up to the Data-Out
+        timeout; False if they did not come."""
+        with trio.move_on_after(self._data_out_timeout):
+            await self.budget.take(size)
+            task.reserved += size
+            return True
+        s = self.budget
+        self._note_timeout(
+            f"no buffer budget for task 0x{task.cmd.itt:08x} ({size} bytes) within "
+            f"{self._data_out_timeout:g}s: answered BUSY (the session holds {s.used} of "
+            f"{s.limit} bytes, all sessions {s.server.used} of {s.server.limit})")
+        return False
+
+    async def _wait_data(self, task: Task, done: trio.Event) -> bool:
+        """Wait for ``done`` while Data-Out keeps coming: False once none has arrived for
+        the Data-Out timeout."""
+        if done.is_set():
+            return True
+        while True:
+            seen = task.next_offset
+            with trio.move_on_after(self._data_out_timeout):
+                await done.wait()
+                return True
+            if task.next_offset == seen:
+                self._note_timeout(
+                    f"no Data-Out for task 0x{task.cmd.itt:08x} within "
+                    f"{self._data_out_timeout:g}s ({seen} of {task.cmd.expected_length} "
+                    "bytes received): aborted with INITIATOR RESPONSE TIMEOUT")
+                return False
+
+    def _timed_out(self, task: Task) -> SCSIResult:
+        assert self.session is not None
+        lu = self.session.luns.get(task.lun_number)
+        return SCSIResult(Status.CHECK_CONDITION, sense=build_sense(
+            SenseKey.ABORTED_COMMAND, INITIATOR_RESPONSE_TIMEOUT,
+            descriptor=lu is not None and lu.mode.d_sense))
+
+    async def _collect(self, task: Task) -> SCSIResult | None:
+        """Receive all of a write's data, soliciting what did not come unasked; its
+        bytes are reserved first.  An answer (BUSY, INITIATOR RESPONSE TIMEOUT) if
+        that fails, else None."""
         assert self.session is not None
         params = self.session.params
         edtl = task.cmd.expected_length
-        await task.unsolicited_done.wait()
+        # with what it reads (COMPARE AND WRITE, ORWRITE): all it needs at once
+        size = edtl + self._read_buffer(task.cmd, task.lun_number)
+        if not task.reserved and (not self.budget.fits(size)
+                                  or not await self._reserve(task, size)):
+            return SCSIResult(Status.BUSY)
+        if not await self._wait_data(task, task.unsolicited_done):
+            return self._timed_out(task)
         offset = task.next_offset
         r2tsn = 0
         while offset < edtl:
@@ -551,23 +667,19 @@ class Connection:
                         offset=offset, length=length)
             await self._send_status([r2t], status_last=False)
             r2tsn += 1
-            await task.burst_done.wait()
+            if not await self._wait_data(task, task.burst_done):
+                return self._timed_out(task)
             offset = task.burst_end
+        return None
 
     async def _execute(self, task: Task) -> SCSIResult:
         assert self.session is not None
         cmd = task.cmd
         luns = self.session.luns
         if cmd.write and cmd.expected_length:
-            await self._collect(task)
-            if task.buffer is None:
-                from .lun import _invalid_cdb
-
-                raise_ = _invalid_cdb()
-                from blockbridge.scsi.sense import build_sense
-
-                return SCSIResult(Status.CHECK_CONDITION, sense=build_sense(
-                    raise_.key, raise_.asc_ascq))
+            failed = await self._collect(task)
+            if failed is not None:
+                return failed
         op = cmd.cdb[0] if cmd.cdb else -1
         if op == Op.REPORT_LUNS:
             alloc = int.from_bytes(cmd.cdb[6:10], "big") if len(cmd.cdb) >= 10 else 0
@@ -584,6 +696,10 @@ class Connection:
                 return SCSIResult(data=bytes(data[:alloc]))
             return not_supported_lun_result()
         assert self.session.nexus is not None
+        need = lu.buffer_length(cmd.cdb) if not task.reserved else 0  # a write's: taken
+        # a need beyond the budget is a command the unit refuses without reading
+        if need and self.budget.fits(need) and not await self._reserve(task, need):
+            return SCSIResult(Status.BUSY)
         data_out = memoryview(task.buffer) if task.buffer is not None else memoryview(b"")
         return await lu.execute(cmd.cdb, data_out, self.session.nexus,
                                 expected_length=cmd.expected_length)

@@ -26,6 +26,7 @@ from blockbridge.scsi.sense import build_sense
 from . import pages
 from .backends.base import Backend
 from .backends.file import FileBackend
+from .budget import SessionBudget
 from .reservations import Conflict, Illegal, Reservations
 from .uring import Uring, open_uring
 from .writegate import WriteGate
@@ -115,6 +116,10 @@ _MEDIUM_WRITES = _WRITES | _WRITE_VERIFY | {
     Op.WRITE_SAME_10, Op.WRITE_SAME_16, Op.UNMAP, Op.COMPARE_AND_WRITE, Op.ORWRITE_16}
 # Commands that read blocks and then write them: no other write may run meanwhile.
 _READ_THEN_WRITE = {Op.COMPARE_AND_WRITE, Op.ORWRITE_16}
+# Commands whose transfer length the Block Limits page's MAXIMUM TRANSFER LENGTH bounds,
+# with the byte of the CDB where that length starts (by CDB size).
+_TRANSFER_OPS = _READS_WRITES | _VERIFY | _WRITE_VERIFY | {Op.ORWRITE_16}
+_LENGTH_FIELD = {6: 4, 10: 7, 12: 6, 16: 10}
 
 
 def _whole_bytearray(data: Buffer) -> bytearray | None:
@@ -154,6 +159,10 @@ class NexusState:
 
 
 class LogicalUnit:
+    # MAXIMUM TRANSFER LENGTH, in bytes: 65536 blocks of 512 bytes, as many as a WRITE
+    # SAME may cover in a 4-byte length (libiscsi writes that many before unmapping them)
+    DEFAULT_MAX_TRANSFER = 32 * 1024 * 1024
+
     def __init__(
         self,
         number: int,
@@ -165,7 +174,7 @@ class LogicalUnit:
         write_cache: bool = True,
         serial: str | None = None,
         scsi_id: str | None = None,
-        max_transfer_bytes: int = 16 * 1024 * 1024,
+        max_transfer_bytes: int = DEFAULT_MAX_TRANSFER,
     ) -> None:
         self.number = number
         self.backend = backend
@@ -264,10 +273,7 @@ class LogicalUnit:
         try:
             return await self._execute(bytes(cdb), data_out, nexus, expected_length)
         except CheckCondition as cc:
-            sense = build_sense(cc.key, cc.asc_ascq, information=cc.information,
-                                field_pointer=cc.field_pointer, in_cdb=cc.in_cdb,
-                                descriptor=self.mode.d_sense)
-            return SCSIResult(Status.CHECK_CONDITION, sense=sense)
+            return self._check_condition(cc)
         except Illegal as exc:
             sense = build_sense(exc.key, exc.asc_ascq, in_cdb=exc.in_cdb,
                                 descriptor=self.mode.d_sense)
@@ -290,15 +296,20 @@ class LogicalUnit:
         return SCSIResult(Status.CHECK_CONDITION, sense=sense)
 
     def execute_now(self, cdb: bytes, nexus: Nexus, data: Buffer = b"",
-                    files: bool = False) -> SCSIResult | None:
+                    files: bool = False, budget: SessionBudget | None = None
+                    ) -> SCSIResult | None:
         """Run a read whose data is in the page cache, or a write-back write of whole
         pages whose data came with the command, at once: no task switch.  With
         ``files`` (the connection sends file ranges), a read of at least
         ``SENDFILE_READ`` bytes answers with the range itself, sent by ``sendfile``.
 
+        A read's buffer is reserved in ``budget`` until it is sent (``release``); a
+        read that finds no room there is not done here.
+
         Returns None for anything else (another command, a pending unit attention, a
-        reservation, an error to report, a page-cache miss, a write that would wait): the
-        caller then runs the command through ``execute``, which handles every case.
+        reservation, an error to report, a page-cache miss, a write that would wait, no
+        room in the budget): the caller then runs the command through ``execute``, which
+        handles every case.
         """
         fields = self._plain_rw(cdb, nexus, _READS_WRITES, _INLINE_READ)
         if fields is None:
@@ -311,11 +322,13 @@ class LogicalUnit:
             if rng is not None:
                 result = SCSIResult(data=rng)
             else:
+                if budget is not None and not budget.try_take(length):
+                    return None
                 buf = self._pool.take(length)
                 if not self.backend.read_cached(offset, buf):
-                    self._pool.give(buf)
+                    self._recycle(buf, budget)
                     return None
-                result = SCSIResult(data=buf, release=partial(self._pool.give, buf))
+                result = SCSIResult(data=buf, release=partial(self._recycle, buf, budget))
             self.stats["reads"] += 1
             self.stats["bytes_read"] += length
             return result
@@ -348,38 +361,120 @@ class LogicalUnit:
         except CheckCondition:
             return None
         bs = self.block_size
-        if flags & 0xE0 or not 0 < n * bs <= limit or lba + n > self.blocks:
+        if flags & 0xE0 or not 0 < n * bs <= limit or lba + n > self.blocks \
+                or n > self.geometry.max_transfer_blocks:
             return None
         return lba * bs, n * bs, flags
 
-    def read_soon(self, cdb: bytes, nexus: Nexus, done: Callable[[SCSIResult], None]) -> bool:
+    def _recycle(self, buf: bytearray, budget: SessionBudget | None) -> None:
+        """A read buffer was sent (or is not needed): back to the pool and the budget."""
+        self._pool.give(buf)
+        if budget is not None:
+            budget.give(len(buf))
+
+    def read_soon(self, cdb: bytes, nexus: Nexus, done: Callable[[SCSIResult], None],
+                  budget: SessionBudget | None = None) -> bool:
         """Start a plain READ that ``execute_now`` could not serve from the page cache
         on io_uring and return at once; ``done`` gets its result on the event loop, from
-        the completion.  False (nothing started) for anything else: use ``execute``."""
+        the completion.  Its buffer is reserved in ``budget`` until ``release``.  False
+        (nothing started) for anything else, or without room in the budget: use
+        ``execute``."""
         fields = self._plain_rw(cdb, nexus, _READS, _URING_READ)
         ring = self._uring() if fields is not None else None
         if fields is None or ring is None:
             return False
         offset, length, _flags = fields
+        if budget is not None and not budget.try_take(length):
+            return False
         buf = self._pool.take(length)
 
         def finished(got: outcome.Outcome[int]) -> None:
             try:
                 count = got.unwrap()
             except OSError as exc:
-                self._pool.give(buf)
+                self._recycle(buf, budget)
                 done(self._medium_error(cdb, exc))
                 return
             if count < length:  # the end of a backing file that shrank: zeros
                 buf[count:] = bytes(length - count)
             self.stats["reads"] += 1
             self.stats["bytes_read"] += length
-            done(SCSIResult(data=buf, release=partial(self._pool.give, buf)))
+            done(SCSIResult(data=buf, release=partial(self._recycle, buf, budget)))
 
         if not ring.start_read(self._fd, buf, offset, finished):
-            self._pool.give(buf)
+            self._recycle(buf, budget)
             return False
         return True
+
+    # ---------------------------------------------------------------- buffers and limits
+
+    @property
+    def max_transfer_bytes(self) -> int:
+        """The largest transfer the Block Limits page allows one command, in bytes."""
+        return self.geometry.max_transfer_blocks * self.block_size
+
+    def _check_transfer(self, cdb: bytes) -> None:
+        """INVALID FIELD IN CDB for a transfer longer than MAXIMUM TRANSFER LENGTH (SBC-3,
+        Block Limits VPD page), pointing at the transfer length field."""
+        n = rw_fields(cdb)[1]
+        if n > self.geometry.max_transfer_blocks:
+            raise _invalid_cdb(_LENGTH_FIELD.get(len(cdb), 7 if len(cdb) < 12 else 10))
+
+    def buffer_length(self, cdb: bytes) -> int:
+        """How many bytes the command reads into a buffer of its own (a READ's data, the
+        blocks VERIFY and ORWRITE read to compare or merge), for the caller's budget; 0
+        for anything else (their buffers are small or the caller's write buffer)."""
+        if not cdb:
+            return 0
+        op = cdb[0]
+        try:
+            if op in _READS or op == Op.ORWRITE_16:
+                return rw_fields(cdb)[1] * self.block_size
+            if op in _VERIFY:
+                _lba, n, flags = rw_fields(cdb)
+                return n * self.block_size if (flags >> 1) & 3 else 0
+            if op == Op.COMPARE_AND_WRITE and len(cdb) >= 14:
+                return cdb[13] * self.block_size
+        except CheckCondition:
+            return 0
+        return 0
+
+    def refuse_early(self, cdb: bytes, nexus: Nexus, expected_length: int,
+                     write: bool) -> SCSIResult | None:
+        """The answer to a command that fails before any of its data matters, or None.
+        Asked before a buffer is reserved or data solicited: a transfer longer than the
+        Block Limits page allows (or, for a write, an expected data transfer length
+        beyond it), and a READ or WRITE out of range or to a write-protected unit.  Only
+        where ``execute`` would give the same answer: a pending unit attention or a
+        reservation is left to it."""
+        op = cdb[0] if cdb else -1
+        try:
+            if write and expected_length > self.max_transfer_bytes:
+                raise _invalid_cdb()
+            if op not in _TRANSFER_OPS:
+                return None
+            st = self.nexuses.get(nexus)
+            res = self.reservations
+            if (st is not None and st.unit_attentions) or res.spc2_holder is not None \
+                    or res.pr_type:
+                return None
+            self._check_transfer(cdb)
+            if op in _READS_WRITES:
+                lba, n, flags = rw_fields(cdb)
+                if flags & 0xE0:
+                    raise _invalid_cdb(1)
+                if op in _WRITES:
+                    self._check_writable()
+                self._check_range(lba, n)
+        except CheckCondition as cc:
+            return self._check_condition(cc)
+        return None
+
+    def _check_condition(self, cc: CheckCondition) -> SCSIResult:
+        sense = build_sense(cc.key, cc.asc_ascq, information=cc.information,
+                            field_pointer=cc.field_pointer, in_cdb=cc.in_cdb,
+                            descriptor=self.mode.d_sense)
+        return SCSIResult(Status.CHECK_CONDITION, sense=sense)
 
     async def _io(self, fn: Callable[..., T], *args: object) -> T:
         return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
@@ -443,6 +538,8 @@ class LogicalUnit:
                 pass
             else:
                 self.reservations.check_access(nexus, reads=not writes, writes=writes)
+        if op in _TRANSFER_OPS:
+            self._check_transfer(cdb)
         if op in _READ_THEN_WRITE:
             async with self._writes.exclusive():
                 return await handler(self, cdb, data, nexus)
@@ -474,8 +571,6 @@ class LogicalUnit:
         if n == 0:
             return SCSIResult()
         bs = self.block_size
-        if n * bs > 64 * 1024 * 1024:
-            raise _invalid_cdb(7)
         length = n * bs
         if length > _INLINE_READ:  # rare sizes: a fresh buffer, not kept afterwards
             buf = bytearray(length)

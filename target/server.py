@@ -16,11 +16,13 @@ from typing import Protocol
 
 import trio
 
+from blockbridge.buffers import BufferPool
 from blockbridge.iscsi import chap
 from blockbridge.iscsi.constants import LoginStatus
 from blockbridge.iscsi.errors import LoginFailed
 from blockbridge.iscsi.login import ChapCredentials, TargetLogin, TargetLoginConfig
 
+from .budget import BufferLimits, ServerBudget
 from .connection import Connection
 from .session import SessionTable
 from .targets import TargetDef
@@ -175,8 +177,13 @@ class TargetServer:
         acl: AccessPolicy | None = None,
         tpgt: int = 1,
         limits: Limits | None = None,
+        buffer_limits: BufferLimits | None = None,
     ) -> None:
         self.targets = {t.name: t for t in targets}
+        # command buffers: a budget shared by every session, and one pool of write buffers
+        self.buffer_limits = buffer_limits or BufferLimits()
+        self.budget = ServerBudget(self.buffer_limits.server_budget)
+        self.write_buffers = BufferPool()
         self.discovery_users = discovery_users or {}
         self.discovery_outgoing = discovery_outgoing
         self.acl = acl

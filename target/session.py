@@ -15,21 +15,35 @@ if TYPE_CHECKING:
 
 @dataclass
 class CommandWindow:
-    """ExpCmdSN/MaxCmdSN bookkeeping for one session (RFC 7143 §4.2.2.1)."""
+    """ExpCmdSN/MaxCmdSN bookkeeping for one session (RFC 7143 §4.2.2.1).
+
+    At most ``depth`` commands run at once: MaxCmdSN leaves room for ``depth`` minus
+    those in flight, and never goes back on what was offered (``advertised``); when
+    they are all in flight the window is closed (MaxCmdSN = ExpCmdSN - 1).  A command
+    beyond the last MaxCmdSN offered is dropped, so an initiator that ignores the window
+    cannot make the target run more."""
 
     expcmdsn: int
     depth: int = 32
     in_flight: int = 0
+    advertised: int = field(default=-1)  # the highest MaxCmdSN offered so far
+
+    def __post_init__(self) -> None:
+        if self.advertised < 0:
+            self.advertised = sn_add(self.expcmdsn, self.depth - 1)
 
     @property
     def maxcmdsn(self) -> int:
-        room = max(self.depth - self.in_flight, 1)
-        return sn_add(self.expcmdsn, room - 1)
+        """MaxCmdSN to send now (asking counts as offering it)."""
+        m = sn_add(self.expcmdsn, self.depth - self.in_flight - 1)
+        if sn_lt(self.advertised, m):
+            self.advertised = m
+        return self.advertised
 
     def classify(self, cmdsn: int) -> str:
         """'now' if it is the next command, 'later' if inside the window, 'drop' otherwise."""
         if cmdsn == self.expcmdsn:
-            return "now"
+            return "now" if sn_le(cmdsn, self.maxcmdsn) else "drop"
         if sn_lt(self.expcmdsn, cmdsn) and sn_le(cmdsn, self.maxcmdsn):
             return "later"
         return "drop"
