@@ -13,7 +13,9 @@ GiB = 1 << 30
 OUR_IQN = "iqn.2026-11.local.blockbridge:bench.ours"
 TGTD_IQN = "iqn.2026-11.local.blockbridge:bench.tgtd"
 INITIATOR = "iqn.2026-11.local.blockbridge:bench.initiator"
-
+# qemu-storage-daemon logs in to the same tgtd target as a blockbridge mount: a name of its
+# own keeps tgtd from taking the second login for a reinstatement of the first.
+QSD_INITIATOR = "iqn.2026-11.local.blockbridge:bench.qsd"
 
 # Children run in "/", so that `python -m blockbridge` imports the installed package and not
 # a checkout that happens to be the current directory.

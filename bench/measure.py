@@ -8,9 +8,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from bench.common import Options, say
-from bench.processes import drop_caches, peak_rss_mib
+from bench.processes import cpu_seconds, drop_caches, peak_rss_mib
 
 Probe = Callable[[], float]
+Counted = Callable[[], tuple[float, int]]  # a figure and the number of requests behind it
 
 
 @dataclass
@@ -80,3 +81,26 @@ def memory_row(test: str, ours_pid: int, reference_pid: int | None) -> Row:
     ref = [peak_rss_mib(reference_pid)] if reference_pid is not None else []
     return Row(test, "MiB", [peak_rss_mib(ours_pid)], ref, lower_is_better=True)
 
+
+
+@dataclass
+class CpuMeter:
+    """The CPU time (user + system) a process spends per request, in µs, over each run of a
+    probe it watches."""
+
+    pid: int
+    samples: list[float] = field(default_factory=list)
+
+    def watch(self, probe: Counted) -> Probe:
+        def watched() -> float:
+            before = cpu_seconds(self.pid)
+            figure, requests = probe()
+            self.samples.append((cpu_seconds(self.pid) - before) / max(requests, 1) * 1e6)
+            return figure
+        return watched
+
+
+def cpu_row(test: str, ours: CpuMeter, reference: CpuMeter) -> Row:
+    row = Row(test, "µs", ours.samples, reference.samples, lower_is_better=True)
+    say(f"  {test}: ours {row.ours_median:.1f}, reference {row.reference_median:.1f} µs")
+    return row

@@ -11,8 +11,16 @@ import sys
 import time
 from pathlib import Path
 
-from bench.common import INITIATOR, OUR_IQN, TGTD_IQN, BenchError
-from bench.processes import Resources, free_port, run, stop_child, stop_pid, wait_until
+from bench.common import INITIATOR, OUR_IQN, QSD_INITIATOR, TGTD_IQN, BenchError
+from bench.processes import (
+    Resources,
+    free_port,
+    mounted_under,
+    run,
+    stop_child,
+    stop_pid,
+    wait_until,
+)
 
 LISTENING = re.compile(r"listening on (?:\[[^\]]+\]|[^\s:]+):(\d+)")
 
@@ -144,6 +152,35 @@ def mount_nbdfuse(res: Resources, uri: str, mnt: Path) -> tuple[Path, int]:
     res.defer(unmount_nbdfuse, mnt, proc)
     wait_until(pidfile.exists, "nbdfuse", 30, proc)
     return mnt / "nbd", proc.pid
+
+
+def qsd_mounted(export: Path) -> bool:
+    return str(export) in mounted_under(export.parent)
+
+
+def unmount_qsd(export: Path, proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM makes qemu-storage-daemon remove its export, which unmounts it."""
+    stop_child(proc)
+    if qsd_mounted(export):
+        run(["fusermount3", "-u", "-z", str(export)], timeout=30, check=False)
+
+
+def start_qsd(res: Resources, portal: str, export: Path) -> int:
+    """qemu-storage-daemon with LUN 1 of TGTD_IQN at PORTAL (its libiscsi driver, no host
+    cache) exported writable over FUSE on the regular file EXPORT; returns its PID."""
+    export.touch()
+    pidfile = res.workdir / "qsd.pid"  # written once the export is mounted
+    blockdev = ("driver=iscsi,transport=tcp,"
+                f"portal={portal},target={TGTD_IQN},lun=1,initiator-name={QSD_INITIATOR},"
+                "node-name=lun,cache.direct=on")
+    proc = res.spawn("qemu-storage-daemon", [
+        "qemu-storage-daemon", "--blockdev", blockdev, "--export",
+        f"type=fuse,id=exp,node-name=lun,mountpoint={export},writable=on",
+        "--pidfile", str(pidfile)])
+    res.defer(unmount_qsd, export, proc)
+    wait_until(lambda: pidfile.exists() and qsd_mounted(export), "qemu-storage-daemon", 30,
+               proc)
+    return proc.pid
 
 
 def detach_loop(device: str) -> None:

@@ -130,6 +130,13 @@ def peak_rss_mib(pid: int) -> float:
     return int(m[1]) / 1024
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a running process, all its threads, in seconds (the
+    kernel counts it in clock ticks, 10 ms on most machines)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
 def mounted_under(root: Path) -> list[str]:
     points = []
     for line in Path("/proc/self/mountinfo").read_text().splitlines():

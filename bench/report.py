@@ -86,8 +86,8 @@ def notes(opts: Options, ctx: Context, ran: set[str]) -> list[str]:
     out = [f"figures are medians of {opts.runs} run(s); time-based runs last {opts.seconds} "
            f"s, dd moves {opts.stream_bytes // MiB} MiB of random data per run",
            "ratio = first figure / second figure; MiB/s and IOPS: higher is better; "
-           "MiB (peak RSS) and s: lower is better; spread = (max - min) / median over the "
-           "runs, the larger of the two sides", cache,
+           "MiB (peak RSS), s and µs (CPU per request): lower is better; spread = (max - min) "
+           "/ median over the runs, the larger of the two sides", cache,
            "peak RSS is VmHWM from /proc/PID/status, read at the end of the section (after "
            "all its runs); in scaling, each run has a fresh target and mount"]
     if "target" in ran and (why := qemu_iscsi_missing()):
@@ -98,7 +98,14 @@ def notes(opts: Options, ctx: Context, ran: set[str]) -> list[str]:
     if ran & {"fuse", "loop"}:
         out.append("fuse, loop: nbdfuse uses its default of up to 4 NBD connections "
                    "(multi-conn), blockbridge one iSCSI session; dd writes end with fsync")
-    if ran & {"fuse", "loop", "initiator"}:
+    if "qsd" in ran:
+        out.append("qsd: blockbridge mount and qemu-storage-daemon (libiscsi, cache.direct=on, "
+                   "its FUSE export) are logged in to the same tgtd LUN at the same time")
+    if ran & {"fuse", "qsd"}:
+        out.append("fuse, qsd: CPU per request = user + system CPU time (/proc/PID/stat, in "
+                   "clock ticks) of the process serving the FUSE file over a run, divided by "
+                   "the requests of that run (dd: 1 MiB each; fio: total_ios)")
+    if ran & {"fuse", "loop", "initiator", "qsd"}:
         out.append("fio: libaio, direct=1, one job")
     out.append(f"load average (1, 5, 15 min) at start {ctx.load_start}, at end {ctx.load_end}, "
                f"on {ctx.fingerprint['nproc']} CPU(s) shared by the load generator, the "
@@ -142,7 +149,8 @@ def machine_fingerprint() -> dict[str, Any]:
 def tool_versions() -> dict[str, str]:
     versions = {}
     for tool, flag in (("tgtd", "--version"), ("fio", "--version"), ("nbdkit", "--version"),
-                       ("nbdfuse", "--version"), ("qemu-img", "--version")):
+                       ("nbdfuse", "--version"), ("qemu-img", "--version"),
+                       ("qemu-storage-daemon", "--version")):
         if shutil.which(tool):
             with contextlib.suppress(OSError, subprocess.SubprocessError):
                 out = subprocess.run([tool, flag], capture_output=True, text=True, timeout=10)

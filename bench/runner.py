@@ -46,9 +46,9 @@ def missing(section: Section) -> str | None:
         found = os.path.exists(need) if need.startswith("/") else shutil.which(need)
         if not found:
             return f"needs {need}, which is not available"
+    if section.check is not None and (why := section.check()):
+        return why
     return have_blockbridge()
-
-
 
 
 def make_data(opts: Options) -> Data:

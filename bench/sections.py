@@ -7,25 +7,30 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from bench.common import OUR_IQN, TGTD_IQN, GiB, KiB, MiB, Options, say
-from bench.measure import Probe, Row, measure, memory_row
+from bench.measure import Counted, CpuMeter, Probe, Row, cpu_row, measure, memory_row
 from bench.peers import (
     attach_loop,
     mount_blockbridge,
     mount_nbdfuse,
     start_nbdkit,
     start_our_target,
+    start_qsd,
     start_tgtd,
 )
 from bench.processes import Resources, drop_caches, peak_rss_mib
 from bench.tools import (
     dd,
+    dd_counted,
     fio_iops,
+    fio_iops_counted,
     fio_mib_s,
     iscsi_perf,
     qemu_iscsi_missing,
     qemu_write_rate,
+    qsd_iscsi_missing,
     warm,
 )
 
@@ -50,6 +55,7 @@ class Section:
     needs: tuple[str, ...]
     body: Callable[[Options, Resources, Data], list[Row]]
     root_for: str = ""  # what root is needed for, if it is
+    check: Callable[[], str | None] | None = None  # why else it cannot run here, or None
 
 
 def section_target(opts: Options, res: Resources, data: Data) -> list[Row]:
@@ -109,32 +115,72 @@ def fuse_pair(res: Resources, data: Data) -> tuple[Path, Path, dict[str, int]]:
     return res.workdir / "bb" / OUR_IQN / "lun0", nbd_file, pids
 
 
-def file_rows(opts: Options, res: Resources, data: Data, ours: str, reference: str,
-              goals: bool) -> list[Row]:
-    """dd and fio on two files (or devices) that hold the same data; GOALS: hold the rows to
-    the issue's goals."""
+@dataclass(frozen=True)
+class Goals:
+    """The ratios the rows of file_rows are held to; None: no goal."""
+
+    dd: float | None = None
+    depth1: float | None = None
+    depth32: float | None = None
+
+
+NBDFUSE_GOALS = Goals(dd=1.0, depth1=0.6, depth32=0.8)
+QSD_GOALS = Goals(dd=1.0, depth1=1.0, depth32=1.0)
+
+
+@dataclass(frozen=True)
+class Pair:
+    """Two files (or devices) that hold the same data; with the PIDs of the processes that
+    serve them, the rows include the CPU time those spend per request."""
+
+    ours: str
+    reference: str
+    ours_pid: int | None = None
+    reference_pid: int | None = None
+
+
+def pair_row(opts: Options, pair: Pair, cpu_rows: list[Row] | None, test: str, unit: str,
+             ours: Counted, reference: Counted, **how: Any) -> Row:
+    """measure() one row; if CPU_ROWS is a list and PAIR has PIDs, the CPU time per request
+    of both serving processes over the same runs goes there as a row of its own."""
+    if cpu_rows is None or pair.ours_pid is None or pair.reference_pid is None:
+        return measure(opts, test, unit, lambda: ours()[0], lambda: reference()[0], **how)
+    meters = CpuMeter(pair.ours_pid), CpuMeter(pair.reference_pid)
+    row = measure(opts, test, unit, meters[0].watch(ours), meters[1].watch(reference), **how)
+    cpu_rows.append(cpu_row(f"CPU per request: {test}", *meters))
+    return row
+
+
+def file_rows(opts: Options, res: Resources, data: Data, pair: Pair, goals: Goals) -> list[Row]:
+    """dd and fio on the two files of PAIR; the CPU rows (if PAIR has PIDs) come last, for
+    the O_DIRECT dd rows (1 MiB requests) and the fio rows at depth 32 (4 KiB)."""
     count = opts.stream_bytes // MiB
     src = str(data.source)
-    rows = []
+    rows: list[Row] = []
+    cpu: list[Row] = []
     for label, flags in (("dd read bs=1M, buffered", []),
                          ("dd read bs=1M, iflag=direct", ["iflag=direct"])):
-        rows.append(measure(opts, label, "MiB/s", partial(dd, ours, "/dev/null", count, flags),
-                            partial(dd, reference, "/dev/null", count, flags), cold=True,
-                            goal=1.0 if goals else None))
+        rows.append(pair_row(opts, pair, cpu if flags else None, label, "MiB/s",
+                             partial(dd_counted, pair.ours, "/dev/null", count, flags),
+                             partial(dd_counted, pair.reference, "/dev/null", count, flags),
+                             cold=True, goal=goals.dd))
     for label, flags in (("dd write bs=1M, buffered, fsync", ["conv=notrunc,fsync"]),
                          ("dd write bs=1M, oflag=direct, fsync",
                           ["conv=notrunc,fsync", "oflag=direct"])):
-        rows.append(measure(opts, label, "MiB/s", partial(dd, src, ours, count, flags),
-                            partial(dd, src, reference, count, flags),
-                            before=partial(warm, data.source), goal=1.0 if goals else None))
+        rows.append(pair_row(opts, pair, cpu if "oflag=direct" in flags else None, label,
+                             "MiB/s", partial(dd_counted, src, pair.ours, count, flags),
+                             partial(dd_counted, src, pair.reference, count, flags),
+                             before=partial(warm, data.source), goal=goals.dd))
     out = res.workdir / "fio.json"
-    for rw, depth, goal in (("randread", 1, None), ("randread", 32, 0.5),
-                            ("randwrite", 1, None), ("randwrite", 32, 0.5)):
+    for rw, depth in (("randread", 1), ("randread", 32), ("randwrite", 1), ("randwrite", 32)):
         job = (rw, 4 * KiB, depth, opts.seconds, out)
-        rows.append(measure(opts, f"fio {rw} 4 KiB, qd {depth}", "IOPS",
-                            partial(fio_iops, ours, *job), partial(fio_iops, reference, *job),
-                            cold=rw == "randread", goal=goal if goals else None))
-    return rows
+        rows.append(pair_row(opts, pair, cpu if depth == 32 else None,
+                             f"fio {rw} 4 KiB, qd {depth}", "IOPS",
+                             partial(fio_iops_counted, pair.ours, *job),
+                             partial(fio_iops_counted, pair.reference, *job),
+                             cold=rw == "randread",
+                             goal=goals.depth1 if depth == 1 else goals.depth32))
+    return rows + cpu
 
 
 def fuse_memory_rows(pids: dict[str, int]) -> list[Row]:
@@ -144,8 +190,8 @@ def fuse_memory_rows(pids: dict[str, int]) -> list[Row]:
 
 def section_fuse(opts: Options, res: Resources, data: Data) -> list[Row]:
     ours, reference, pids = fuse_pair(res, data)
-    rows = file_rows(opts, res, data, str(ours), str(reference), goals=True)
-    return rows + fuse_memory_rows(pids)
+    pair = Pair(str(ours), str(reference), pids["mount"], pids["nbdfuse"])
+    return file_rows(opts, res, data, pair, NBDFUSE_GOALS) + fuse_memory_rows(pids)
 
 
 def section_loop(opts: Options, res: Resources, data: Data) -> list[Row]:
@@ -155,7 +201,7 @@ def section_loop(opts: Options, res: Resources, data: Data) -> list[Row]:
     if not (ours_dio and ref_dio):
         say("  note: losetup could not turn direct I/O on for "
             f"{'' if ours_dio else 'blockbridge '}{'' if ref_dio else 'nbdfuse'}")
-    rows = file_rows(opts, res, data, ours_dev, ref_dev, goals=False)
+    rows = file_rows(opts, res, data, Pair(ours_dev, ref_dev), Goals())
     return rows + fuse_memory_rows(pids)
 
 
@@ -187,6 +233,17 @@ def section_initiator(opts: Options, res: Resources, data: Data) -> list[Row]:
     rows.append(memory_row("peak RSS: blockbridge mount", mount_pid, None))
     rows.append(memory_row("peak RSS: tgtd", tgtd_pid, None))
     return rows
+
+
+def section_qsd(opts: Options, res: Resources, data: Data) -> list[Row]:
+    portal, _ = start_tgtd(res, data.disk)
+    mount_pid = mount_blockbridge(res, portal, res.workdir / "bb")
+    export = res.workdir / "qsd-lun1"
+    qsd_pid = start_qsd(res, portal, export)
+    pair = Pair(str(res.workdir / "bb" / TGTD_IQN / "lun1"), str(export), mount_pid, qsd_pid)
+    rows = file_rows(opts, res, data, pair, QSD_GOALS)
+    return [*rows, memory_row("peak RSS: blockbridge mount | qemu-storage-daemon", mount_pid,
+                              qsd_pid)]
 
 
 def sparse_lun(workdir: Path, size: int, data: Data, head: int) -> Path:
@@ -248,6 +305,10 @@ SECTION_LIST = (
             "file) vs libiscsi (iscsi-perf)", "blockbridge", "libiscsi",
             ("/dev/fuse", "fusermount3", "tgtd", "tgtadm", "iscsi-perf", "fio"),
             section_initiator, root_for="tgtd"),
+    Section("qsd", "FUSE file of one tgtd LUN: blockbridge mount vs qemu-storage-daemon "
+            "(libiscsi + its FUSE export)", "blockbridge", "qemu-storage-daemon",
+            ("/dev/fuse", "fusermount3", "tgtd", "tgtadm", "qemu-storage-daemon", "dd", "fio"),
+            section_qsd, root_for="tgtd", check=qsd_iscsi_missing),
     Section("scaling", "blockbridge-target + blockbridge mount on a sparse LUN: 16 GiB "
             "compared with 1 GiB (must not grow)", "16 GiB", "1 GiB",
             ("/dev/fuse", "fusermount3", "dd"), section_scaling),

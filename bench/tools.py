@@ -45,12 +45,18 @@ def qemu_write_rate(url: str, block: int, depth: int, step: int, seconds: int) -
 
 def dd(source: str, dest: str, count: int, flags: Sequence[str]) -> float:
     """dd bs=1M; returns MiB/s from the byte count and time dd reports."""
+    return dd_counted(source, dest, count, flags)[0]
+
+
+def dd_counted(source: str, dest: str, count: int, flags: Sequence[str]) -> tuple[float, int]:
+    """dd bs=1M; returns MiB/s and the number of 1 MiB requests it made."""
     cmd = ["dd", f"if={source}", f"of={dest}", "bs=1M", f"count={count}", *flags]
     err = run(cmd, timeout=1800).stderr
     m = re.search(r"^(\d+) bytes .* copied, ([0-9.e+-]+) s", err, re.MULTILINE)
     if not m:
         raise BenchError(f"dd gave no result: {err.strip()[-200:]}")
-    return int(m[1]) / MiB / max(float(m[2]), 1e-6)
+    moved = int(m[1])
+    return moved / MiB / max(float(m[2]), 1e-6), -(-moved // MiB)
 
 
 def fio(path: str, rw: str, block: int, depth: int, seconds: int, out: Path) -> dict[str, Any]:
@@ -70,6 +76,13 @@ def fio(path: str, rw: str, block: int, depth: int, seconds: int, out: Path) -> 
 
 def fio_iops(path: str, rw: str, block: int, depth: int, seconds: int, out: Path) -> float:
     return float(fio(path, rw, block, depth, seconds, out)["iops"])
+
+
+def fio_iops_counted(path: str, rw: str, block: int, depth: int, seconds: int,
+                     out: Path) -> tuple[float, int]:
+    """IOPS and the number of requests the run completed."""
+    stats = fio(path, rw, block, depth, seconds, out)
+    return float(stats["iops"]), int(stats["total_ios"])
 
 
 def fio_mib_s(path: str, rw: str, block: int, depth: int, seconds: int, out: Path) -> float:
@@ -92,3 +105,14 @@ def qemu_iscsi_missing() -> str | None:
         return "qemu-img has no iscsi driver (Debian: qemu-block-extra)"
     return None
 
+
+
+def qsd_iscsi_missing() -> str | None:
+    """Why qemu-storage-daemon cannot open iscsi:// LUNs, or None: a block device on a port
+    where nothing listens fails in the iscsi driver if it is there, before it if not."""
+    done = run(["qemu-storage-daemon", "--blockdev", "driver=iscsi,transport=tcp,"
+                "portal=127.0.0.1:1,target=iqn.2000-01.invalid:none,lun=0,node-name=probe"],
+               timeout=30, check=False)
+    if "iSCSI:" in done.stderr + done.stdout:
+        return None
+    return "qemu-storage-daemon has no iscsi driver (Debian: qemu-block-extra)"
