@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmark blockbridge against tgtd, libiscsi and nbdkit + nbdfuse on this machine.
+"""Benchmark blockbridge against tgtd, libiscsi, nbdkit + nbdfuse and qemu-storage-daemon.
 
 One command runs every comparison on the same machine and the same data and prints a
 table of medians with ratios (ours / reference):
