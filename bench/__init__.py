@@ -1,0 +1,1 @@
+"""bench/run.py, the benchmark against the tools blockbridge replaces, and bench/soak.py."""
