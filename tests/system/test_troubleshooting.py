@@ -74,6 +74,10 @@ DOCUMENTED: dict[str, str] = {
     "certificate of HOST:PORT changed: expected …, got …":
         "test_tls_certificate_checks[changed-certificate]",
     "FILE is not a LUN file of a running blockbridge mount": "test_discard_outside_a_mount",
+    "DIR is not a running blockbridge mount": "test_rescan_outside_a_mount",
+    "rescan of DIR failed: …": "test_rescan_of_an_unreachable_target",
+    "IQN: rescan failed: …": "test_rescan_of_an_unreachable_target",
+    "IQN: LUN N was removed from the target; its file answers EIO": "test_lun_removed",
     "FUSE max_background left at the kernel's default: fusectl is not mounted, so loop "
     "devices and io_uring on the LUN files get fewer requests in flight (fix, as root: "
     "mount -t fusectl none /sys/fs/fuse/connections)": "test_fusectl_not_mounted",
@@ -606,6 +610,54 @@ def test_discard_outside_a_mount(home: Home) -> None:
     r = home.bb("discard", str(f))
     expect_error("FILE is not a LUN file of a running blockbridge mount", r)
     assert str(f) in r.stderr
+
+
+def test_rescan_outside_a_mount(home: Home) -> None:
+    r = home.bb("rescan", str(home.root))
+    expect_error("DIR is not a running blockbridge mount", r)
+    assert str(home.root) in r.stderr
+
+
+@system
+@needs_fuse
+def test_rescan_of_an_unreachable_target(home: Home, tmp_path: Path) -> None:
+    iqn = "iqn.2026-11.test:trouble-rescan"
+    mount_log = tmp_path / "mount.log"
+    with our_target(quick(tmp_path / "d.img", iqn), tmp_path) as t, \
+            home.mounted(t.portal, tmp_path / "mnt", "--replacement-timeout", "1",
+                         "--log-file", str(mount_log)) as mnt:
+        t.process.send_signal(signal.SIGTERM)
+        t.process.wait(30)
+        r = home.bb("rescan", str(mnt))
+    expect_error("rescan of DIR failed: …", r)
+    assert f"failed: target unreachable: cannot connect to {t.portal}" in r.stderr
+    expect("IQN: rescan failed: …", mount_log.read_text())
+
+
+@system
+@needs_fuse
+def test_lun_removed(home: Home, tmp_path: Path) -> None:
+    iqn = "iqn.2026-11.test:trouble-removed"
+    disks = [tmp_path / f"d{n}.img" for n in range(2)]
+    for d in disks:
+        d.write_bytes(bytes(4 << 20))
+    conf = tmp_path / "ietd.conf"
+    conf.write_text(f"Target {iqn}\n  Lun 0 Path={disks[0]}\n  Lun 1 Path={disks[1]}\n")
+    mount_log = tmp_path / "mount.log"
+    with our_target(["-c", str(conf), "--portal", "127.0.0.1:0"], tmp_path) as t, \
+            home.mounted(t.portal, tmp_path / "mnt", "--log-file", str(mount_log)) as mnt:
+        fd = os.open(mnt / iqn / "lun1", os.O_RDONLY)
+        try:
+            conf.write_text(f"Target {iqn}\n  Lun 0 Path={disks[0]}\n")
+            t.process.send_signal(signal.SIGHUP)
+            assert wait_for(lambda: "was removed" in mount_log.read_text())
+            with pytest.raises(OSError) as failed:
+                os.pread(fd, 4096, 0)
+            assert failed.value.errno == errno.EIO
+        finally:
+            os.close(fd)
+    expect("IQN: LUN N was removed from the target; its file answers EIO",
+           mount_log.read_text())
 
 
 @system
