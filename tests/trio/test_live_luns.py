@@ -114,3 +114,14 @@ async def test_rescan_finds_a_change_the_target_did_not_report(setup: Setup) -> 
                                                         target_name=IQN))  # no attention
     assert await setup.live.rescan() == [f"{IQN}: LUN 1 is now {2 * MiB} bytes (was {MiB})"]
     assert setup.rec.resizes == [1]
+
+
+async def test_after_a_reconnection_everything_is_read_again(setup: Setup) -> None:
+    """A new session has no attentions for what changed while it was away: the mount
+    calls request_all() after each reconnection."""
+    os.truncate(setup.disks[0], 3 * MiB)
+    setup.server.targets[IQN].luns[0].adopt(LogicalUnit(0, FileBackend(str(setup.disks[0])),
+                                                        target_name=IQN))  # no attention
+    setup.live.request_all()
+    await setup.rec.next()
+    assert setup.rec.resizes == [0] and setup.live.devices[0].size == 3 * MiB
