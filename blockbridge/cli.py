@@ -41,6 +41,7 @@ commands:
   umount MOUNTPOINT              flush, log out and unmount
   status                         show mounts, sessions and per-LUN I/O counters
   discard FILE [--offset --length]   trim a region of a LUN file on the target
+  rescan MOUNTPOINT              read the LUNs and their sizes from the targets again
   cp IMAGE LUNFILE               copy a disk image onto a LUN file, with progress
 
 examples:
@@ -175,6 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ping an idle target this often; a target that does not answer "
                         "within the same time is considered gone and the session "
                         "reconnects (default 5)")
+    m.add_argument("--idle-check", metavar="SECONDS", type=float, default=2.0,
+                   help="send TEST UNIT READY to each LUN that had no I/O for this long, so "
+                        "that a change the target reports (a LUN grown, added or removed) "
+                        "reaches the files within this time even when nobody uses them; 0: "
+                        "only through I/O and `blockbridge rescan` (default 2)")
     m.add_argument("--log-file", metavar="FILE",
                    help="log here when in the background (default: "
                         "~/.local/state/blockbridge/log/mount-<mount point>.log; "
@@ -205,6 +211,24 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     cp.add_argument("image", metavar="IMAGE", help="the raw image to copy")
     cp.add_argument("dest", metavar="LUNFILE", help="the LUN file (or file) to copy onto")
+
+    rs = sub.add_parser(
+        "rescan", help="read the LUNs and their sizes from the targets again",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Ask a running mount to read the LUN list (REPORT LUNS) and the size of every LUN\n"
+            "(READ CAPACITY) of its targets again, and to update its files: a LUN that grew\n"
+            "shows its new size, a new LUN appears as a file, a removed one disappears (reads\n"
+            "and writes of it, even through a file still open, fail with EIO).\n\n"
+            "A mount does this by itself when a target reports a change with a unit attention,\n"
+            "as blockbridge-target does on a reload (see --idle-check of mount); this command\n"
+            "is for targets that do not. Prints each change, or 'no change'."),
+        epilog="example:\n  truncate -s +64M /srv/disk.img && systemctl reload "
+               "blockbridge-target\n  blockbridge rescan ~/luns\n"
+               "  sudo losetup -c /dev/loop0     # a loop device on the LUN file sees the "
+               "new size")
+    rs.add_argument("mountpoint", metavar="MOUNTPOINT",
+                    help="the mount point of a running mount (see blockbridge status)")
 
     sub.add_parser("status", help="show mounts, sessions and I/O counters",
                    description="Show every blockbridge mount of this user with its sessions "
@@ -286,7 +310,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
                        args.initiator_name or initiator_name(), args.target, ro, allow_other,
                        fuse_opts, from_options(args.auth_file, args.auth_env),
                        tls_options(args), args.replacement_timeout,
-                       args.nop_interval, chap_algorithms=chap_digests(args))
+                       args.nop_interval, args.idle_check,
+                       chap_algorithms=chap_digests(args))
     if args.foreground:
         req.log_file = args.log_file
         trio.run(serve, req, lambda: None)
@@ -418,6 +443,23 @@ def cmd_discard(args: argparse.Namespace) -> int:
     raise UsageError(f"{args.file} is not a LUN file of a running blockbridge mount")
 
 
+def cmd_rescan(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .control import request
+
+    mnt = os.path.abspath(args.mountpoint)
+    for rec in records():
+        if rec.get("mountpoint") == mnt and "control" in rec:
+            answer = request(Path(rec["control"]), {"op": "rescan"})
+            if not answer.get("ok"):
+                raise UsageError(f"rescan of {mnt} failed: {answer.get('error')}")
+            for line in answer.get("changes") or ["no change"]:
+                print(line)
+            return 0
+    raise UsageError(f"{mnt} is not a running blockbridge mount")
+
+
 def cmd_cp(args: argparse.Namespace) -> int:
     from .copy import run
 
@@ -425,7 +467,7 @@ def cmd_cp(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"cp": cmd_cp, "discover": cmd_discover, "discard": cmd_discard, "mount": cmd_mount,
-            "umount": cmd_umount, "status": cmd_status}
+            "umount": cmd_umount, "rescan": cmd_rescan, "status": cmd_status}
 
 
 def _stdout_closed() -> bool:

@@ -1,6 +1,8 @@
 """The control socket of a mount: one JSON request per connection, one JSON answer.
 
 Requests: {"op": "discard", "path": "<target>/lun<N>", "offset": N, "length": N}
+          {"op": "rescan"}: read every target's LUN list and LUN sizes again
+          {"op": "status"}
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import json
 import logging
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +26,11 @@ log = logging.getLogger(__name__)
 
 Devices = Callable[[], list[tuple[str, BlockDevice]]]
 Snapshot = Callable[[], dict[str, Any]]
+Rescan = Callable[[], Awaitable[list[str]]]
 
 
 async def serve_control(path: Path, devices: Devices, snapshot: Snapshot,
+                        rescan: Rescan | None = None,
                         *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                         ) -> None:
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -41,13 +45,14 @@ async def serve_control(path: Path, devices: Devices, snapshot: Snapshot,
         async with trio.open_nursery() as nursery:
             while True:
                 stream = await listener.accept()
-                nursery.start_soon(_handle, stream, devices, snapshot)
+                nursery.start_soon(_handle, stream, devices, snapshot, rescan)
     finally:
         with contextlib.suppress(OSError):
             path.unlink()
 
 
-async def _handle(stream: trio.SocketStream, devices: Devices, snapshot: Snapshot) -> None:
+async def _handle(stream: trio.SocketStream, devices: Devices, snapshot: Snapshot,
+                  rescan: Rescan | None) -> None:
     async with stream:
         raw = b""
         with trio.move_on_after(5):
@@ -60,6 +65,8 @@ async def _handle(stream: trio.SocketStream, devices: Devices, snapshot: Snapsho
             req = json.loads(raw or b"{}")
             if req.get("op") == "status":
                 answer = {"ok": True, "status": snapshot()}
+            elif req.get("op") == "rescan" and rescan is not None:
+                answer = {"ok": True, "changes": await rescan()}
             else:
                 answer = await _dispatch(req, dict(devices()))
         except (ValueError, KeyError, TypeError) as exc:

@@ -19,6 +19,7 @@ from .fuse.fs import LunFS
 from .fuse.tuning import Tuning, raise_queue_limits
 from .initiator.blockdev import BlockDevice, list_disk_luns
 from .initiator.errors import InitiatorError
+from .initiator.live import DEFAULT_IDLE_CHECK, LiveLuns
 from .initiator.recovery import DEFAULT_REPLACEMENT_TIMEOUT, RecoveringSession
 from .initiator.session import Session
 from .iscsi import chap
@@ -46,6 +47,7 @@ class MountRequest:
     tls: ClientTLS | None = None
     replacement_timeout: float = DEFAULT_REPLACEMENT_TIMEOUT
     nop_interval: float = 5.0
+    idle_check: float = DEFAULT_IDLE_CHECK
     log_file: str | None = None
     chap_algorithms: tuple[int, ...] = chap.DEFAULT_PREFERENCE
 
@@ -110,6 +112,7 @@ async def serve(req: MountRequest, ready: Callable[[], None]) -> None:
     async with trio.open_nursery() as nursery:
         sessions: list[RecoveringSession] = []
         tree: dict[str, dict[int, BlockDevice]] = {}
+        live: list[LiveLuns] = []
         try:
             for name in wanted:
                 creds = lookup(req.credentials, name)
@@ -133,6 +136,8 @@ async def serve(req: MountRequest, ready: Callable[[], None]) -> None:
                 for info in await list_disk_luns(s):
                     if info.device_type == 0:
                         tree[name][info.number] = await BlockDevice.open(s, info.number)
+                live.append(LiveLuns(name, s, tree[name], idle_check=req.idle_check))
+                s.on_reconnect = live[-1].request_all
         except Exception as exc:
             for s in sessions:
                 await s.logout()
@@ -194,7 +199,13 @@ async def serve(req: MountRequest, ready: Callable[[], None]) -> None:
                     pyfuse3.terminate()
                     return
 
-        await nursery.start(serve_control, control, fs.devices, snapshot)
+        async def rescan() -> list[str]:
+            return [line for luns in live for line in await luns.rescan()]
+
+        for luns in live:
+            luns.listener = fs
+            await nursery.start(luns.run)
+        await nursery.start(serve_control, control, fs.devices, snapshot, rescan)
         record()
         nursery.start_soon(keep_record)
         nursery.start_soon(on_signal)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import errno
 import logging
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TypeVar
@@ -233,6 +233,34 @@ class LogicalUnit:
     def _add_ua(st: NexusState, ua: tuple[int, int]) -> None:
         if ua not in st.unit_attentions and len(st.unit_attentions) < 8:
             st.unit_attentions.append(ua)
+
+    # ---------------------------------------------------------------- reload
+
+    def unit_attention(self, ua: tuple[int, int], nexuses: Iterable[Nexus]) -> None:
+        """Establish the unit attention ``ua`` (asc, ascq) for each I_T nexus, including
+        ones that never addressed this unit yet: their next command to it reports it."""
+        for nexus in nexuses:
+            self._add_ua(self._state(nexus), ua)
+
+    def adopt(self, fresh: LogicalUnit) -> bool:
+        """Take the capacity of ``fresh``, this unit's Lun line as a reload read it again,
+        and its backing store if that is another one (a new Path=, Blocks= of a nullio
+        LUN); ``fresh`` is used up.  The unit keeps its mode pages, reservations and
+        unit attentions.  Returns whether the capacity data (READ CAPACITY) changed."""
+        before = (self.blocks, self.block_size)
+        if fresh.backend.description != self.backend.description:
+            if self._ring is not None:
+                self._ring.close()
+                self._ring = None
+            self.backend, fresh.backend = fresh.backend, self.backend  # fresh closes the old
+            self._fd, self._ring_wanted = fresh._fd, fresh._ring_wanted
+            self.geometry.can_unmap = self.backend.can_unmap and not self.read_only
+        else:
+            self.backend.size = fresh.backend.size  # the file or device may have grown
+        fresh.close()
+        self.block_size = self.geometry.block_size = fresh.block_size
+        self.blocks = self.geometry.blocks = self.backend.size // self.block_size
+        return (self.blocks, self.block_size) != before
 
     # ---------------------------------------------------------------- data-out sizing
 

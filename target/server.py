@@ -21,6 +21,7 @@ from blockbridge.iscsi import chap
 from blockbridge.iscsi.constants import LoginStatus
 from blockbridge.iscsi.errors import LoginFailed
 from blockbridge.iscsi.login import ChapCredentials, TargetLogin, TargetLoginConfig
+from blockbridge.scsi.constants import CAPACITY_DATA_HAS_CHANGED, REPORTED_LUNS_DATA_HAS_CHANGED
 
 from .budget import BufferLimits, ServerBudget
 from .connection import Connection
@@ -343,7 +344,11 @@ class TargetServer:
         """Apply a new configuration without dropping sessions; returns what changed.
 
         Targets and LUNs are added and removed; a removed target accepts no new logins but
-        its sessions go on. A LUN whose number exists already keeps its backing file.
+        its sessions go on. A LUN whose number exists already stays the same unit (its
+        state and reservations), with the size its backing store has now and the store a
+        changed Lun line names.  The sessions of the target are told with unit attentions
+        (SPC-4): CAPACITY DATA HAS CHANGED on a LUN whose size changed, REPORTED LUNS DATA
+        HAS CHANGED on every LUN that stays when LUNs were added or removed.
         """
         changes: list[str] = []
         self.discovery_users, self.discovery_outgoing = discovery_users, discovery_outgoing
@@ -362,16 +367,33 @@ class TargetServer:
             old.operational, old.queued_commands = fresh.operational, fresh.queued_commands
             old.max_sessions = fresh.max_sessions
             old.nop_interval, old.nop_timeout = fresh.nop_interval, fresh.nop_timeout
-            for number in list(old.luns):
-                if number not in fresh.luns:
-                    del old.luns[number]
-                    changes.append(f"removed LUN {number} of {name}")
-            for number, lu in fresh.luns.items():
-                if number in old.luns:
-                    lu.close()  # keep the unit in use, with its state and reservations
-                else:
-                    old.luns[number] = lu
-                    changes.append(f"added LUN {number} to {name}")
+            changes += self._reload_luns(old, fresh)
+        return changes
+
+    def _reload_luns(self, old: TargetDef, fresh: TargetDef) -> list[str]:
+        """Bring the LUNs of a running target to the new configuration, in place: the
+        sessions share ``old.luns``, so added LUNs are at once usable by them and removed
+        ones answer LOGICAL UNIT NOT SUPPORTED."""
+        changes: list[str] = []
+        nexuses = [s.nexus for s in self.sessions.sessions.values()
+                   if s.target_name == old.name and s.nexus is not None]
+        before = set(old.luns)
+        kept = [lu for number, lu in old.luns.items() if number in fresh.luns]
+        for number in list(old.luns):
+            if number not in fresh.luns:
+                del old.luns[number]
+                changes.append(f"removed LUN {number} of {old.name}")
+        for number, lu in fresh.luns.items():
+            unit = old.luns.get(number)
+            if unit is None:
+                old.luns[number] = lu
+                changes.append(f"added LUN {number} to {old.name}")
+            elif unit.adopt(lu):
+                unit.unit_attention(CAPACITY_DATA_HAS_CHANGED, nexuses)
+                changes.append(f"LUN {number} of {old.name} is now {unit.size_bytes} bytes")
+        if before != set(fresh.luns):
+            for unit in kept:
+                unit.unit_attention(REPORTED_LUNS_DATA_HAS_CHANGED, nexuses)
         return changes
 
     # ---------------------------------------------------------------- serving

@@ -6,6 +6,7 @@ Each handler is a few lines; the block device does the work.  Handlers raise onl
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -59,7 +60,8 @@ class LunFS(pyfuse3.Operations):
 
     def devices(self) -> list[tuple[str, BlockDevice]]:
         return [(f"{self.nodes[n.parent].name}/{n.name}", n.device)
-                for n in self.nodes.values() if n.device is not None]
+                for n in self.nodes.values() if n.device is not None
+                and self.children[n.parent].get(n.name) == n.inode]  # not removed
 
     def _attr(self, node: Node) -> pyfuse3.EntryAttributes:
         a = pyfuse3.EntryAttributes()
@@ -131,8 +133,7 @@ class LunFS(pyfuse3.Operations):
 
     # pyfuse3 replies with any contiguous buffer (its stub says bytes): no copy here.
     async def read(self, fh: int, off: int, size: int) -> memoryview:  # type: ignore[override]
-        dev = self.nodes[fh].device
-        assert dev is not None
+        dev = self._device(fh)
         try:
             return await dev.read(off, size)
         except InitiatorError as exc:
@@ -140,8 +141,7 @@ class LunFS(pyfuse3.Operations):
             raise pyfuse3.FUSEError(to_errno(exc)) from None
 
     async def write(self, fh: int, off: int, buf: bytes) -> int:
-        dev = self.nodes[fh].device
-        assert dev is not None
+        dev = self._device(fh)
         if off >= dev.size:
             raise pyfuse3.FUSEError(errno.ENOSPC)
         buf = buf[: dev.size - off]
@@ -152,8 +152,7 @@ class LunFS(pyfuse3.Operations):
             raise pyfuse3.FUSEError(to_errno(exc)) from None
 
     async def fsync(self, fh: int, datasync: bool) -> None:
-        dev = self.nodes[fh].device
-        assert dev is not None
+        dev = self._device(fh)
         try:
             await dev.flush()
         except InitiatorError as exc:
@@ -186,3 +185,42 @@ class LunFS(pyfuse3.Operations):
         s.f_ffree = s.f_favail = 0
         s.f_namemax = 255
         return s
+
+    # ------------------------------------------------- live LUN changes (minimal version)
+
+    def _device(self, fh: int) -> BlockDevice:
+        """The device of an open file; EIO once its LUN was removed (said once, in the
+        log, when that was found)."""
+        dev = self.nodes[fh].device
+        assert dev is not None
+        if dev.removed is not None:
+            raise pyfuse3.FUSEError(errno.EIO)
+        return dev
+
+    def resized(self, target: str, lun: int) -> None:
+        """The LUN has a new size: the kernel forgets the attributes it cached."""
+        parent = self.children[pyfuse3.ROOT_INODE].get(target)
+        inode = self.children[parent].get(f"lun{lun}") if parent is not None else None
+        if inode is not None:
+            with contextlib.suppress(OSError):  # ENOSYS: the kernel cannot be told
+                pyfuse3.invalidate_inode(inode, attr_only=True)
+
+    def luns_changed(self, target: str, luns: dict[int, BlockDevice]) -> None:
+        """The target has these LUNs now: files come and go.  A removed LUN's node stays
+        for the files still open (their device answers EIO); a new LUN gets a new inode."""
+        parent = self.children[pyfuse3.ROOT_INODE].get(target)
+        if parent is None:
+            return
+        entries = self.children[parent]
+        for name, inode in list(entries.items()):
+            if luns.get(int(name[3:])) is not self.nodes[inode].device:
+                del entries[name]
+                pyfuse3.invalidate_entry_async(parent, os.fsencode(name), ignore_enoent=True)
+        for number, dev in sorted(luns.items()):
+            name = f"lun{number}"
+            if name not in entries:
+                inode = max(self.nodes) + 1
+                self.nodes[inode] = Node(inode, name, parent, dev)
+                entries[name] = inode
+        with contextlib.suppress(OSError):
+            pyfuse3.invalidate_inode(parent, attr_only=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -12,9 +13,15 @@ from blockbridge.buffers import BufferPool
 from blockbridge.iscsi.params import SessionParams
 from blockbridge.iscsi.pdu import Buffer
 from blockbridge.scsi import cdb
+from blockbridge.scsi.changes import (
+    Capacity,
+    parse_read_capacity_10,
+    parse_read_capacity_16,
+    parse_report_luns,
+)
 from blockbridge.scsi.constants import Status
 
-from .errors import InitiatorError, SCSIError
+from .errors import InitiatorError, LunRemoved, SCSIError
 from .session import Response
 
 log = logging.getLogger(__name__)
@@ -66,6 +73,11 @@ class BlockDevice:
     unmap_granularity: int = 1
     max_io: int = MAX_IO
     counters: Counters = field(default_factory=Counters)
+    # told of every unit attention a command of this device reports (lun, sense data)
+    on_attention: Callable[[int, bytes], None] | None = None
+    commands: int = 0  # commands answered, for the idle check of live LUN changes
+    removed: str | None = None  # why the device was closed: it refuses I/O from then on
+    _capacity_16: bool = True  # READ CAPACITY (16) works (else (10), older targets)
     _rmw: trio.Lock = field(default_factory=trio.Lock)
     _pool: BufferPool = field(default_factory=BufferPool)
     _sent: list[bytearray] = field(default_factory=list)
@@ -77,11 +89,16 @@ class BlockDevice:
     async def _run(self, what: str, command: bytes, *, data_out: bytes | memoryview | None = None,
                    read_length: int = 0, read_into: bytearray | None = None) -> Response:
         for attempt in range(3):
+            if self.removed is not None:
+                raise LunRemoved(self.removed)
             r = await self.session.command(self.lun, command, data_out=data_out,
                                            read_length=read_length, read_into=read_into)
+            self.commands += 1
             if r.status == Status.GOOD:
                 return r
             err = SCSIError(r.status, r.sense, what)
+            if err.unit_attention and self.on_attention is not None:
+                self.on_attention(self.lun, r.sense)
             if (err.unit_attention or r.status == Status.BUSY) and attempt < 2:
                 continue  # unit attentions report an event; the command itself may be retried
             self.counters.errors += 1
@@ -91,20 +108,9 @@ class BlockDevice:
     @classmethod
     async def open(cls, session: CommandChannel, lun: int) -> BlockDevice:
         dev = cls(session, lun)
-        try:
-            r = await dev._run("READ CAPACITY(16)", cdb.read_capacity_16(), read_length=32)
-            data = bytes(r.data).ljust(32, b"\0")
-            dev.blocks = int.from_bytes(data[0:8], "big") + 1
-            dev.block_size = int.from_bytes(data[8:12], "big") or 512
-            lbpme, lbprz = bool(data[14] & 0x80), bool(data[14] & 0x40)
-        except SCSIError as exc:  # older targets: READ CAPACITY(10), at most 2 TiB
-            if exc.key != 0x5:
-                raise
-            r = await dev._run("READ CAPACITY(10)", cdb.read_capacity_10(), read_length=8)
-            data = bytes(r.data).ljust(8, b"\0")
-            dev.blocks = int.from_bytes(data[0:4], "big") + 1
-            dev.block_size = int.from_bytes(data[4:8], "big") or 512
-            lbpme = lbprz = False
+        cap = await dev._read_capacity()
+        dev.blocks, dev.block_size = cap.blocks, cap.block_size
+        lbpme, lbprz = cap.thin, cap.zeroes_after_unmap
         try:
             ms = await dev._run("MODE SENSE", cdb.mode_sense_6(0x3F, 255), read_length=255)
             dev.read_only = bool(bytes(ms.data)[2] & 0x80) if len(ms.data) > 2 else False
@@ -127,6 +133,39 @@ class BlockDevice:
             dev.block_size or dev.block_size
         return dev
 
+    async def _read_capacity(self) -> Capacity:
+        if self._capacity_16:
+            try:
+                r = await self._run("READ CAPACITY(16)", cdb.read_capacity_16(), read_length=32)
+                return parse_read_capacity_16(r.data)
+            except SCSIError as exc:  # older targets: READ CAPACITY(10), at most 2 TiB
+                if exc.key != 0x5:
+                    raise
+        r = await self._run("READ CAPACITY(10)", cdb.read_capacity_10(), read_length=8)
+        self._capacity_16 = False
+        return parse_read_capacity_10(r.data)
+
+    async def refresh_capacity(self) -> bool:
+        """Read the capacity again (after CAPACITY DATA HAS CHANGED, or a rescan); True
+        if the size or block size changed.  Commands already sent keep the old limits;
+        later ones are checked against the new."""
+        cap = await self._read_capacity()
+        if (cap.blocks, cap.block_size) == (self.blocks, self.block_size):
+            return False
+        if cap.block_size != self.block_size:
+            self.max_io = max(self.max_io // cap.block_size * cap.block_size, cap.block_size)
+        self.blocks, self.block_size = cap.blocks, cap.block_size
+        return True
+
+    async def test_unit_ready(self) -> None:
+        """TEST UNIT READY: a command that does nothing but report a unit attention."""
+        await self._run("TEST UNIT READY", cdb.test_unit_ready())
+
+    def close(self, reason: str) -> None:
+        """The LUN is gone from the target: every later command fails with ``reason``
+        (never reaches another LUN that takes its number later)."""
+        self.removed = reason
+
     async def read(self, offset: int, length: int) -> memoryview:
         """``length`` bytes at ``offset`` (fewer at the end of the LUN), as a view of the
         buffer the data arrived in: no copy when one command covers the range.
@@ -137,6 +176,8 @@ class BlockDevice:
         for buf in self._sent:
             self._pool.give(buf)
         self._sent.clear()
+        if self.removed is not None:
+            raise LunRemoved(self.removed)
         if offset >= self.size or length <= 0:
             return memoryview(b"")
         length = min(length, self.size - offset)
@@ -310,14 +351,8 @@ async def list_disk_luns(session: CommandChannel) -> list[LUNInfo]:
     r = await session.command(0, cdb.report_luns(), read_length=4096)
     if r.status != Status.GOOD:
         raise SCSIError(r.status, r.sense, "REPORT LUNS")
-    data = bytes(r.data)
-    count = int.from_bytes(data[0:4], "big") // 8
-    from blockbridge.iscsi.pdu import decode_lun
-
     luns = []
-    for i in range(count):
-        raw = int.from_bytes(data[8 + 8 * i : 16 + 8 * i], "big")
-        number = decode_lun(raw)
+    for number in parse_report_luns(r.data):
         inq = await session.command(number, cdb.inquiry(96), read_length=96)
         if inq.status != Status.GOOD or len(inq.data) < 36:
             continue

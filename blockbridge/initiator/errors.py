@@ -18,6 +18,10 @@ class ConnectionLost(InitiatorError):
     pass
 
 
+class LunRemoved(InitiatorError):
+    """The LUN was removed from the target; its block device refuses all I/O."""
+
+
 class SCSIError(InitiatorError):
     def __init__(self, status: int, sense: bytes, what: str = "command") -> None:
         self.status = status

@@ -43,6 +43,9 @@ class RecoveringSession:
         self.reconnects = 0
         self._closing = False
         self._why = ""  # why the latest reconnection attempt failed
+        # called after each reconnection: the new session has no unit attentions for
+        # what changed on the target while it was away
+        self.on_reconnect: Callable[[], None] | None = None
 
     async def start(self) -> None:
         self._attach(await self._connect())
@@ -123,6 +126,8 @@ class RecoveringSession:
                 log.warning("%s: reconnected; resending unacknowledged commands",
                             session.portal)
                 self._attach(session)
+                if self.on_reconnect is not None:
+                    self.on_reconnect()
                 return
 
     async def logout(self) -> None:

@@ -13,6 +13,10 @@ def inquiry(alloc: int = 96, page: int | None = None) -> bytes:
     return bytes([Op.INQUIRY, evpd, code]) + alloc.to_bytes(2, "big") + b"\0"
 
 
+def test_unit_ready() -> bytes:
+    return bytes([Op.TEST_UNIT_READY]) + bytes(5)
+
+
 def read_capacity_10() -> bytes:
     return bytes([Op.READ_CAPACITY_10]) + bytes(9)
 

@@ -29,6 +29,8 @@ _ASC_TEXT = {
     c.RESERVATIONS_PREEMPTED: "reservations preempted",
     c.RESERVATIONS_RELEASED: "reservations released",
     c.REGISTRATIONS_PREEMPTED: "registrations preempted",
+    c.CAPACITY_DATA_HAS_CHANGED: "capacity data has changed",
+    c.REPORTED_LUNS_DATA_HAS_CHANGED: "reported luns data has changed",
     c.MEDIUM_NOT_PRESENT: "medium not present",
     c.INTERNAL_TARGET_FAILURE: "internal target failure",
 }

@@ -77,6 +77,10 @@ DOCUMENTED: dict[str, str] = {
     "certificate of HOST:PORT changed: expected …, got …":
         "test_tls_certificate_checks[changed-certificate]",
     "FILE is not a LUN file of a running blockbridge mount": "test_discard_outside_a_mount",
+    "DIR is not a running blockbridge mount": "test_rescan_outside_a_mount",
+    "rescan of DIR failed: …": "test_rescan_of_an_unreachable_target",
+    "IQN: rescan failed: …": "test_rescan_of_an_unreachable_target",
+    "IQN: LUN N was removed from the target; its file answers EIO": "test_lun_removed",
     "FUSE max_background left at the kernel's default: fusectl is not mounted, so loop "
     "devices and io_uring on the LUN files get fewer requests in flight (fix, as root: "
     "mount -t fusectl none /sys/fs/fuse/connections)": "test_fusectl_not_mounted",
@@ -110,6 +114,13 @@ DOCUMENTED: dict[str, str] = {
     "accepting connections paused: Too many open files; raise LimitNOFILE or lower "
     "--max-logins (docs/security.md)": "test_out_of_descriptors",
     "the limit on open files is N, less than --max-logins …": "test_out_of_descriptors",
+    "no Data-Out for task 0x… within …s (… of … bytes received): aborted with INITIATOR "
+    "RESPONSE TIMEOUT": "test_writes_the_target_cannot_hold",
+    "no buffer budget for task 0x… (N bytes) within …s: answered BUSY (the session holds …, "
+    "all sessions …)": "test_writes_the_target_cannot_hold",
+    "no buffer budget for the unsolicited data of task 0x…: answered BUSY":
+        "test_writes_the_target_cannot_hold",
+    "dropping command with CmdSN N outside the window …": "test_writes_the_target_cannot_hold",
     "discovery session N closed: idle for …": "test_discovery_sessions_end",
     "discovery session N closed: open for …, the longest allowed": "test_discovery_sessions_end",
     "IQN has N sessions with TARGET already (--max-sessions-per-initiator N)":
@@ -629,6 +640,54 @@ def test_discard_outside_a_mount(home: Home) -> None:
     assert str(f) in r.stderr
 
 
+def test_rescan_outside_a_mount(home: Home) -> None:
+    r = home.bb("rescan", str(home.root))
+    expect_error("DIR is not a running blockbridge mount", r)
+    assert str(home.root) in r.stderr
+
+
+@system
+@needs_fuse
+def test_rescan_of_an_unreachable_target(home: Home, tmp_path: Path) -> None:
+    iqn = "iqn.2026-11.test:trouble-rescan"
+    mount_log = tmp_path / "mount.log"
+    with our_target(quick(tmp_path / "d.img", iqn), tmp_path) as t, \
+            home.mounted(t.portal, tmp_path / "mnt", "--replacement-timeout", "1",
+                         "--log-file", str(mount_log)) as mnt:
+        t.process.send_signal(signal.SIGTERM)
+        t.process.wait(30)
+        r = home.bb("rescan", str(mnt))
+    expect_error("rescan of DIR failed: …", r)
+    assert f"failed: target unreachable: cannot connect to {t.portal}" in r.stderr
+    expect("IQN: rescan failed: …", mount_log.read_text())
+
+
+@system
+@needs_fuse
+def test_lun_removed(home: Home, tmp_path: Path) -> None:
+    iqn = "iqn.2026-11.test:trouble-removed"
+    disks = [tmp_path / f"d{n}.img" for n in range(2)]
+    for d in disks:
+        d.write_bytes(bytes(4 << 20))
+    conf = tmp_path / "ietd.conf"
+    conf.write_text(f"Target {iqn}\n  Lun 0 Path={disks[0]}\n  Lun 1 Path={disks[1]}\n")
+    mount_log = tmp_path / "mount.log"
+    with our_target(["-c", str(conf), "--portal", "127.0.0.1:0"], tmp_path) as t, \
+            home.mounted(t.portal, tmp_path / "mnt", "--log-file", str(mount_log)) as mnt:
+        fd = os.open(mnt / iqn / "lun1", os.O_RDONLY)
+        try:
+            conf.write_text(f"Target {iqn}\n  Lun 0 Path={disks[0]}\n")
+            t.process.send_signal(signal.SIGHUP)
+            assert wait_for(lambda: "was removed" in mount_log.read_text())
+            with pytest.raises(OSError) as failed:
+                os.pread(fd, 4096, 0)
+            assert failed.value.errno == errno.EIO
+        finally:
+            os.close(fd)
+    expect("IQN: LUN N was removed from the target; its file answers EIO",
+           mount_log.read_text())
+
+
 @system
 @needs_fuse
 @needs("root", "unshare", "nsenter")
@@ -877,6 +936,7 @@ def raw_login(port: int, target: str | None, isid: bytes, **kw: object) -> socke
     from blockbridge.iscsi.login import InitiatorLogin
 
     s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    kw.setdefault("random_bytes", os.urandom)
     login = InitiatorLogin(initiator_name="iqn.2026-11.test:raw", target_name=target,
                            isid=isid, **kw)  # type: ignore[arg-type]
     reader = PDUReader()
@@ -895,6 +955,38 @@ def raw_login(port: int, target: str | None, isid: bytes, **kw: object) -> socke
         s.close()
         raise
     return s
+
+
+def write16(itt: int, cmdsn: int, blocks: int, data: bytes = b"") -> bytes:
+    cdb = bytes([0x8A, 0]) + bytes(8) + blocks.to_bytes(4, "big") + b"\0\0"
+    return P.encode_pdu(P.SCSICommand(
+        itt=itt, lun=P.encode_lun(0), cdb=cdb, expected_length=blocks * 512, cmdsn=cmdsn,
+        expstatsn=0, write=True, final=True, data=data))
+
+
+@system
+def test_writes_the_target_cannot_hold(tmp_path: Path) -> None:
+    # -vv: only the first of these lines of a connection is a warning, the rest debug
+    args = quick(tmp_path / "d.img", "iqn.2026-11.test:budget", "--size", "64M", "-vv",
+                 "--session-buffer-budget", "32M", "--data-out-timeout", "1")
+    with our_target(args, tmp_path) as t:
+        s = raw_login(t.port, "iqn.2026-11.test:budget", bytes.fromhex("800000000011"))
+        try:
+            s.sendall(write16(1, 1, 65536))  # 32 MiB: the whole session budget, no data
+            s.sendall(write16(2, 2, 16, bytes(4096)))  # data unasked, nowhere to go
+            s.sendall(write16(3, 3, 1))  # waits for budget, in vain
+            s.sendall(write16(4, 1000, 1))  # far beyond MaxCmdSN
+            assert wait_for(lambda: "within 1s (0 of" in t.log())
+            assert wait_for(lambda: "(512 bytes) within 1s" in t.log())
+        finally:
+            s.close()
+        log = t.log()
+    expect("no Data-Out for task 0x… within …s (… of … bytes received): aborted with "
+           "INITIATOR RESPONSE TIMEOUT", log)
+    expect("no buffer budget for task 0x… (N bytes) within …s: answered BUSY (the session "
+           "holds …, all sessions …)", log)
+    expect("no buffer budget for the unsolicited data of task 0x…: answered BUSY", log)
+    expect("dropping command with CmdSN N outside the window …", log)
 
 
 @system

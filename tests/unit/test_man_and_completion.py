@@ -18,7 +18,7 @@ def test_generated_man_pages_and_completions(tmp_path: Path) -> None:
     subprocess.run([str(ROOT / "scripts" / "gen-man-and-completion"), str(tmp_path)],
                    check=True, capture_output=True, env=env, timeout=120)
     man = (tmp_path / "man/man1/blockbridge.1").read_text()
-    for command in ("discover", "mount", "umount", "status", "discard", "cp"):
+    for command in ("discover", "mount", "umount", "status", "discard", "cp", "rescan"):
         assert f"blockbridge {command}" in man
     target_man = (tmp_path / "man/man1/blockbridge-target.1").read_text()
     assert "tls" in target_man and "initiators" in target_man
