@@ -22,7 +22,7 @@ from .initiator.errors import InitiatorError
 from .initiator.recovery import DEFAULT_REPLACEMENT_TIMEOUT, RecoveringSession
 from .initiator.session import Session
 from .iscsi import chap
-from .state import record_path, remove_record, write_record
+from .state import record_path, remove_record, runtime_dir, write_record
 from .tls import ClientTLS
 
 log = logging.getLogger(__name__)
@@ -94,6 +94,7 @@ async def discover(host: str, port: int, initiator_name: str,
 
 async def serve(req: MountRequest, ready: Callable[[], None]) -> None:
     check_mountpoint(req.mountpoint)
+    runtime_dir()  # checked before anything is mounted (RuntimeDirError names the fix)
     try:
         offered = [name for name, _ in await discover(req.host, req.port, req.initiator_name,
                                                       req.credentials, req.tls,
@@ -194,8 +195,18 @@ async def serve(req: MountRequest, ready: Callable[[], None]) -> None:
                     pyfuse3.terminate()
                     return
 
-        await nursery.start(serve_control, control, fs.devices, snapshot)
-        record()
+        try:
+            await nursery.start(serve_control, control, fs.devices, snapshot)
+            record()
+        except Exception as exc:
+            # FUSE is mounted already: leave no dead mount point and no session behind
+            with trio.CancelScope(shield=True):
+                for s in sessions:
+                    await s.logout()
+                pyfuse3.close(unmount=True)
+                remove_record(pid)
+            nursery.cancel_scope.cancel()
+            raise MountError(f"cannot serve {req.mountpoint}: {exc}") from None
         nursery.start_soon(keep_record)
         nursery.start_soon(on_signal)
         ready()

@@ -29,7 +29,7 @@ class Layer:
 LAYERS = (
     Layer("core", ("blockbridge/iscsi/", "blockbridge/scsi/"), (), frozenset({"crc32c"})),
     Layer("shared", ("blockbridge/__init__.py", "blockbridge/buffers.py",
-                     "blockbridge/systemd.py", "blockbridge/tls.py"),
+                     "blockbridge/files.py", "blockbridge/systemd.py", "blockbridge/tls.py"),
           ("core",), frozenset({"cryptography"})),
     Layer("transport", ("blockbridge/transport.py",), ("core", "shared"), frozenset({"trio"})),
     Layer("initiator", ("blockbridge/initiator/",), ("core", "shared", "transport"),
