@@ -20,9 +20,17 @@ from .credentials import Credentials, CredentialsError, from_options, lookup
 from .initiator.errors import InitiatorError
 from .iscsi import chap
 from .iscsi.errors import ISCSIError
+from .iscsi.names import name_problem, printable
 from .iscsi.portal import split_portal
 from .mount import MountError, MountRequest, discover, serve
-from .state import config_dir, initiator_name, log_file_for, records
+from .state import (
+    RuntimeDirError,
+    config_dir,
+    initiator_name,
+    initiator_name_path,
+    log_file_for,
+    records,
+)
 from .tls import ClientTLS, TLSError, normalise_fingerprint
 
 log = logging.getLogger("blockbridge")
@@ -59,7 +67,8 @@ class UsageError(Exception):
 
 
 USER_ERRORS: tuple[type[Exception], ...] = (
-    UsageError, MountError, InitiatorError, ISCSIError, CredentialsError, TLSError, CopyError)
+    UsageError, MountError, InitiatorError, ISCSIError, CredentialsError, TLSError, CopyError,
+    RuntimeDirError)
 
 
 def user_error(exc: BaseException, kinds: tuple[type[Exception], ...] = USER_ERRORS
@@ -236,9 +245,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def our_name(args: argparse.Namespace) -> str:
+    """Our initiator name: --initiator-name, else the stored one; a valid iSCSI name
+    (RFC 3720 §3.2.6) or a usage error."""
+    if args.initiator_name:
+        problem = name_problem(args.initiator_name)
+        if problem is not None:
+            raise UsageError(f"--initiator-name '{printable(args.initiator_name, 80)}' is not "
+                             f"a valid iSCSI name: {problem} (e.g. iqn.2026-11.com.example:host)")
+        return str(args.initiator_name)
+    name = initiator_name()
+    problem = name_problem(name)
+    if problem is not None:
+        path = initiator_name_path()
+        raise UsageError(f"{path} holds '{printable(name, 80)}', not a valid iSCSI name: "
+                         f"{problem} (fix it, or delete it to get a new one)")
+    return name
+
+
 def cmd_discover(args: argparse.Namespace) -> int:
     host, port = parse_portal(args.portal)
-    name = args.initiator_name or initiator_name()
+    name = our_name(args)
     table = from_options(args.auth_file, args.auth_env)
     tls = tls_options(args)
     digests = chap_digests(args)
@@ -247,7 +274,7 @@ def cmd_discover(args: argparse.Namespace) -> int:
         print(f"{host}:{port} offers no targets to {name}")
     for target, addresses in found:
         for addr in addresses or ["(no address given)"]:
-            print(f"{addr} {target}")
+            print(f"{printable(addr)} {printable(target)}")  # the target's text, escaped
         if args.luns:
             creds = lookup(table, target)
             for number, size, ro in trio.run(describe_luns, host, port, name, target, creds,
@@ -307,7 +334,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
             raise UsageError("-o allow_other needs 'user_allow_other' in /etc/fuse.conf "
                              "(ask your administrator to add it)")
     req = MountRequest(host, port, os.path.abspath(args.mountpoint),
-                       args.initiator_name or initiator_name(), args.target, ro, allow_other,
+                       our_name(args), args.target, ro, allow_other,
                        fuse_opts, from_options(args.auth_file, args.auth_env),
                        tls_options(args), args.replacement_timeout,
                        args.nop_interval, args.idle_check,
@@ -370,7 +397,13 @@ def cmd_mount(args: argparse.Namespace) -> int:
 
 def cmd_umount(args: argparse.Namespace) -> int:
     target = os.path.abspath(args.mountpoint)
-    for rec in records():
+    try:
+        recs = records()
+    except RuntimeDirError:
+        if not os.path.ismount(target):
+            raise
+        recs = []  # no records to find the process by: unmount, and the process ends
+    for rec in recs:
         if rec.get("mountpoint") == target:
             pid = int(rec["pid"])
             os.kill(pid, signal.SIGTERM)

@@ -23,7 +23,7 @@ from .initiator.live import DEFAULT_IDLE_CHECK, LiveLuns
 from .initiator.recovery import DEFAULT_REPLACEMENT_TIMEOUT, RecoveringSession
 from .initiator.session import Session
 from .iscsi import chap
-from .state import record_path, remove_record, write_record
+from .state import record_path, remove_record, runtime_dir, write_record
 from .tls import ClientTLS
 
 log = logging.getLogger(__name__)
@@ -96,6 +96,7 @@ async def discover(host: str, port: int, initiator_name: str,
 
 async def serve(req: MountRequest, ready: Callable[[], None]) -> None:
     check_mountpoint(req.mountpoint)
+    runtime_dir()  # checked before anything is mounted (RuntimeDirError names the fix)
     try:
         offered = [name for name, _ in await discover(req.host, req.port, req.initiator_name,
                                                       req.credentials, req.tls,
@@ -202,11 +203,21 @@ async def serve(req: MountRequest, ready: Callable[[], None]) -> None:
         async def rescan() -> list[str]:
             return [line for luns in live for line in await luns.rescan()]
 
-        for luns in live:
-            luns.listener = fs
-            await nursery.start(luns.run)
-        await nursery.start(serve_control, control, fs.devices, snapshot, rescan)
-        record()
+        try:
+            for luns in live:
+                luns.listener = fs
+                await nursery.start(luns.run)
+            await nursery.start(serve_control, control, fs.devices, snapshot, rescan)
+            record()
+        except Exception as exc:
+            # FUSE is mounted already: leave no dead mount point and no session behind
+            with trio.CancelScope(shield=True):
+                for s in sessions:
+                    await s.logout()
+                pyfuse3.close(unmount=True)
+                remove_record(pid)
+            nursery.cancel_scope.cancel()
+            raise MountError(f"cannot serve {req.mountpoint}: {exc}") from None
         nursery.start_soon(keep_record)
         nursery.start_soon(on_signal)
         ready()

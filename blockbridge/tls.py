@@ -10,11 +10,12 @@ from __future__ import annotations
 import datetime
 import hashlib
 import ipaddress
-import os
 import socket
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
+
+from .files import write_file
 
 
 class TLSError(Exception):
@@ -92,9 +93,13 @@ def read_known_hosts(path: Path) -> dict[str, str]:
 
 def add_known_host(path: Path, portal: str, fp: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with path.open("a") as f:
-        f.write(f"{portal} {fp}\n")
-    path.chmod(0o600)
+    try:
+        old = path.read_bytes()
+    except FileNotFoundError:
+        old = b""
+    if old and not old.endswith(b"\n"):
+        old += b"\n"
+    write_file(path, old + f"{portal} {fp}\n".encode(), 0o600)
 
 
 def server_context(cert: str, key: str, client_ca: str | None = None) -> ssl.SSLContext:
@@ -111,8 +116,9 @@ def server_context(cert: str, key: str, client_ca: str | None = None) -> ssl.SSL
 
 
 def generate_self_signed(directory: Path, name: str | None = None) -> tuple[Path, Path, str]:
-    """Write <dir>/blockbridge.crt and <dir>/blockbridge.key (0600); return them and the
-    certificate's fingerprint."""
+    """Write <dir>/blockbridge.crt (0644) and <dir>/blockbridge.key (0600), each a new
+    file renamed into place (see :func:`files.write_file`: a link planted there is
+    replaced, not followed); return them and the certificate's fingerprint."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -134,10 +140,8 @@ def generate_self_signed(directory: Path, name: str | None = None) -> tuple[Path
             .sign(key, hashes.SHA256()))
     directory.mkdir(parents=True, exist_ok=True)
     crt_path, key_path = directory / "blockbridge.crt", directory / "blockbridge.key"
-    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(key.private_bytes(serialization.Encoding.PEM,
-                                  serialization.PrivateFormat.PKCS8,
-                                  serialization.NoEncryption()))
-    crt_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    write_file(key_path, key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()), 0o600)
+    write_file(crt_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
     return crt_path, key_path, fingerprint(cert.public_bytes(serialization.Encoding.DER))

@@ -2,7 +2,8 @@
 
 The first line whose first token is ALL or the target's name decides: access is granted
 if one of its entries matches, refused otherwise.  A missing file allows everything; a
-file without an applicable line refuses.  Files are re-read when they change.
+file without an applicable line refuses.  Files are re-read when they change; a file that
+vanishes while the target runs keeps its last rules (a deleted list is not "allow all").
 """
 
 from __future__ import annotations
@@ -121,16 +122,22 @@ class _AllowFile:
         self.exact_iet = exact_iet
         self._stamp: tuple[int, int] | None = None
         self._rules: list[Rule] | None = None
+        self._vanished = False  # the file went away; its last rules are kept
 
     def rules(self) -> list[Rule] | None:
-        """The current rules, or None if the file does not exist (allow all)."""
+        """The current rules, or None if the file does not exist and never did since the
+        start (allow all)."""
         if self.path is None:
             return None
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
-            self._stamp, self._rules = None, None
-            return None
+            if self._rules is not None and not self._vanished:
+                log.warning("%s has vanished; keeping its last %d rules (to allow everyone, "
+                            "write 'ALL ALL' in it)", self.path, len(self._rules))
+                self._vanished = True
+            return self._rules
+        self._vanished = False
         stamp = (st.st_mtime_ns, st.st_size)
         if stamp != self._stamp:
             try:

@@ -40,6 +40,7 @@ from blockbridge.iscsi.constants import (
 from blockbridge.iscsi.errors import NegotiationError, PDUFormatError
 from blockbridge.iscsi.framing import FileRange, WithFileData, segment_length
 from blockbridge.iscsi.login import TargetLogin
+from blockbridge.iscsi.names import printable
 from blockbridge.iscsi.serial import sn_add
 from blockbridge.iscsi.text import TextAssembler, decode_text, encode_text
 from blockbridge.scsi.constants import INITIATOR_RESPONSE_TIMEOUT, Op, SenseKey, Status
@@ -89,6 +90,7 @@ class Connection:
         self.pdus = PDUStream(stream, max_data_segment_length=65536,
                               receive_chunk=LOGIN_RECEIVE_CHUNK)
         self.peer = peer
+        self.tls = isinstance(stream, trio.SSLStream)  # came in through a TLS portal
         self.address_key = address_key or peer.rsplit(":", 1)[0].strip("[]")
         # holds one of the server's places for connections that proved nothing yet (in
         # login or in a discovery session); given back when a normal session starts
@@ -127,11 +129,12 @@ class Connection:
                             else:
                                 await self._full_feature()
                     except ConnectionClosed as exc:
-                        log.debug("%s: %s", self.peer, exc)
+                        log.debug("%s: %s", self.peer, printable(exc))
                     except PDUFormatError as exc:
-                        log.warning("%s: dropping connection: malformed PDU: %s", self.peer, exc)
+                        log.warning("%s: dropping connection: malformed PDU: %s", self.peer,
+                                    printable(exc))
                     except (Drop, NegotiationError) as exc:
-                        log.warning("%s: dropping connection: %s", self.peer, exc)
+                        log.warning("%s: dropping connection: %s", self.peer, printable(exc))
                     finally:
                         nursery.cancel_scope.cancel()
             finally:
@@ -217,8 +220,11 @@ class Connection:
                                       maxcmdsn=sn_add(expcmdsn, depth - 1))
                 self.statsn = sn_add(self.statsn, 1)
                 if machine.failed:
+                    # names are checked (an invalid one is the failure), the target is
+                    # shown as asked for, escaped; the failure text is escaped already
                     log.warning("%s: login of %s to %s refused: %s", self.peer,
-                                machine.initiator_name or "?", machine.target_name or "?",
+                                machine.initiator_name or "?", machine.target_name
+                                or printable(machine.requested_target, 240) or "?",
                                 machine.failure)
                     await trio.sleep(server.login_hold(peer_ip, failed=True))
                     await self.pdus.send_pdu(rsp)
@@ -794,7 +800,8 @@ class Connection:
         for key, value in pairs:
             if key == "SendTargets":
                 answers += self.server.send_targets(
-                    value, self.session, self.peer.rsplit(":", 1)[0].strip("[]"), self.local)
+                    value, self.session, self.peer.rsplit(":", 1)[0].strip("[]"), self.local,
+                    tls=self.tls)
             else:
                 answers.append((key, "NotUnderstood"))
         text = encode_text(answers)

@@ -21,6 +21,7 @@ from blockbridge.iscsi import chap
 from blockbridge.iscsi.constants import LoginStatus
 from blockbridge.iscsi.errors import LoginFailed
 from blockbridge.iscsi.login import ChapCredentials, TargetLogin, TargetLoginConfig
+from blockbridge.iscsi.names import printable
 from blockbridge.scsi.constants import CAPACITY_DATA_HAS_CHANGED, REPORTED_LUNS_DATA_HAS_CHANGED
 
 from .budget import BufferLimits, ServerBudget
@@ -217,19 +218,24 @@ class TargetServer:
 
     def resolver(
         self, peer_ip: str, local_ip: str, isid: bytes = b""
-    ) -> Callable[[str, str, str], TargetLoginConfig | LoginStatus]:
+    ) -> Callable[[str, str, str], TargetLoginConfig | LoginStatus | LoginFailed]:
         def resolve(session_type: str, target_name: str, initiator: str
-                    ) -> TargetLoginConfig | LoginStatus:
+                    ) -> TargetLoginConfig | LoginStatus | LoginFailed:
             if self._draining:
                 return LoginStatus.SERVICE_UNAVAILABLE
             if session_type == "Discovery":
                 return TargetLoginConfig(target_name="", incoming=self.discovery_users,
                                          outgoing=self.discovery_outgoing)
+            # A target the access lists hide gets the answer of one that does not exist
+            # (0x0203, RFC 7143 §11.13.5): the status tells no one which targets exist.
+            # The log says which it was.
             t = self.targets.get(target_name)
             if t is None:
-                return LoginStatus.NOT_FOUND
+                return LoginFailed(f"no target {printable(target_name, 240)} here",
+                                   LoginStatus.NOT_FOUND)
             if not self._allowed(t.name, initiator, peer_ip, local_ip):
-                return LoginStatus.AUTHORIZATION_FAILURE
+                return LoginFailed(f"{t.name} is hidden from {initiator} at {peer_ip} by "
+                                   "initiators.allow or targets.allow", LoginStatus.NOT_FOUND)
             if t.max_sessions and sum(
                 1 for s in self.sessions.sessions.values() if s.target_name == t.name
             ) >= t.max_sessions:
@@ -307,8 +313,16 @@ class TargetServer:
         self.unproven_total -= 1
 
     def send_targets(
-        self, value: str, session: object, peer_ip: str, local: str
+        self, value: str, session: object, peer_ip: str, local: str, *, tls: bool = False
     ) -> list[tuple[str, str]]:
+        """The answer to SendTargets=``value``.
+
+        A discovery session sees every target the access lists let it see.  A normal
+        session sees the same where discovery needs no CHAP; where it does, a normal
+        session (which did not pass discovery's CHAP) sees its own target only.  Each
+        target is listed with the portals of the kind this connection came in on: TLS
+        portals to a TLS connection, plain ones to a plain one.
+        """
         from .session import Session
 
         assert isinstance(session, Session)
@@ -319,20 +333,24 @@ class TargetServer:
             names = [session.target_name] if session.target_name else []
         else:
             names = [value] if value in self.targets else []
+        if not session.discovery and self.discovery_users:
+            names = [n for n in names if n == session.target_name]
         out: list[tuple[str, str]] = []
         for name in names:
             if not self._allowed(name, session.initiator_name, peer_ip, local_ip):
                 continue
             out.append(("TargetName", name))
-            for host, port in self._portal_addresses(local):
+            for host, port in self._portal_addresses(local, tls):
                 out.append(("TargetAddress", f"{format_address(host, port)},{self.tpgt}"))
         return out
 
-    def _portal_addresses(self, local: str) -> list[tuple[str, int]]:
+    def _portal_addresses(self, local: str, tls: bool = False) -> list[tuple[str, int]]:
         host, _, _port = local.rpartition(":")
         host = host.strip("[]")
         result = []
         for h, p in self.addresses:
+            if ((h, p) in self.tls_addresses) != tls:
+                continue
             if h in ("0.0.0.0", "::"):
                 result.append((host, p))
             else:

@@ -13,6 +13,7 @@ from typing import Protocol
 from . import chap
 from .constants import ISCSI_VERSION, LoginStatus, Stage
 from .errors import AuthenticationError, LoginFailed, NegotiationError
+from .names import name_problem, printable
 from .params import DECLARATIVE, KEYS, OUR_DEFAULTS, SessionParams, check_answer, respond
 from .pdu import LoginRequest, LoginResponse
 from .text import TextAssembler, decode_text, encode_hex, encode_text
@@ -38,7 +39,9 @@ class TargetLoginConfig:
     target_alias: str | None = None
 
 
-Resolver = Callable[[str, str, str], "TargetLoginConfig | LoginStatus"]
+# (session type, target name, initiator name) -> the target's login configuration, or the
+# refusal: a status, or a LoginFailed whose message (for the target's log) says why
+Resolver = Callable[[str, str, str], "TargetLoginConfig | LoginStatus | LoginFailed"]
 # (target name, initiator name, ISID, CHAP user or None) -> why the session may not be
 # created or reinstated, or None
 SessionCheck = Callable[[str, str, bytes, "str | None"], "LoginFailed | None"]
@@ -52,6 +55,7 @@ class ChallengeRegistry(Protocol):
     def __contains__(self, challenge: object) -> bool: ...
 
 _STATUS_TEXT = {
+    LoginStatus.INITIATOR_ERROR: "initiator error",
     LoginStatus.AUTHENTICATION_FAILURE: "authentication failed",
     LoginStatus.AUTHORIZATION_FAILURE: "this initiator is not allowed to use the target",
     LoginStatus.NOT_FOUND: "target not found on this portal",
@@ -117,6 +121,7 @@ class TargetLogin:
         self.initiator_name = ""
         self.initiator_alias: str | None = None
         self.target_name = ""
+        self.requested_target = ""  # the TargetName the initiator asked for, unchecked
         self.session_type = "Normal"
         self.auth_user: str | None = None
         self.params = SessionParams()
@@ -149,7 +154,9 @@ class TargetLogin:
         except (LoginFailed, NegotiationError) as exc:
             status = exc.status
             self.failed = True
-            self.failure = f"{_STATUS_TEXT.get(status, status.name.lower())}: {exc}"
+            # peer text in it (names, keys) is escaped: one line in the log, whatever it holds
+            self.failure = printable(f"{_STATUS_TEXT.get(status, status.name.lower())}: {exc}",
+                                     600)
             return LoginResponse(
                 csg=req.csg, tsih=self._req_tsih, status_class=status.status_class,
                 status_detail=status.detail, **base,  # type: ignore[arg-type]
@@ -220,6 +227,11 @@ class TargetLogin:
         name = keys.get("InitiatorName")
         if not name:
             raise LoginFailed("InitiatorName missing", LoginStatus.MISSING_PARAMETER)
+        problem = name_problem(name)
+        if problem is not None:
+            # RFC 7143 §11.13.5: a malformed request is an initiator error (0x0200)
+            raise LoginFailed(f"invalid InitiatorName '{printable(name, 80)}': {problem}",
+                              LoginStatus.INITIATOR_ERROR)
         self.initiator_name = name
         self.initiator_alias = keys.get("InitiatorAlias")
         self.session_type = keys.get("SessionType", "Normal")
@@ -228,7 +240,10 @@ class TargetLogin:
         target = keys.get("TargetName", "")
         if self.session_type == "Normal" and not target:
             raise LoginFailed("TargetName missing", LoginStatus.MISSING_PARAMETER)
+        self.requested_target = target
         resolved = self._resolve(self.session_type, target, name)
+        if isinstance(resolved, LoginFailed):
+            raise resolved
         if isinstance(resolved, LoginStatus):
             raise LoginFailed(_STATUS_TEXT.get(resolved, "refused"), resolved)
         self._config = resolved
@@ -377,6 +392,10 @@ class InitiatorLogin:
         chap_algorithms: tuple[int, ...] = chap.DEFAULT_PREFERENCE,
         initiator_alias: str | None = None,
     ) -> None:
+        problem = name_problem(initiator_name)
+        if problem is not None:  # never sent: RFC 3720 §3.2.6 names only
+            raise LoginFailed(f"our initiator name '{printable(initiator_name, 80)}' is not a "
+                              f"valid iSCSI name: {problem}", LoginStatus.INITIATOR_ERROR)
         self.initiator_name = initiator_name
         self.target_name = target_name
         self.isid = isid

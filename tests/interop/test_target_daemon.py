@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -21,8 +22,12 @@ pytestmark = [pytest.mark.interop,
 IQN = "iqn.2026-11.local.blockbridge.test:daemon"
 
 
-def run(*cmd: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+def run(*cmd: str, timeout: float = 30, secret: str | None = None
+        ) -> subprocess.CompletedProcess[str]:
+    """Run a program; ``secret``: libiscsi's CHAP secret, in its environment (never in the
+    URL, where ps shows it: docs/security.md)."""
+    env = None if secret is None else dict(os.environ, LIBISCSI_CHAP_PASSWORD=secret)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def quick(disk: Path, *extra: str) -> list[str]:
@@ -68,13 +73,15 @@ def test_config_file_with_chap_and_acl(tmp_path: Path) -> None:
     allow.write_text(f"{IQN} iqn\\.2026-11\\.test:good.*\nALL ALL\n")
     args = ["-c", str(conf), "--initiators-allow", str(allow), "--portal", "127.0.0.1:0"]
     with our_target(args, tmp_path) as t:
-        good = f"iscsi://alice%alice-secret-123@{t.portal}/{IQN}/0"
-        ok = run("iscsi-inq", "-i", "iqn.2026-11.test:good-host", good)
+        good = f"iscsi://alice@{t.portal}/{IQN}/0"
+        ok = run("iscsi-inq", "-i", "iqn.2026-11.test:good-host", good,
+                 secret="alice-secret-123")
         assert "DIRECT_ACCESS" in ok.stdout, ok.stdout + ok.stderr
-        bad_secret = run("iscsi-inq", "-i", "iqn.2026-11.test:good-host",
-                         f"iscsi://alice%wrong-secret-000@{t.portal}/{IQN}/0")
+        bad_secret = run("iscsi-inq", "-i", "iqn.2026-11.test:good-host", good,
+                         secret="wrong-secret-000")
         assert bad_secret.returncode != 0 and "DIRECT_ACCESS" not in bad_secret.stdout
-        not_allowed = run("iscsi-inq", "-i", "iqn.2026-11.test:intruder", good)
+        not_allowed = run("iscsi-inq", "-i", "iqn.2026-11.test:intruder", good,
+                          secret="alice-secret-123")
         assert not_allowed.returncode != 0 and "DIRECT_ACCESS" not in not_allowed.stdout
         hidden = run("iscsi-ls", "-i", "iqn.2026-11.test:intruder", f"iscsi://{t.portal}")
         assert IQN not in hidden.stdout

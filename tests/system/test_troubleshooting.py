@@ -56,8 +56,13 @@ DOCUMENTED: dict[str, str] = {
     "the target failed mutual CHAP authentication": "test_mutual_chap[wrong-target-secret]",
     "the target skipped authentication but mutual CHAP was required":
         "test_mutual_chap[target-without-chap]",
-    "…: this initiator is not allowed to use the target (status 0x0202)":
+    "…: target not found on this portal (status 0x0203)":
         "test_initiator_refused_by_initiators_allow",
+    "--initiator-name '…' is not a valid iSCSI name: …": "test_invalid_initiator_name",
+    "FILE holds '…', not a valid iSCSI name: … (fix it, or delete it to get a new one)":
+        "test_invalid_initiator_name",
+    "runtime directory DIR is not safe to use: …": "test_unsafe_runtime_directory",
+    "cannot serve DIR: …": "test_mount_undone_when_its_control_socket_fails",
     "the target's CHAP challenge is … bytes, shorter than the …-byte … digest: refused …":
         "test_short_target_challenge",
     "--chap-digests: unknown CHAP digest …": "test_unknown_chap_digest",
@@ -103,6 +108,14 @@ DOCUMENTED: dict[str, str] = {
     "FILE:LINE: the CHAP secret of USER is shorter than 12 characters":
         "test_target_refuses_to_start[weak-secret]",
     "login of IQN to TARGET refused: authentication failed: …": "test_wrong_chap_secret",
+    "login of IQN to TARGET refused: target not found on this portal: TARGET is hidden from "
+    "IQN at … by initiators.allow or targets.allow": "test_initiator_refused_by_initiators_allow",
+    "login of IQN to TARGET refused: target not found on this portal: no target TARGET here":
+        "test_login_to_a_missing_target",
+    "login of ? to … refused: initiator error: invalid InitiatorName '…': …":
+        "test_forged_initiator_name",
+    "FILE has vanished; keeping its last N rules (to allow everyone, write 'ALL ALL' in it)":
+        "test_initiators_allow_vanishes",
     "N failed logins in the last minute; slowing this address down":
         "test_repeated_failures_slow_the_address_down",
     "FILE:LINE: the secret of OutgoingUser USER (line N) is also the secret of IncomingUser "
@@ -520,7 +533,8 @@ def test_initiator_refused_by_initiators_allow(home: Home, tmp_path: Path) -> No
     # Our target (like tgtd) hides a target from SendTargets when the initiator may not
     # use it, so a fresh mount says "not offered".  The refusal itself reaches a mount
     # that was allowed when it started: the access list changes, the target restarts,
-    # and the reconnection is refused until I/O fails.
+    # and the reconnection is refused until I/O fails.  It is "not found", as for a
+    # target that does not exist: the status tells no one which targets exist.
     me = "iqn.2026-11.test:trusted-host"
     allow = tmp_path / "initiators.allow"
     allow.write_text(f"ALL {re.escape(me)}\n")
@@ -542,13 +556,69 @@ def test_initiator_refused_by_initiators_allow(home: Home, tmp_path: Path) -> No
                     finally:
                         os.close(fd)
                 assert failed.value.errno == errno.EIO
-                assert "not allowed" in again.log()
+                assert "is hidden from" in again.log()
+                expect("login of IQN to TARGET refused: target not found on this portal: "
+                       "TARGET is hidden from IQN at … by initiators.allow or targets.allow",
+                       again.log())
+                assert f"{CHAP_IQN} is hidden from {me} at 127.0.0.1 by" in again.log()
     log = mount_log.read_text()
-    expect("…: this initiator is not allowed to use the target (status 0x0202)", log)
+    expect("…: target not found on this portal (status 0x0203)", log)
     # the refusal is the reason given, also when the last attempt was cut short while
     # the target held its answer to a repeated failure
-    assert f"failing I/O ({CHAP_IQN}: this initiator is not allowed" in log
+    assert f"failing I/O ({CHAP_IQN}: target not found on this portal" in log
     assert "Traceback" not in log
+
+
+@system
+def test_invalid_initiator_name(home: Home) -> None:
+    r = home.bb("discover", "127.0.0.1:9", "--initiator-name", "my laptop")
+    expect_error("--initiator-name '…' is not a valid iSCSI name: …", r)
+    assert "the character ' ' is not allowed" in r.stderr
+    stored = home.root / "config" / "blockbridge" / "initiatorname"
+    stored.parent.mkdir(parents=True)
+    stored.write_text("iqn.2026-11.test:host\x1b[2J\n")
+    r = home.bb("discover", "127.0.0.1:9")
+    expect_error("FILE holds '…', not a valid iSCSI name: … (fix it, or delete it to get a "
+                 "new one)", r)
+    assert f"{stored} holds 'iqn.2026-11.test:host\\x1b[2J'" in r.stderr
+
+
+@system
+def test_unsafe_runtime_directory(home: Home) -> None:
+    run = home.root / "run"
+    run.chmod(0o755)
+    for command in (["status"], ["umount", str(home.root)],
+                    ["mount", "127.0.0.1:9", str(home.root)]):
+        r = home.bb(*command)
+        expect_error("runtime directory DIR is not safe to use: …", r)
+        assert f"runtime directory {run} is not safe to use: its mode is 0755, not 0700; " \
+            f"run chmod 700 {run}" in r.stderr
+        assert len(r.stderr.splitlines()) == 1, r.stderr
+
+
+@system
+@needs_fuse
+def test_mount_undone_when_its_control_socket_fails(plain_target: RunningTarget,
+                                                    tmp_path: Path) -> None:
+    # a runtime directory whose socket path is too long for AF_UNIX (108 bytes): FUSE is
+    # mounted before the control socket is made, and must be unmounted again
+    run = tmp_path / ("r" * 120)
+    run.mkdir(mode=0o700)
+    home = Home(tmp_path)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    r = subprocess.run([sys.executable, "-m", "blockbridge", "mount", plain_target.portal,
+                        str(mnt)], capture_output=True, text=True, timeout=90,
+                       env=dict(home.env, XDG_RUNTIME_DIR=str(run)))
+    expect_error("cannot serve DIR: …", r)
+    assert f"cannot serve {mnt}: AF_UNIX path too long" in r.stderr, r.stderr
+    assert not os.path.ismount(mnt)
+
+    def logged_out() -> bool:  # every session of the target's that started has ended
+        log = plain_target.log()
+        return log.count("closed (target iqn.2026-11.test:trouble-plain)") == \
+            log.count("logged in to iqn.2026-11.test:trouble-plain")
+    assert wait_for(logged_out)
 
 
 @system
@@ -925,6 +995,62 @@ def test_protocol_violation_drops_the_connection(plain_target: RunningTarget) ->
     assert plain_target.process.poll() is None
     with socket.create_connection(("127.0.0.1", plain_target.port), timeout=10):
         pass  # and it still accepts others
+
+
+@system
+def test_login_to_a_missing_target(plain_target: RunningTarget) -> None:
+    from blockbridge.iscsi.errors import LoginFailed
+
+    missing = "iqn.2026-11.test:not-here"
+    with pytest.raises(LoginFailed, match="target not found on this portal \\(status 0x0203"):
+        raw_login(plain_target.port, missing, bytes.fromhex("800000000011"))
+    assert wait_for(lambda: f"no target {missing}" in plain_target.log())
+    expect("login of IQN to TARGET refused: target not found on this portal: no target TARGET "
+           "here", plain_target.log())
+
+
+@system
+def test_forged_initiator_name(plain_target: RunningTarget) -> None:
+    """A name with a line break, to forge a line in the target's log."""
+    from blockbridge.iscsi.constants import Stage
+    from blockbridge.iscsi.framing import PDUReader
+    from blockbridge.iscsi.text import encode_text
+
+    forged = "iqn.2026-11.test:x\n2026-11-05 12:00:00 INFO blockbridge_target: all is well"
+    with socket.create_connection(("127.0.0.1", plain_target.port), timeout=10) as s:
+        s.sendall(P.encode_pdu(P.LoginRequest(
+            transit=True, csg=Stage.SECURITY, nsg=Stage.OPERATIONAL, isid=bytes(6),
+            data=encode_text([("InitiatorName", forged), ("SessionType", "Normal"),
+                              ("TargetName", "iqn.2026-11.test:trouble-plain")]))))
+        reader = PDUReader()
+        while (rsp := reader.next_pdu()) is None:
+            reader.feed(s.recv(65536))
+    assert isinstance(rsp, P.LoginResponse)
+    assert (rsp.status_class, rsp.status_detail) == (2, 0)  # initiator error
+    assert wait_for(lambda: "invalid InitiatorName" in plain_target.log())
+    expect("login of ? to … refused: initiator error: invalid InitiatorName '…': …",
+           plain_target.log())
+    assert "invalid InitiatorName 'iqn.2026-11.test:x\\x0a2026-11-05" in plain_target.log()
+    assert not any(line.startswith("2026-11-05 12:00:00")
+                   for line in plain_target.log().splitlines())
+
+
+@system
+def test_initiators_allow_vanishes(tmp_path: Path) -> None:
+    from blockbridge.iscsi.errors import LoginFailed
+
+    allow = tmp_path / "initiators.allow"
+    allow.write_text("ALL iqn\\.2026-11\\.test:trusted\n")
+    args = chap_config(tmp_path, CHAP_IQN, incoming=None, outgoing=None, acl=allow)
+    with our_target(args, tmp_path) as t:
+        with pytest.raises(LoginFailed, match="0x0203"):
+            raw_login(t.port, CHAP_IQN, bytes.fromhex("800000000021"))
+        allow.unlink()
+        with pytest.raises(LoginFailed, match="0x0203"):  # still refused
+            raw_login(t.port, CHAP_IQN, bytes.fromhex("800000000022"))
+        assert wait_for(lambda: "has vanished" in t.log())
+        expect("FILE has vanished; keeping its last N rules (to allow everyone, write 'ALL "
+               "ALL' in it)", t.log())
 
 
 # ----------------------------------------------------------------- limits and CHAP rules

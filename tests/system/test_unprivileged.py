@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -211,3 +213,41 @@ def test_the_user_is_told_when_fusectl_is_not_mounted(
     text = log.read_text()
     assert text.count(UNMOUNTED_LOG) == 1, text
     assert log.stat().st_uid == u.uid
+
+
+OTHER_UID = 65534  # nobody: another local user
+
+
+@system
+@needs("/dev/fuse")
+def test_another_users_runtime_directory_stops_the_mount_before_it_is_made(
+        desktop_user: DesktopUser, target: RunningTarget) -> None:
+    """Without XDG_RUNTIME_DIR and /run/user/<uid> (cron, su, ssh without logind) the
+    runtime directory is <tmp>/runtime-<uid>, a name any user can take first.  (A
+    temporary directory of the test's, shared like /tmp: other tests on the machine may
+    use /tmp/runtime-<uid>.)"""
+    u = desktop_user
+    session = u.runtime_dir.rename(u.runtime_dir.with_name(f"{u.uid}.aside"))
+    shared = Path(tempfile.mkdtemp(prefix="blockbridge-shared-tmp-"))
+    shared.chmod(0o1777)
+    planted = shared / f"runtime-{u.uid}"
+    planted.mkdir(mode=0o777)
+    os.chown(planted, OTHER_UID, OTHER_UID)
+    mnt = u.home / "planted"
+    try:
+        assert u.run("mkdir", "-p", str(mnt)).returncode == 0
+        expected = (f"blockbridge: runtime directory {planted} is not safe to use: it belongs "
+                    f"to uid {OTHER_UID}, not to you (uid {u.uid}); remove it, or set "
+                    "XDG_RUNTIME_DIR to a directory of yours with mode 0700\n")
+        no_session = ("env", "-u", "XDG_RUNTIME_DIR", f"TMPDIR={shared}", "blockbridge")
+        for command in (("mount", target.portal, str(mnt)), ("status",), ("umount", str(mnt))):
+            r = u.run(*no_session, *command)
+            assert (r.returncode, r.stderr) == (1, expected), r.stderr
+        assert not u.is_mount(mnt)
+        assert not any(planted.iterdir())  # nothing of the user's went there
+        assert "logged in" not in target.log()  # and the target saw no login
+    finally:
+        if u.is_mount(mnt):
+            u.run("fusermount3", "-u", "-z", str(mnt))
+        shutil.rmtree(shared)
+        session.rename(u.runtime_dir)

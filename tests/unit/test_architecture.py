@@ -29,7 +29,7 @@ class Layer:
 LAYERS = (
     Layer("core", ("blockbridge/iscsi/", "blockbridge/scsi/"), (), frozenset({"crc32c"})),
     Layer("shared", ("blockbridge/__init__.py", "blockbridge/buffers.py",
-                     "blockbridge/systemd.py", "blockbridge/tls.py"),
+                     "blockbridge/files.py", "blockbridge/systemd.py", "blockbridge/tls.py"),
           ("core",), frozenset({"cryptography"})),
     Layer("transport", ("blockbridge/transport.py",), ("core", "shared"), frozenset({"trio"})),
     Layer("initiator", ("blockbridge/initiator/",), ("core", "shared", "transport"),
@@ -48,7 +48,7 @@ BY_NAME = {layer.name: layer for layer in LAYERS}
 # The core computes; it has no sockets, files, processes, clocks or randomness of its own.
 CORE_STDLIB = frozenset({"__future__", "abc", "base64", "binascii", "collections", "dataclasses",
                          "enum", "functools", "hashlib", "hmac", "itertools", "math", "operator",
-                         "re", "string", "struct", "typing"})
+                         "re", "string", "struct", "typing", "unicodedata"})
 
 
 def source_files() -> list[Path]:

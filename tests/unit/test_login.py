@@ -254,16 +254,20 @@ def test_a_challenge_issued_to_another_login_is_not_answered() -> None:
     assert len(small) == 10 and bytes([99]) * 32 in small and bytes([0]) * 32 not in small
 
 
-def test_the_initiator_refuses_a_challenge_shorter_than_the_digest() -> None:
+@pytest.mark.parametrize("length", [1, 8])
+def test_the_initiator_refuses_a_challenge_shorter_than_the_digest(length: int) -> None:
+    # a 1-byte challenge, chosen by a fake target, is the worst case: 256 answers cover it
     cfg = TargetLoginConfig(target_name=IQN, incoming={"alice": b"alice-secret-123"})
 
     def resolve(session_type: str, target: str, initiator: str) -> TargetLoginConfig:
         return cfg
 
-    tgt = TargetLogin(portal_group_tag=1, resolve=resolve, random_bytes=lambda n: b"\1" * min(n, 8))
+    tgt = TargetLogin(portal_group_tag=1, resolve=resolve,
+                      random_bytes=lambda n: b"\1" * min(n, length))
     ini = InitiatorLogin(random_bytes=os.urandom, initiator_name=INI, target_name=IQN, isid=ISID,
                          credentials=ChapCredentials("alice", b"alice-secret-123"))
-    with pytest.raises(AuthenticationError, match="challenge is 8 bytes, shorter than the 32"):
+    with pytest.raises(AuthenticationError,
+                       match=f"challenge is {length} bytes, shorter than the 32"):
         run(ini, tgt)
 
 
