@@ -22,6 +22,12 @@ HEALTHY = "iqn.2026-11.test:healthy"
 HOSTILE = "iqn.2026-11.test:hostile"
 
 
+# Every attacker comes from 127.0.0.1: without these, the login brake and the per-address
+# cap (tested on their own elsewhere) would hold most of them at login, and the fuzzing
+# would reach the full-feature phase only a few times.
+FUZZ_LIMITS = ("--login-brake", "0", "--max-logins-per-address", "64")
+
+
 def config(tmp_path: Path, size: int) -> Path:
     files = {}
     for name in ("healthy", "hostile0", "hostile1"):
@@ -61,7 +67,8 @@ def run_load(target: RunningTarget, *, attackers: int, sessions: int, region: in
 
 def test_live_fuzz_with_a_healthy_session(tmp_path: Path) -> None:
     conf = config(tmp_path, 64 << 20)
-    with our_target(["-c", str(conf), "--portal", "127.0.0.1:0"], tmp_path) as target:
+    with our_target(["-c", str(conf), "--portal", "127.0.0.1:0", *FUZZ_LIMITS],
+                    tmp_path) as target:
         before = rss_kib(target.process.pid)
         stats, disks = run_load(target, attackers=4, sessions=1, region=16 << 20, seconds=20)
         assert target.process.poll() is None, "the target died under fuzzing"
@@ -78,7 +85,8 @@ def test_live_fuzz_with_a_healthy_session(tmp_path: Path) -> None:
 
 def test_32_sessions_of_verified_io_at_once(tmp_path: Path) -> None:
     conf = config(tmp_path, 128 << 20)
-    with our_target(["-c", str(conf), "--portal", "127.0.0.1:0"], tmp_path) as target:
+    with our_target(["-c", str(conf), "--portal", "127.0.0.1:0", *FUZZ_LIMITS],
+                    tmp_path) as target:
         _, disks = run_load(target, attackers=0, sessions=32, region=4 << 20, seconds=10)
         log = target.log()
     assert len(disks) == 32 and all(d.verified >= d.length for d in disks)
@@ -100,7 +108,8 @@ def test_an_initiator_that_does_not_read_cannot_grow_the_target(tmp_path: Path) 
     # Reads served from the page cache are answered at once, without a task that waits
     # for its send: the target must stop taking commands once their answers pile up.
     conf = config(tmp_path, 8 << 20)
-    with our_target(["-c", str(conf), "--portal", "127.0.0.1:0"], tmp_path) as target:
+    with our_target(["-c", str(conf), "--portal", "127.0.0.1:0", *FUZZ_LIMITS],
+                    tmp_path) as target:
         (tmp_path / "healthy.img").read_bytes()  # in the page cache: the fast path
         before = rss_kib(target.process.pid)
 
