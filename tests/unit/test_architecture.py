@@ -27,7 +27,8 @@ class Layer:
 
 
 LAYERS = (
-    Layer("core", ("blockbridge/iscsi/", "blockbridge/scsi/"), (), frozenset({"crc32c"})),
+    Layer("core", ("blockbridge/iscsi/", "blockbridge/scsi/", "blockbridge/fuse/protocol.py",
+                   "blockbridge/fuse/negotiation.py"), (), frozenset({"crc32c"})),
     Layer("shared", ("blockbridge/__init__.py", "blockbridge/buffers.py",
                      "blockbridge/systemd.py", "blockbridge/tls.py"),
           ("core",), frozenset({"cryptography"})),
@@ -47,8 +48,8 @@ LAYERS = (
 BY_NAME = {layer.name: layer for layer in LAYERS}
 # The core computes; it has no sockets, files, processes, clocks or randomness of its own.
 CORE_STDLIB = frozenset({"__future__", "abc", "base64", "binascii", "collections", "dataclasses",
-                         "enum", "functools", "hashlib", "hmac", "itertools", "math", "operator",
-                         "re", "string", "struct", "typing"})
+                         "enum", "errno", "functools", "hashlib", "hmac", "itertools", "math",
+                         "operator", "re", "string", "struct", "typing"})
 
 
 def source_files() -> list[Path]:
