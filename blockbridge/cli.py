@@ -17,6 +17,8 @@ import trio
 from . import __version__
 from .copy import CopyError
 from .credentials import Credentials, CredentialsError, from_options, lookup
+from .fuse.engines import DEFAULT as DEFAULT_ENGINE
+from .fuse.engines import ENGINES
 from .initiator.errors import InitiatorError
 from .iscsi.errors import ISCSIError
 from .iscsi.portal import split_portal
@@ -159,6 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ping an idle target this often; a target that does not answer "
                         "within the same time is considered gone and the session "
                         "reconnects (default 5)")
+    m.add_argument("--fuse-engine", choices=ENGINES,
+                   default=os.environ.get("BLOCKBRIDGE_FUSE_ENGINE") or DEFAULT_ENGINE,
+                   help="what serves the FUSE file system: blockbridge (our own, the "
+                        "default: discard, holes, 1 MiB requests) or pyfuse3 (libfuse); "
+                        "the environment variable BLOCKBRIDGE_FUSE_ENGINE sets the default")
     m.add_argument("--log-file", metavar="FILE",
                    help="log here when in the background (default: "
                         "~/.local/state/blockbridge/log/mount-<mount point>.log; "
@@ -268,7 +275,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
                        args.initiator_name or initiator_name(), args.target, ro, allow_other,
                        fuse_opts, from_options(args.auth_file, args.auth_env),
                        tls_options(args), args.replacement_timeout,
-                       args.nop_interval)
+                       args.nop_interval, fuse_engine=args.fuse_engine)
     if args.foreground:
         req.log_file = args.log_file
         trio.run(serve, req, lambda: None)
@@ -369,6 +376,9 @@ def cmd_status(args: argparse.Namespace) -> int:
             again = f", {s['reconnects']} reconnect(s)" if s.get("reconnects") else ""
             print(f"  session {s['target']}: {s['state']}{extra}{again}")
         queue = rec.get("fuse_queue")
+        if queue and queue.get("engine") == "blockbridge":
+            print(f"  FUSE engine blockbridge: protocol {queue['protocol']}, max_write "
+                  f"{queue['max_write']}")
         if queue and queue.get("reason"):
             print(f"  FUSE max_background not raised: {queue['reason']}")
         elif queue:

@@ -535,6 +535,7 @@ def test_mount_point_does_not_exist(home: Home) -> None:
 
 @system
 @needs_fuse
+@pytest.mark.usefixtures("fuse_engine")
 def test_already_a_mount_point(home: Home, plain_target: RunningTarget) -> None:
     with home.mounted(plain_target.portal, home.root / "mnt") as mnt:
         r = home.bb("mount", plain_target.portal, str(mnt))
@@ -621,7 +622,8 @@ def test_fusectl_not_mounted(home: Home, plain_target: RunningTarget, tmp_path: 
             return subprocess.run([*ns.prefix, sys.executable, "-m", "blockbridge", *args],
                                   capture_output=True, text=True, timeout=90, env=home.env)
 
-        r = run("mount", plain_target.portal, str(mnt), "--log-file", str(mount_log))
+        r = run("mount", plain_target.portal, str(mnt), "--log-file", str(mount_log),
+                "--fuse-engine", "pyfuse3")  # ours asks for its limits at INIT
         assert r.returncode == 0, r.stderr
         try:
             queue = wait_for_queue_line(lambda: run("status").stdout)
@@ -645,6 +647,7 @@ def test_fusectl_not_mounted(home: Home, plain_target: RunningTarget, tmp_path: 
 
 @system
 @needs_fuse
+@pytest.mark.usefixtures("fuse_engine")
 def test_eio_after_the_replacement_timeout(home: Home, tmp_path: Path) -> None:
     iqn = "iqn.2026-11.test:trouble-gone"
     mount_log = tmp_path / "mount.log"
@@ -676,6 +679,7 @@ def test_eio_after_the_replacement_timeout(home: Home, tmp_path: Path) -> None:
 @system
 @needs_fuse
 @needs("root")
+@pytest.mark.usefixtures("fuse_engine")
 def test_target_storage_full(home: Home, tmp_path: Path) -> None:
     """A thin LUN (a sparse 16 MiB file) on a 2 MiB file system: writes fail with ENOSPC
     once it is full, the mount and the target say why, and what was written stays."""

@@ -41,7 +41,7 @@ LAYERS = (
                   "blockbridge/control.py", "blockbridge/copy.py", "blockbridge/credentials.py",
                   "blockbridge/state.py"),
           ("core", "shared", "transport", "initiator", "fuse"),
-          frozenset({"trio", "pyfuse3", "platformdirs"})),
+          frozenset({"trio", "platformdirs"})),
     Layer("target", ("target/",), ("core", "shared", "transport"),
           frozenset({"trio", "outcome", "liburing"})),
 )
