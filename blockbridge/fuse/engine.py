@@ -159,6 +159,9 @@ class FuseEngine:
                     out = self._fast[type(op)](header, op)
                 except FSError as err:
                     out = P.error(header.unique, err.errno)
+                except Exception:  # a bug: say so, answer EIO, keep serving
+                    log.exception("FUSE %s failed", type(op).__name__)
+                    out = P.error(header.unique, errno.EIO)
                 if out is not None:
                     self._send(out)
         finally:
@@ -176,6 +179,9 @@ class FuseEngine:
                 out = await handler(header, op)
             except FSError as err:
                 out = P.error(unique, err.errno)
+            except Exception:  # a bug: say so, answer EIO, keep serving
+                log.exception("FUSE %s failed", type(op).__name__)
+                out = P.error(unique, errno.EIO)
         del self._inflight[unique]
         interrupted = scope.cancelled_caught
         if interrupted:
