@@ -332,7 +332,7 @@ class BlockDevice:
             except SCSIError as exc:
                 if exc.key != SenseKey.ILLEGAL_REQUEST:
                     raise
-                log.info("LUN %d has no WRITE SAME(16) (%s): zeroing with writes", self.lun,
+                log.debug("LUN %d has no WRITE SAME(16) (%s): zeroing with writes", self.lun,
                          exc)
                 self.can_write_same = False
                 break
@@ -354,7 +354,7 @@ class BlockDevice:
         except SCSIError as exc:
             if exc.key != SenseKey.ILLEGAL_REQUEST:
                 raise
-            log.info("LUN %d has no GET LBA STATUS (%s): every block counts as data",
+            log.debug("LUN %d has no GET LBA STATUS (%s): every block counts as data",
                      self.lun, exc)
             self.can_get_lba_status = False
             return None
