@@ -18,132 +18,165 @@ import errno
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import IntEnum
 
-Buffer = bytes | bytearray | memoryview
+from .replies import (  # re-exported: one namespace for the shells
+    Attr,
+    FsStat,
+    attr_out,
+    dirents,
+    entry_out,
+    error,
+    lseek_out,
+    notify_inval_entry,
+    notify_inval_inode,
+    open_out,
+    reply,
+    statfs_out,
+    write_out,
+)
+from .structs import (  # re-exported
+    ATTR,
+    ATTR_OUT,
+    BATCH_FORGET_IN,
+    DIRENT,
+    DT_DIR,
+    DT_REG,
+    ENTRY_OUT,
+    FALLOC_FL_KEEP_SIZE,
+    FALLOC_FL_PUNCH_HOLE,
+    FALLOC_FL_ZERO_RANGE,
+    FALLOCATE_IN,
+    FATTR_FH,
+    FATTR_GID,
+    FATTR_MODE,
+    FATTR_SIZE,
+    FATTR_UID,
+    FLUSH_IN,
+    FOPEN_DIRECT_IO,
+    FOPEN_KEEP_CACHE,
+    FOPEN_PARALLEL_DIRECT_WRITES,
+    FORGET_IN,
+    FORGET_ONE,
+    FSYNC_FDATASYNC,
+    FSYNC_IN,
+    GETATTR_FH,
+    GETATTR_IN,
+    IN_HEADER,
+    INIT_IN_COMPAT,
+    INIT_IN_FLAGS2,
+    INTERRUPT_IN,
+    INVAL_ENTRY_OUT,
+    INVAL_INODE_OUT,
+    KSTATFS,
+    LSEEK_IN,
+    LSEEK_OUT,
+    MIN_READ_BUFFER,
+    NAME_MAX,
+    OPEN_IN,
+    OPEN_OUT,
+    OUT_HEADER,
+    READ_IN,
+    RELEASE_IN,
+    ROOT_ID,
+    SEEK_DATA,
+    SEEK_HOLE,
+    SETATTR_IN,
+    WRITE_IN,
+    WRITE_OUT,
+    Buffer,
+    Notify,
+    Opcode,
+)
 
-ROOT_ID = 1
-MIN_READ_BUFFER = 8192  # the smallest read the kernel accepts on /dev/fuse
-NAME_MAX = 1024
-
-
-class Opcode(IntEnum):
-    LOOKUP = 1
-    FORGET = 2
-    GETATTR = 3
-    SETATTR = 4
-    READLINK = 5
-    SYMLINK = 6
-    MKNOD = 8
-    MKDIR = 9
-    UNLINK = 10
-    RMDIR = 11
-    RENAME = 12
-    LINK = 13
-    OPEN = 14
-    READ = 15
-    WRITE = 16
-    STATFS = 17
-    RELEASE = 18
-    FSYNC = 20
-    SETXATTR = 21
-    GETXATTR = 22
-    LISTXATTR = 23
-    REMOVEXATTR = 24
-    FLUSH = 25
-    INIT = 26
-    OPENDIR = 27
-    READDIR = 28
-    RELEASEDIR = 29
-    FSYNCDIR = 30
-    GETLK = 31
-    SETLK = 32
-    SETLKW = 33
-    ACCESS = 34
-    CREATE = 35
-    INTERRUPT = 36
-    BMAP = 37
-    DESTROY = 38
-    IOCTL = 39
-    POLL = 40
-    NOTIFY_REPLY = 41
-    BATCH_FORGET = 42
-    FALLOCATE = 43
-    READDIRPLUS = 44
-    RENAME2 = 45
-    LSEEK = 46
-    COPY_FILE_RANGE = 47
-    SETUPMAPPING = 48
-    REMOVEMAPPING = 49
-    SYNCFS = 50
-    TMPFILE = 51
-    STATX = 52
-
-
-class Notify(IntEnum):
-    POLL = 1
-    INVAL_INODE = 2
-    INVAL_ENTRY = 3
-    STORE = 4
-    RETRIEVE = 5
-    DELETE = 6
-
-
-# fuse_open_out.open_flags
-FOPEN_DIRECT_IO = 1 << 0
-FOPEN_KEEP_CACHE = 1 << 1
-FOPEN_PARALLEL_DIRECT_WRITES = 1 << 6  # protocol 7.36
-
-# fuse_setattr_in.valid
-FATTR_MODE = 1 << 0
-FATTR_UID = 1 << 1
-FATTR_GID = 1 << 2
-FATTR_SIZE = 1 << 3
-FATTR_FH = 1 << 6
-
-FSYNC_FDATASYNC = 1 << 0
-GETATTR_FH = 1 << 0
-
-# fallocate(2) modes (linux/falloc.h) and lseek(2) whence values
-FALLOC_FL_KEEP_SIZE = 0x01
-FALLOC_FL_PUNCH_HOLE = 0x02
-FALLOC_FL_ZERO_RANGE = 0x10
-SEEK_DATA = 3
-SEEK_HOLE = 4
-
-# d_type values of a dirent
-DT_DIR = 4
-DT_REG = 8
-
-IN_HEADER = struct.Struct("<IIQQIIIHH")  # len opcode unique nodeid uid gid pid extlen pad
-OUT_HEADER = struct.Struct("<IiQ")  # len error unique
-ATTR = struct.Struct("<QQQQQQIIIIIIIIII")
-ENTRY_OUT = struct.Struct("<QQQQII" + ATTR.format[1:])
-ATTR_OUT = struct.Struct("<QII" + ATTR.format[1:])
-GETATTR_IN = struct.Struct("<IIQ")
-SETATTR_IN = struct.Struct("<IIQQQQQQIIIIIIII")
-OPEN_IN = struct.Struct("<II")
-OPEN_OUT = struct.Struct("<QII")
-RELEASE_IN = struct.Struct("<QIIQ")
-FLUSH_IN = struct.Struct("<QIIQ")
-READ_IN = struct.Struct("<QQIIQII")
-WRITE_IN = struct.Struct("<QQIIQII")
-WRITE_OUT = struct.Struct("<II")
-FSYNC_IN = struct.Struct("<QII")
-FORGET_IN = struct.Struct("<Q")
-BATCH_FORGET_IN = struct.Struct("<II")
-FORGET_ONE = struct.Struct("<QQ")
-INTERRUPT_IN = struct.Struct("<Q")
-FALLOCATE_IN = struct.Struct("<QQQII")
-LSEEK_IN = struct.Struct("<QQII")
-LSEEK_OUT = struct.Struct("<Q")
-KSTATFS = struct.Struct("<QQQQQIIII24x")
-DIRENT = struct.Struct("<QQII")
-INVAL_INODE_OUT = struct.Struct("<Qqq")
-INVAL_ENTRY_OUT = struct.Struct("<QII")
-INIT_IN_COMPAT = struct.Struct("<IIII")  # before 7.36
-INIT_IN_FLAGS2 = struct.Struct("<I")
-
+__all__ = [
+    "ATTR",
+    "ATTR_OUT",
+    "BATCH_FORGET_IN",
+    "DIRENT",
+    "DT_DIR",
+    "DT_REG",
+    "ENTRY_OUT",
+    "FALLOCATE_IN",
+    "FALLOC_FL_KEEP_SIZE",
+    "FALLOC_FL_PUNCH_HOLE",
+    "FALLOC_FL_ZERO_RANGE",
+    "FATTR_FH",
+    "FATTR_GID",
+    "FATTR_MODE",
+    "FATTR_SIZE",
+    "FATTR_UID",
+    "FLUSH_IN",
+    "FOPEN_DIRECT_IO",
+    "FOPEN_KEEP_CACHE",
+    "FOPEN_PARALLEL_DIRECT_WRITES",
+    "FORGET_IN",
+    "FORGET_ONE",
+    "FSYNC_FDATASYNC",
+    "FSYNC_IN",
+    "GETATTR_FH",
+    "GETATTR_IN",
+    "INIT_IN_COMPAT",
+    "INIT_IN_FLAGS2",
+    "INTERRUPT_IN",
+    "INVAL_ENTRY_OUT",
+    "INVAL_INODE_OUT",
+    "IN_HEADER",
+    "KSTATFS",
+    "LSEEK_IN",
+    "LSEEK_OUT",
+    "MIN_READ_BUFFER",
+    "NAME_MAX",
+    "OPEN_IN",
+    "OPEN_OUT",
+    "OUT_HEADER",
+    "READ_IN",
+    "RELEASE_IN",
+    "ROOT_ID",
+    "SEEK_DATA",
+    "SEEK_HOLE",
+    "SETATTR_IN",
+    "WRITE_IN",
+    "WRITE_OUT",
+    "Attr",
+    "Buffer",
+    "Destroy",
+    "Fallocate",
+    "Flush",
+    "Forget",
+    "FsStat",
+    "Fsync",
+    "GetAttr",
+    "Header",
+    "Init",
+    "Interrupt",
+    "Lookup",
+    "Lseek",
+    "Malformed",
+    "Notify",
+    "Opcode",
+    "Open",
+    "Read",
+    "ReadDir",
+    "Release",
+    "Request",
+    "SetAttr",
+    "StatFs",
+    "Unknown",
+    "Write",
+    "attr_out",
+    "decode",
+    "dirents",
+    "entry_out",
+    "error",
+    "lseek_out",
+    "notify_inval_entry",
+    "notify_inval_inode",
+    "open_out",
+    "parse_header",
+    "reply",
+    "statfs_out",
+    "write_out",
+]
 
 class Malformed(Exception):
     """A request that cannot be decoded: answer ``errno`` to ``unique`` (None when not
@@ -433,116 +466,3 @@ def decode(h: Header, body: memoryview) -> Request:
     if decoder is None:
         return Unknown(h.opcode)
     return decoder(body, h)
-
-
-# ----------------------------------------------------------------------------- replies
-
-
-@dataclass(frozen=True, slots=True)
-class Attr:
-    """What ``stat`` shows of a node; times in nanoseconds."""
-
-    ino: int
-    mode: int
-    size: int = 0
-    blocks: int = 0
-    nlink: int = 1
-    uid: int = 0
-    gid: int = 0
-    blksize: int = 4096
-    time_ns: int = 0
-    rdev: int = 0
-
-
-def _seconds(t: float) -> tuple[int, int]:
-    whole = int(t)
-    return whole, int((t - whole) * 1e9)
-
-
-def _attr_fields(a: Attr) -> tuple[int, ...]:
-    s, ns = divmod(a.time_ns, 1_000_000_000)
-    return (a.ino, a.size, a.blocks, s, s, s, ns, ns, ns, a.mode, a.nlink, a.uid, a.gid,
-            a.rdev, a.blksize, 0)
-
-
-def reply(unique: int, *payload: Buffer) -> list[Buffer]:
-    """A successful reply: the header, then the payload buffers as they are."""
-    length = OUT_HEADER.size + sum(memoryview(p).nbytes for p in payload)
-    return [OUT_HEADER.pack(length, 0, unique), *payload]
-
-
-def error(unique: int, err: int) -> list[Buffer]:
-    """An error reply (``err`` is a positive errno value)."""
-    return [OUT_HEADER.pack(OUT_HEADER.size, -err, unique)]
-
-
-def entry_out(a: Attr, entry_valid: float, attr_valid: float, generation: int = 0) -> bytes:
-    es, ens = _seconds(entry_valid)
-    as_, ans = _seconds(attr_valid)
-    return ENTRY_OUT.pack(a.ino, generation, es, as_, ens, ans, *_attr_fields(a))
-
-
-def attr_out(a: Attr, attr_valid: float) -> bytes:
-    s, ns = _seconds(attr_valid)
-    return ATTR_OUT.pack(s, ns, 0, *_attr_fields(a))
-
-
-def open_out(fh: int, flags: int) -> bytes:
-    return OPEN_OUT.pack(fh, flags, 0)
-
-
-def write_out(size: int) -> bytes:
-    return WRITE_OUT.pack(size, 0)
-
-
-def lseek_out(offset: int) -> bytes:
-    return LSEEK_OUT.pack(offset)
-
-
-@dataclass(frozen=True, slots=True)
-class FsStat:
-    blocks: int
-    bsize: int
-    files: int
-    bfree: int = 0
-    bavail: int = 0
-    ffree: int = 0
-    namelen: int = 255
-
-
-def statfs_out(s: FsStat) -> bytes:
-    return KSTATFS.pack(s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen,
-                        s.bsize, 0)
-
-
-def _dtype(mode: int) -> int:
-    return DT_DIR if mode & 0o170000 == 0o040000 else DT_REG
-
-
-def dirents(entries: list[tuple[bytes, Attr, int]], size: int, plus: bool,
-            valid: float = 60.0) -> bytes:
-    """``fuse_dirent`` (or ``fuse_direntplus``) records of (name, attributes, offset of
-    the next entry), as many whole ones as fit in ``size`` bytes."""
-    out = bytearray()
-    for name, a, next_offset in entries:
-        head = DIRENT.pack(a.ino, next_offset, len(name), _dtype(a.mode))
-        record = head + name + bytes(-(DIRENT.size + len(name)) % 8)
-        if plus:
-            record = entry_out(a, valid, valid) + record
-        if len(out) + len(record) > size:
-            break
-        out += record
-    return bytes(out)
-
-
-def notify_inval_inode(ino: int, offset: int = 0, length: int = 0) -> list[Buffer]:
-    """Forget the attributes of ``ino`` and its cached data from ``offset`` for
-    ``length`` bytes (0: to the end; a negative offset: the attributes only)."""
-    body = INVAL_INODE_OUT.pack(ino, offset, length)
-    return [OUT_HEADER.pack(OUT_HEADER.size + len(body), Notify.INVAL_INODE, 0), body]
-
-
-def notify_inval_entry(parent: int, name: bytes) -> list[Buffer]:
-    """Forget the directory entry ``name`` of ``parent`` (and so its lookup)."""
-    body = INVAL_ENTRY_OUT.pack(parent, len(name), 0) + name + b"\0"
-    return [OUT_HEADER.pack(OUT_HEADER.size + len(body), Notify.INVAL_ENTRY, 0), body]

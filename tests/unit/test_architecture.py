@@ -28,6 +28,7 @@ class Layer:
 
 LAYERS = (
     Layer("core", ("blockbridge/iscsi/", "blockbridge/scsi/", "blockbridge/fuse/protocol.py",
+                   "blockbridge/fuse/structs.py", "blockbridge/fuse/replies.py",
                    "blockbridge/fuse/negotiation.py"), (), frozenset({"crc32c"})),
     Layer("shared", ("blockbridge/__init__.py", "blockbridge/buffers.py",
                      "blockbridge/systemd.py", "blockbridge/tls.py"),
