@@ -4,12 +4,14 @@ A normal user cannot call mount(2): ``fusermount3`` (setuid root) mounts for the
 the /dev/fuse descriptor back over a socket pair, one of whose ends it finds in the
 ``_FUSE_COMMFD`` environment variable (SCM_RIGHTS, with one byte of data).  We always ask
 for ``auto_unmount``: fusermount3 then stays, watching its end of the socket, and unmounts
-when ours closes, so a mount process that dies leaves no dead mount point behind.
+when ours closes.
 
-Root mounts with mount(2) itself (``fd=N,rootmode=...,user_id=...,group_id=...``).  The same
-guard comes from a small watchdog process of ours (``python -m blockbridge.fuse.mounting``)
-that holds a pipe from the mount process and, when the pipe closes, detaches the mount if
-it is still the one we made (same mount ID).
+Root mounts with mount(2) itself (``fd=N,rootmode=...,user_id=...,group_id=...``).  Every
+mount also gets a small watchdog process of ours (``python -m blockbridge.fuse.mounting``)
+that holds a pipe from the mount process and, when the pipe closes, unmounts if the mount
+is still the one we made (same mount ID): root detaches it, a user runs ``fusermount3 -u
+-z`` (fusermount3's own auto_unmount was seen to leave a user's mount in place).  So a
+mount process that dies leaves no dead mount point behind.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import stat
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .tuning import _unescape
@@ -52,8 +54,10 @@ class Mounted:
     mountpoint: str
     mount_id: int | None
     fstype: str
-    guard: subprocess.Popen[bytes] | None = None  # fusermount3, or our watchdog
-    link: socket.socket | int | None = None  # closing it makes the guard unmount
+    # (process, our end of its socket or pipe): fusermount3, our watchdog; closing our
+    # end makes the guard unmount and exit
+    guards: list[tuple[subprocess.Popen[bytes], socket.socket | int]] = \
+        field(default_factory=list)
 
     def still_mounted(self) -> bool:
         return self.mount_id is not None and mount_id(self.mountpoint, self.fstype) == \
@@ -115,7 +119,9 @@ def _mount_fusermount(mountpoint: str, options: list[str], fsname: str, subtype:
     fd = fds[0]
     os.set_inheritable(fd, False)
     fstype = f"fuse.{subtype}"
-    return Mounted(fd, mountpoint, mount_id(mountpoint, fstype), fstype, guard, ours)
+    m = Mounted(fd, mountpoint, mount_id(mountpoint, fstype), fstype, [(guard, ours)])
+    _watchdog(m)
+    return m
 
 
 def _libc() -> ctypes.CDLL:
@@ -148,19 +154,25 @@ def _mount_syscall(mountpoint: str, options: list[str], fsname: str, subtype: st
         err = ctypes.get_errno()
         os.close(fd)
         raise MountFailed(f"mount(2) on {mountpoint} failed: {os.strerror(err)}")
-    ident = mount_id(mountpoint, fstype)
+    m = Mounted(fd, mountpoint, mount_id(mountpoint, fstype), fstype)
+    _watchdog(m)
+    return m
+
+
+def _watchdog(m: Mounted) -> None:
+    """Start the watchdog of ``m`` (without one, a dead mount point could stay)."""
     read_end, write_end = os.pipe()
     try:
         guard = subprocess.Popen(
-            [sys.executable, "-m", "blockbridge.fuse.mounting", mountpoint, fstype,
-             str(ident)], stdin=read_end, stdout=subprocess.DEVNULL,
+            [sys.executable, "-m", "blockbridge.fuse.mounting", m.mountpoint, m.fstype,
+             str(m.mount_id)], stdin=read_end, stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL, start_new_session=True)
     except OSError:
         os.close(write_end)
-        guard, write_end = None, -1  # no guard: documented, a dead mount would stay
+        return
     finally:
         os.close(read_end)
-    return Mounted(fd, mountpoint, ident, fstype, guard, write_end if guard else None)
+    m.guards.append((guard, write_end))
 
 
 def detach(mountpoint: str) -> None:
@@ -174,18 +186,18 @@ def detach(mountpoint: str) -> None:
 def unmount(m: Mounted, timeout: float = 10) -> None:
     """Unmount (lazily: files still open keep the connection until they close, or until
     the descriptor is closed, which aborts it) and let the guard go."""
-    link, m.link = m.link, None
-    if m.guard is not None and link is not None:
-        # closing our end is what makes the guard unmount; then it exits
+    guards, m.guards = m.guards, []
+    for _, link in guards:  # closing our end is what makes a guard unmount, then exit
         if isinstance(link, socket.socket):
             link.close()
         else:
             os.close(link)
+    for guard, _ in guards:
         try:
-            m.guard.wait(timeout)
+            guard.wait(timeout)
         except subprocess.TimeoutExpired:
-            m.guard.kill()
-            m.guard.wait()
+            guard.kill()
+            guard.wait()
     if m.still_mounted():
         if os.geteuid() == 0:
             detach(m.mountpoint)
@@ -207,8 +219,13 @@ def watch(mountpoint: str, fstype: str, ident: int | None) -> None:
     with contextlib.suppress(OSError):
         while os.read(0, 4096):
             pass
-    if ident is not None and mount_id(mountpoint, fstype) == ident:
+    if ident is None or mount_id(mountpoint, fstype) != ident:
+        return
+    if os.geteuid() == 0:
         detach(mountpoint)
+    else:
+        subprocess.run([FUSERMOUNT, "-u", "-q", "-z", "--", mountpoint],
+                       stdin=subprocess.DEVNULL, capture_output=True, check=False)
 
 
 if __name__ == "__main__":

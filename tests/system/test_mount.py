@@ -212,3 +212,29 @@ def test_many_requests_at_once_and_an_unmount_from_outside(tmp_path: Path, fuse_
                 bb("umount", str(mnt))
     data = disk.read_bytes()
     assert [data[i * 65536 : i * 65536 + 4096] for i in range(256)] == blocks
+
+
+@root_only
+def test_a_killed_mount_process_leaves_no_dead_mount_point(tmp_path: Path) -> None:
+    """Root's mount(2) mount is guarded by our watchdog, a user's by fusermount3's
+    auto_unmount (tests/system/test_unprivileged.py): SIGKILL, and the mount is gone."""
+    iqn = "iqn.2026-11.test:killed"
+    args = ["--disk", str(tmp_path / "k.img"), "--size", "8M", "--target-name", iqn,
+            "--portal", "127.0.0.1:0"]
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    with our_target(args, tmp_path) as t:
+        r = bb("mount", "--fuse-engine", "blockbridge", t.portal, str(mnt))
+        assert r.returncode == 0, r.stderr
+        try:
+            pid = int(re.findall(r"pid (\d+)\)", bb("status").stdout)[0])
+            assert (mnt / iqn / "lun0").stat().st_size == 8 << 20
+            os.kill(pid, 9)
+            deadline = time.monotonic() + 10
+            while os.path.ismount(mnt) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert not os.path.ismount(mnt)
+            assert mnt.is_dir() and list(mnt.iterdir()) == []  # not "not connected"
+        finally:
+            if os.path.ismount(mnt):
+                subprocess.run(["umount", "-l", str(mnt)], check=False)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -234,3 +235,24 @@ def test_the_users_own_engine_asks_for_its_queue_limit_at_init(
         assert (head.returncode, head.stdout) == (0, "\0" * 4096), head.stderr
     assert line == f"FUSE max_background {user_limit()}"
     assert "FUSE engine blockbridge: protocol 7." in status
+
+
+@system
+def test_a_users_killed_mount_process_leaves_no_dead_mount_point(
+        desktop_user: DesktopUser, target: RunningTarget) -> None:
+    u = desktop_user
+    mnt = u.home / "killed"
+    assert u.run("mkdir", "-p", str(mnt)).returncode == 0
+    r = u.bb("mount", "--fuse-engine", "blockbridge", target.portal, str(mnt))
+    assert r.returncode == 0, r.stderr
+    try:
+        pid = int(re.search(r"pid (\d+)\)", status_of(u))[1])  # type: ignore[index]
+        os.kill(pid, 9)
+        deadline = time.monotonic() + 10
+        while u.is_mount(mnt) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not u.is_mount(mnt)  # fusermount3 (auto_unmount) unmounted it
+        assert u.run("ls", str(mnt)).returncode == 0
+    finally:
+        if u.is_mount(mnt):
+            u.run("fusermount3", "-u", "-z", str(mnt))
