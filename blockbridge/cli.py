@@ -17,6 +17,8 @@ import trio
 from . import __version__
 from .copy import CopyError
 from .credentials import Credentials, CredentialsError, from_options, lookup
+from .fuse.engines import DEFAULT as DEFAULT_ENGINE
+from .fuse.engines import ENGINES
 from .initiator.errors import InitiatorError
 from .iscsi import chap
 from .iscsi.errors import ISCSIError
@@ -190,6 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "that a change the target reports (a LUN grown, added or removed) "
                         "reaches the files within this time even when nobody uses them; 0: "
                         "only through I/O and `blockbridge rescan` (default 2)")
+    m.add_argument("--fuse-engine", choices=ENGINES,
+                   default=os.environ.get("BLOCKBRIDGE_FUSE_ENGINE") or DEFAULT_ENGINE,
+                   help="what serves the FUSE file system: blockbridge (our own, the "
+                        "default: discard, holes, 1 MiB requests) or pyfuse3 (libfuse); "
+                        "the environment variable BLOCKBRIDGE_FUSE_ENGINE sets the default")
     m.add_argument("--log-file", metavar="FILE",
                    help="log here when in the background (default: "
                         "~/.local/state/blockbridge/log/mount-<mount point>.log; "
@@ -338,7 +345,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
                        fuse_opts, from_options(args.auth_file, args.auth_env),
                        tls_options(args), args.replacement_timeout,
                        args.nop_interval, args.idle_check,
-                       chap_algorithms=chap_digests(args))
+                       chap_algorithms=chap_digests(args), fuse_engine=args.fuse_engine)
     if args.foreground:
         req.log_file = args.log_file
         trio.run(serve, req, lambda: None)
@@ -445,6 +452,9 @@ def cmd_status(args: argparse.Namespace) -> int:
             again = f", {s['reconnects']} reconnect(s)" if s.get("reconnects") else ""
             print(f"  session {s['target']}: {s['state']}{extra}{again}")
         queue = rec.get("fuse_queue")
+        if queue and queue.get("engine") == "blockbridge":
+            print(f"  FUSE engine blockbridge: protocol {queue['protocol']}, max_write "
+                  f"{queue['max_write']}")
         if queue and queue.get("reason"):
             print(f"  FUSE max_background not raised: {queue['reason']}")
         elif queue:

@@ -9,14 +9,12 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import pyfuse3
 import trio
 
 from .control import serve_control
 from .credentials import Credentials, lookup
-from .fuse import intake
-from .fuse.fs import LunFS
-from .fuse.tuning import Tuning, raise_queue_limits
+from .fuse.engines import DEFAULT, MountFailed, open_engine
+from .fuse.lunfs import LunFS
 from .initiator.blockdev import BlockDevice, list_disk_luns
 from .initiator.errors import InitiatorError
 from .initiator.live import DEFAULT_IDLE_CHECK, LiveLuns
@@ -50,9 +48,10 @@ class MountRequest:
     idle_check: float = DEFAULT_IDLE_CHECK
     log_file: str | None = None
     chap_algorithms: tuple[int, ...] = chap.DEFAULT_PREFERENCE
+    fuse_engine: str = DEFAULT
 
 
-def check_mountpoint(path: str) -> None:
+def check_mountpoint(path: str, engine: str = DEFAULT) -> None:
     if not os.path.exists(path):
         raise MountError(f"mount point {path} does not exist (create it with mkdir -p {path})")
     if not os.path.isdir(path):
@@ -62,8 +61,9 @@ def check_mountpoint(path: str) -> None:
                          f"blockbridge umount {path})")
     if not os.path.exists("/dev/fuse"):
         raise MountError("/dev/fuse is missing: install fuse3 and load the fuse module")
-    if not os.access("/dev/fuse", os.R_OK | os.W_OK):
+    if engine == "pyfuse3" and not os.access("/dev/fuse", os.R_OK | os.W_OK):
         # libfuse opens it before falling back to fusermount3, and gives up if it cannot
+        # (our engine leaves opening it to fusermount3, or to root's mount(2))
         mode = stat.S_IMODE(os.stat("/dev/fuse").st_mode)
         raise MountError(f"/dev/fuse is not open to you (mode {mode:04o}): ask your "
                          "administrator to run chmod 666 /dev/fuse (udev does it on most "
@@ -95,7 +95,7 @@ async def discover(host: str, port: int, initiator_name: str,
 
 
 async def serve(req: MountRequest, ready: Callable[[], None]) -> None:
-    check_mountpoint(req.mountpoint)
+    check_mountpoint(req.mountpoint, req.fuse_engine)
     runtime_dir()  # checked before anything is mounted (RuntimeDirError names the fix)
     try:
         offered = [name for name, _ in await discover(req.host, req.port, req.initiator_name,
@@ -145,42 +145,40 @@ async def serve(req: MountRequest, ready: Callable[[], None]) -> None:
             nursery.cancel_scope.cancel()
             raise MountError(str(exc)) from None
         fs = LunFS(tree, read_only=req.read_only)
-        options = set(pyfuse3.default_options)
-        options.discard("default_permissions")
-        options |= {f"fsname=blockbridge:{req.host}:{req.port}", "subtype=blockbridge",
-                    "default_permissions"}
+        options = ["default_permissions"]
         if req.read_only:
-            options.add("ro")
+            options.append("ro")
         if req.allow_other:
-            options.add("allow_other")
-        options |= set(req.fuse_options)
+            options.append("allow_other")
+        options += [o for o in req.fuse_options if o not in options]
+        engine = open_engine(req.fuse_engine, fs)
         try:
-            pyfuse3.init(fs, req.mountpoint, options)
-            requests = intake.install()
-        except RuntimeError as exc:
+            await engine.mount(req.mountpoint, options,
+                               fsname=f"blockbridge:{req.host}:{req.port}")
+        except MountFailed as exc:
             for s in sessions:
                 await s.logout()
             nursery.cancel_scope.cancel()
             hint = ""
-            if req.allow_other:
+            if req.allow_other and "user_allow_other" not in str(exc):
                 hint = " (allow_other needs 'user_allow_other' in /etc/fuse.conf)"
             raise MountError(f"cannot mount on {req.mountpoint}: {exc}{hint}") from None
         pid = os.getpid()
 
         control = record_path(pid).with_suffix(".sock")
-        tuning: Tuning | None = None  # once the queue limits were looked at
 
         def snapshot() -> dict[str, object]:
+            queue = engine.status()
             return {
                 "pid": pid, "mountpoint": os.path.abspath(req.mountpoint),
                 "portal": f"{req.host}:{req.port}", "control": str(control),
-                "log": req.log_file,
+                "log": req.log_file, "engine": engine.name,
                 "sessions": [{"target": s.target_name, "state": s.state,
                               "since": s.since, "reconnects": s.reconnects}
                              for s in sessions],
                 "luns": [{"path": path, "size": dev.size, "read_only": dev.read_only,
                           **vars(dev.counters)} for path, dev in fs.devices()],
-                **({"fuse_queue": tuning.status()} if tuning is not None else {}),
+                **({"fuse_queue": queue} if queue is not None else {}),
             }
 
         def record() -> None:
@@ -195,49 +193,29 @@ async def serve(req: MountRequest, ready: Callable[[], None]) -> None:
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
                 async for _ in sigs:
                     log.info("unmounting %s", req.mountpoint)
-                    if requests is not None:
-                        requests.close()
-                    pyfuse3.terminate()
+                    engine.stop()
                     return
 
         async def rescan() -> list[str]:
             return [line for luns in live for line in await luns.rescan()]
 
         try:
-            for luns in live:
-                luns.listener = fs
-                await nursery.start(luns.run)
-            await nursery.start(serve_control, control, fs.devices, snapshot, rescan)
-            record()
-        except Exception as exc:
-            # FUSE is mounted already: leave no dead mount point and no session behind
-            with trio.CancelScope(shield=True):
-                for s in sessions:
-                    await s.logout()
-                pyfuse3.close(unmount=True)
-                remove_record(pid)
-            nursery.cancel_scope.cancel()
-            raise MountError(f"cannot serve {req.mountpoint}: {exc}") from None
-        nursery.start_soon(keep_record)
-        nursery.start_soon(on_signal)
-        ready()
-        log.info("mounted %d LUN(s) of %s:%d on %s", len(fs.devices()), req.host, req.port,
-                 req.mountpoint)
-
-        async def tune_queue() -> None:
-            # After the INIT handshake (INIT could reset the limits): a stat of the
-            # mount point waits for it, served by the main loop below.
-            nonlocal tuning
-            with trio.move_on_after(10):
-                st = await trio.to_thread.run_sync(os.stat, req.mountpoint)
-                tuning = raise_queue_limits(st.st_dev)
-                log.log(logging.INFO if tuning.reason is None else logging.WARNING, "%s",
-                        tuning.log_line())
+            try:
+                for luns in live:
+                    luns.listener = fs
+                    await nursery.start(luns.run)
+                await nursery.start(serve_control, control, fs.devices, snapshot, rescan)
                 record()
-
-        nursery.start_soon(tune_queue)
-        try:
-            await pyfuse3.main(min_tasks=1, max_tasks=intake.WORKERS)
+            except Exception as exc:
+                # FUSE is mounted already: the cleanup below leaves no dead mount point
+                # and no session behind
+                raise MountError(f"cannot serve {req.mountpoint}: {exc}") from None
+            nursery.start_soon(keep_record)
+            nursery.start_soon(on_signal)
+            ready()
+            log.info("mounted %d LUN(s) of %s:%d on %s (FUSE engine %s)", len(fs.devices()),
+                     req.host, req.port, req.mountpoint, engine.name)
+            await engine.serve(record)
         finally:
             with trio.CancelScope(shield=True):
                 for path, dev in fs.devices():
@@ -250,6 +228,6 @@ async def serve(req: MountRequest, ready: Callable[[], None]) -> None:
                         log.error("flushing %s failed: %s", path, exc)
                 for s in sessions:
                     await s.logout()
-                pyfuse3.close(unmount=True)
+                await engine.close()
                 remove_record(pid)
             nursery.cancel_scope.cancel()

@@ -19,7 +19,7 @@ from blockbridge.scsi.changes import (
     parse_read_capacity_16,
     parse_report_luns,
 )
-from blockbridge.scsi.constants import Status
+from blockbridge.scsi.constants import SenseKey, Status
 
 from .errors import InitiatorError, LunRemoved, SCSIError
 from .session import Response
@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 DISK = 0x00
 MAX_IO = 1024 * 1024
 MIN_SPLIT = 64 * 1024  # smaller bursts would cost more commands than the R2T they save
+MAX_ZERO = 64 << 20  # the most one WRITE SAME zeroes: commands stay short (interruptible)
 
 
 @dataclass
@@ -47,6 +48,7 @@ class Counters:
     bytes_written: int = 0
     flushes: int = 0
     unmaps: int = 0
+    zeroes: int = 0
     errors: int = 0
 
 
@@ -71,6 +73,9 @@ class BlockDevice:
     can_unmap: bool = False
     zeroes_after_unmap: bool = False
     unmap_granularity: int = 1
+    can_write_same: bool = True  # until the LUN refuses WRITE SAME(16)
+    max_write_same: int = 0  # blocks; 0: the LUN sets no limit
+    can_get_lba_status: bool = False
     max_io: int = MAX_IO
     counters: Counters = field(default_factory=Counters)
     # told of every unit attention a command of this device reports (lun, sense data)
@@ -87,7 +92,11 @@ class BlockDevice:
         return self.blocks * self.block_size
 
     async def _run(self, what: str, command: bytes, *, data_out: bytes | memoryview | None = None,
-                   read_length: int = 0, read_into: bytearray | None = None) -> Response:
+                   read_length: int = 0, read_into: bytearray | None = None,
+                   probe: bool = False) -> Response:
+        """Run a command, retried after a unit attention or BUSY; a failure raises
+        SCSIError and counts as an error (not when ``probe`` asks whether the LUN has
+        the command at all)."""
         for attempt in range(3):
             if self.removed is not None:
                 raise LunRemoved(self.removed)
@@ -101,7 +110,8 @@ class BlockDevice:
                 self.on_attention(self.lun, r.sense)
             if (err.unit_attention or r.status == Status.BUSY) and attempt < 2:
                 continue  # unit attentions report an event; the command itself may be retried
-            self.counters.errors += 1
+            if not (probe and err.key == SenseKey.ILLEGAL_REQUEST):
+                self.counters.errors += 1
             raise err
         raise AssertionError("unreachable")
 
@@ -127,8 +137,11 @@ class BlockDevice:
                 dev.unmap_granularity = max(int.from_bytes(b[28:32], "big"), 1)
                 dev.can_unmap = max_unmap > 0
                 dev.zeroes_after_unmap = lbprz
+                if len(b) >= 44:
+                    dev.max_write_same = int.from_bytes(b[36:44], "big")
             except SCSIError:
                 dev.can_unmap = False
+        dev.can_get_lba_status = lbpme
         dev.max_io = min(dev.max_io, session.params.max_burst_length) // dev.block_size * \
             dev.block_size or dev.block_size
         return dev
@@ -327,8 +340,73 @@ class BlockDevice:
             await self._run("UNMAP", command, data_out=params)
         self.counters.unmaps += 1
 
+    async def zero(self, offset: int, length: int) -> None:
+        """Make a byte range read back as zeros without deallocating it: WRITE SAME(16)
+        of a zero block (UNMAP bit clear) where the LUN has it, else writes of zeros."""
+        if self.read_only:
+            raise InitiatorError("the LUN is read-only")
+        end = min(offset + length, self.size)
+        if end <= offset:
+            return
+        bs = self.block_size
+        first, last = -(-offset // bs) * bs, end // bs * bs
+        if first >= last:
+            await self.write(offset, _ZERO_BYTES[: end - offset])
+        else:
+            if offset < first:
+                await self.write(offset, _ZERO_BYTES[: first - offset])
+            await self._zero_blocks(first // bs, (last - first) // bs)
+            if last < end:
+                await self.write(last, _ZERO_BYTES[: end - last])
+        self.counters.zeroes += 1
 
-_ZEROS = memoryview(bytes(1 << 20)).cast("Q")
+    async def _zero_blocks(self, lba: int, n: int) -> None:
+        bs = self.block_size
+        step = max(1, MAX_ZERO // bs)
+        if self.max_write_same:
+            step = min(step, self.max_write_same)
+        while n > 0 and self.can_write_same:
+            k = min(n, step)
+            try:
+                await self._run("WRITE SAME", cdb.write_same_16(lba, k),
+                                data_out=_ZERO_BYTES[:bs], probe=True)
+            except SCSIError as exc:
+                if exc.key != SenseKey.ILLEGAL_REQUEST:
+                    raise
+                log.debug("LUN %d has no WRITE SAME(16) (%s): zeroing with writes", self.lun,
+                         exc)
+                self.can_write_same = False
+                break
+            lba, n = lba + k, n - k
+        step = max(1, min(self.max_io, len(_ZERO_BYTES)) // bs)
+        while n > 0:
+            k = min(n, step)
+            await self._run("WRITE", cdb.write(lba, k), data_out=_ZERO_BYTES[: k * bs])
+            lba, n = lba + k, n - k
+
+    async def lba_status(self, lba: int) -> tuple[int, int] | None:
+        """(provisioning status, blocks from ``lba`` on with that status) by GET LBA
+        STATUS: 0 mapped, 1 deallocated, 2 anchored; None where the LUN cannot say."""
+        if not self.can_get_lba_status or lba >= self.blocks:
+            return None
+        try:
+            r = await self._run("GET LBA STATUS", cdb.get_lba_status(lba, 1024),
+                                read_length=1024, probe=True)
+        except SCSIError as exc:
+            if exc.key != SenseKey.ILLEGAL_REQUEST:
+                raise
+            log.debug("LUN %d has no GET LBA STATUS (%s): every block counts as data",
+                     self.lun, exc)
+            self.can_get_lba_status = False
+            return None
+        for first, count, status in cdb.parse_lba_status(bytes(r.data[: r.received])):
+            if first <= lba < first + count:
+                return status, first + count - lba
+        return None
+
+
+_ZERO_BYTES = memoryview(bytes(1 << 20))
+_ZEROS = _ZERO_BYTES.cast("Q")
 
 
 def all_zero(view: memoryview) -> bool:

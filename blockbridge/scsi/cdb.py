@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .constants import SA_READ_CAPACITY_16, Op
+from .constants import SA_GET_LBA_STATUS, SA_READ_CAPACITY_16, Op
 
 FUA = 0x08  # READ/WRITE byte 1: force unit access
 DBD = 0x08  # MODE SENSE byte 1: disable block descriptors
@@ -60,3 +60,32 @@ def unmap(ranges: list[tuple[int, int]]) -> tuple[bytes, bytes]:
                      for lba, n in ranges)
     params = (len(descs) + 6).to_bytes(2, "big") + len(descs).to_bytes(2, "big") + bytes(4) + descs
     return bytes([Op.UNMAP, 0, 0, 0, 0, 0, 0]) + len(params).to_bytes(2, "big") + b"\0", params
+
+
+UNMAP_BIT = 0x08  # WRITE SAME byte 1: deallocate the blocks
+NDOB = 0x01  # WRITE SAME(16) byte 1: no data-out buffer, the block is zeros
+
+
+def write_same_16(lba: int, blocks: int, *, unmap: bool = False, ndob: bool = False) -> bytes:
+    """WRITE SAME(16): one block of data (none with NDOB: zeros) written to ``blocks``
+    blocks at ``lba``; with UNMAP the target may deallocate them instead."""
+    flags = (UNMAP_BIT if unmap else 0) | (NDOB if ndob else 0)
+    return bytes([Op.WRITE_SAME_16, flags]) + lba.to_bytes(8, "big") + \
+        blocks.to_bytes(4, "big") + b"\0\0"
+
+
+def get_lba_status(lba: int, alloc: int = 4096) -> bytes:
+    """GET LBA STATUS (SERVICE ACTION IN(16)): the provisioning status of the blocks
+    from ``lba`` on, as descriptors of (first LBA, blocks, status)."""
+    return bytes([Op.SERVICE_ACTION_IN_16, SA_GET_LBA_STATUS]) + lba.to_bytes(8, "big") + \
+        alloc.to_bytes(4, "big") + b"\0\0"
+
+
+def parse_lba_status(data: bytes) -> list[tuple[int, int, int]]:
+    """The (first LBA, blocks, provisioning status) descriptors of a GET LBA STATUS
+    answer: status 0 mapped, 1 deallocated, 2 anchored."""
+    if len(data) < 8:
+        return []
+    end = min(len(data), 4 + int.from_bytes(data[0:4], "big"))
+    return [(int.from_bytes(data[i : i + 8], "big"), int.from_bytes(data[i + 8 : i + 12], "big"),
+             data[i + 12] & 0x0F) for i in range(8, end - 15, 16)]

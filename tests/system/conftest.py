@@ -43,3 +43,15 @@ def desktop_user() -> Iterator[DesktopUser]:
             remove_user(user)
     finally:
         shutil.rmtree(shared)
+
+
+ENGINES = ("blockbridge", "pyfuse3")
+
+
+@pytest.fixture(params=ENGINES)
+def fuse_engine(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run the test with each FUSE engine: `blockbridge mount` (run as a child process of
+    the test) takes its default from BLOCKBRIDGE_FUSE_ENGINE."""
+    name: str = request.param
+    monkeypatch.setenv("BLOCKBRIDGE_FUSE_ENGINE", name)
+    return name

@@ -13,7 +13,8 @@ from tests.interop.daemons import our_target
 from tests.needs import needs
 
 pytestmark = [pytest.mark.system,
-              needs("/dev/fuse")]
+              needs("/dev/fuse"),
+              pytest.mark.usefixtures("fuse_engine")]
 
 IQN = "iqn.2026-11.test:chap"
 SECRET = "alice-secret-123"

@@ -30,6 +30,7 @@ pytestmark = [
     needs("/dev/fuse"),
     needs("root"),
     needs("fio", "losetup", "mkfs.ext4", "e2fsck", "dmesg"),
+    pytest.mark.usefixtures("fuse_engine"),
 ]
 
 IQN = "iqn.2026-11.test:faults"

@@ -44,7 +44,7 @@ def allocated(path: Path) -> int:
 
 
 @needs("tgtd", "tgtadm")
-def test_three_luns_of_tgtd_as_files(tmp_path: Path) -> None:
+def test_three_luns_of_tgtd_as_files(tmp_path: Path, fuse_engine: str) -> None:
     a = sparse(tmp_path / "a.img", 32 << 20)
     b = sparse(tmp_path / "b.img", 16 << 20)
     c = sparse(tmp_path / "c.img", 8 << 20)
@@ -79,16 +79,18 @@ needs_fs_tools = needs("mkfs.ext4", "losetup")
 @root_only
 @needs_fs_tools
 @needs("debugfs")
-def test_loop_device_and_filesystem_on_our_target(tmp_path: Path) -> None:
+def test_loop_device_and_filesystem_on_our_target(tmp_path: Path, fuse_engine: str) -> None:
     iqn = "iqn.2026-11.test:fs"
     disk = tmp_path / "fs.img"
     args = ["--disk", str(disk), "--size", "64M", "--target-name", iqn, "--portal",
             "127.0.0.1:0"]
     with our_target(args, tmp_path) as t, mounted(t.portal, tmp_path / "mnt") as mnt:
-        # with or without fusectl on this machine: the status says which
         queue = wait_for_queue_line(lambda: bb("status").stdout)
-        assert queue in (f"FUSE max_background {MAX_BACKGROUND}", UNMOUNTED_STATUS)
-        assert (queue == UNMOUNTED_STATUS) == (fusectl_mounts() == [])
+        if fuse_engine == "blockbridge":  # asked for at INIT
+            assert queue == f"FUSE max_background {MAX_BACKGROUND}"
+        else:  # with or without fusectl on this machine: the status says which
+            assert queue in (f"FUSE max_background {MAX_BACKGROUND}", UNMOUNTED_STATUS)
+            assert (queue == UNMOUNTED_STATUS) == (fusectl_mounts() == [])
         data = filesystem_round_trip(mnt / iqn / "lun0", tmp_path)
     # the file system, with our file, is in the backing file
     out = subprocess.run(["debugfs", "-R", "cat /data.bin", str(disk)], capture_output=True)
@@ -102,7 +104,8 @@ def test_the_queue_limit_is_raised_through_fusectl_wherever_it_is_mounted(tmp_pa
     args = ["--disk", str(tmp_path / "q.img"), "--size", "8M", "--target-name", iqn,
             "--portal", "127.0.0.1:0"]
     with fusectl_mounted() as connections, our_target(args, tmp_path) as t, \
-            mounted(t.portal, tmp_path / "mnt", "--log-file", str(tmp_path / "m.log")) as mnt:
+            mounted(t.portal, tmp_path / "mnt", "--log-file", str(tmp_path / "m.log"),
+                    "--fuse-engine", "pyfuse3") as mnt:
         queue = wait_for_queue_line(lambda: bb("status").stdout)
         conn = connection_dir(mnt.stat().st_dev, connections)
         assert queue == f"FUSE max_background {MAX_BACKGROUND}"
@@ -117,13 +120,14 @@ def test_the_queue_limit_is_raised_through_fusectl_wherever_it_is_mounted(tmp_pa
 @root_only
 @needs_fs_tools
 @needs("tgtd", "tgtadm")
-def test_loop_device_and_filesystem_on_tgtd(tmp_path: Path) -> None:
+def test_loop_device_and_filesystem_on_tgtd(tmp_path: Path, fuse_engine: str) -> None:
     disk = sparse(tmp_path / "tgt-fs.img", 64 << 20)
     with tgtd({T1: [disk]}) as t, mounted(t.portal, tmp_path / "mnt") as mnt:
         filesystem_round_trip(mnt / T1 / "lun1", tmp_path)
 
 
-def test_mount_failures_are_one_line_and_leave_nothing(tmp_path: Path) -> None:
+def test_mount_failures_are_one_line_and_leave_nothing(tmp_path: Path, fuse_engine: str
+                                                       ) -> None:
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     from tests.interop.daemons import free_port
@@ -151,7 +155,7 @@ def test_mount_failures_are_one_line_and_leave_nothing(tmp_path: Path) -> None:
     assert not os.path.ismount(mnt)
 
 
-def test_discard_deallocates_on_the_target(tmp_path: Path) -> None:
+def test_discard_deallocates_on_the_target(tmp_path: Path, fuse_engine: str) -> None:
     iqn = "iqn.2026-11.test:discard"
     disk = tmp_path / "t.img"
     args = ["--disk", str(disk), "--size", "32M", "--target-name", iqn, "--portal",
@@ -173,9 +177,10 @@ def test_discard_deallocates_on_the_target(tmp_path: Path) -> None:
     assert bad.returncode == 1 and "is not a LUN file" in bad.stderr
 
 
-def test_many_requests_at_once_and_an_unmount_from_outside(tmp_path: Path) -> None:
-    """64 concurrent readers and writers on one LUN file (the FUSE intake hands requests
-    between its workers), then `fusermount3 -u`: the mount process ends by itself."""
+def test_many_requests_at_once_and_an_unmount_from_outside(tmp_path: Path, fuse_engine: str
+                                                           ) -> None:
+    """64 concurrent readers and writers on one LUN file (many requests in flight at
+    once), then `fusermount3 -u`: the mount process ends by itself."""
     iqn = "iqn.2026-11.test:intake"
     disk = tmp_path / "t.img"
     args = ["--disk", str(disk), "--size", "16M", "--target-name", iqn, "--portal",
@@ -207,3 +212,29 @@ def test_many_requests_at_once_and_an_unmount_from_outside(tmp_path: Path) -> No
                 bb("umount", str(mnt))
     data = disk.read_bytes()
     assert [data[i * 65536 : i * 65536 + 4096] for i in range(256)] == blocks
+
+
+@root_only
+def test_a_killed_mount_process_leaves_no_dead_mount_point(tmp_path: Path) -> None:
+    """Root's mount(2) mount is guarded by our watchdog, a user's by fusermount3's
+    auto_unmount (tests/system/test_unprivileged.py): SIGKILL, and the mount is gone."""
+    iqn = "iqn.2026-11.test:killed"
+    args = ["--disk", str(tmp_path / "k.img"), "--size", "8M", "--target-name", iqn,
+            "--portal", "127.0.0.1:0"]
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    with our_target(args, tmp_path) as t:
+        r = bb("mount", "--fuse-engine", "blockbridge", t.portal, str(mnt))
+        assert r.returncode == 0, r.stderr
+        try:
+            pid = int(re.findall(r"pid (\d+)\)", bb("status").stdout)[0])
+            assert (mnt / iqn / "lun0").stat().st_size == 8 << 20
+            os.kill(pid, 9)
+            deadline = time.monotonic() + 10
+            while os.path.ismount(mnt) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert not os.path.ismount(mnt)
+            assert mnt.is_dir() and list(mnt.iterdir()) == []  # not "not connected"
+        finally:
+            if os.path.ismount(mnt):
+                subprocess.run(["umount", "-l", str(mnt)], check=False)

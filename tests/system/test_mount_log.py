@@ -13,7 +13,8 @@ from tests.interop.daemons import our_target
 from tests.needs import needs
 
 pytestmark = [pytest.mark.system,
-              needs("/dev/fuse")]
+              needs("/dev/fuse"),
+              pytest.mark.usefixtures("fuse_engine")]
 
 
 def test_background_mount_logs_to_the_state_directory(tmp_path: Path) -> None:

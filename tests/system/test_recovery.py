@@ -18,7 +18,8 @@ from tests.needs import needs
 from .workload import bb, start_target
 
 pytestmark = [pytest.mark.system,
-              needs("/dev/fuse")]
+              needs("/dev/fuse"),
+              pytest.mark.usefixtures("fuse_engine")]
 
 IQN = "iqn.2026-11.test:recovery"
 

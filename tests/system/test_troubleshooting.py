@@ -16,6 +16,7 @@ import errno
 import os
 import re
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -73,6 +74,10 @@ DOCUMENTED: dict[str, str] = {
         "test_already_a_mount_point",
     "/dev/fuse is not open to you (mode N): ask your administrator to run chmod 666 "
     "/dev/fuse (udev does it on most systems)": "test_dev_fuse_closed_to_users",
+    "cannot mount on DIR: cannot run fusermount3: … (install fuse3)":
+        "test_fusermount3_missing",
+    "cannot mount on DIR: unknown FUSE mount option …": "test_unknown_mount_option_as_root",
+    "request N interrupted": "test_a_killed_process_interrupts_its_request",
     "-o allow_other needs 'user_allow_other' in /etc/fuse.conf":
         "test_allow_other_without_user_allow_other",
     "certificate of HOST:PORT does not match the pinned fingerprint (…)":
@@ -637,6 +642,7 @@ def test_mount_point_does_not_exist(home: Home) -> None:
 
 @system
 @needs_fuse
+@pytest.mark.usefixtures("fuse_engine")
 def test_already_a_mount_point(home: Home, plain_target: RunningTarget) -> None:
     with home.mounted(plain_target.portal, home.root / "mnt") as mnt:
         r = home.bb("mount", plain_target.portal, str(mnt))
@@ -648,8 +654,9 @@ def test_already_a_mount_point(home: Home, plain_target: RunningTarget) -> None:
 @system
 @needs("root")
 def test_dev_fuse_closed_to_users(tmp_path: Path, request: pytest.FixtureRequest) -> None:
-    # a normal user, seeing a /dev/fuse only root may open (as a container's /dev may
-    # have it) in a private mount namespace
+    # a normal user of the pyfuse3 engine (libfuse opens /dev/fuse itself; ours leaves
+    # that to fusermount3), seeing a /dev/fuse only root may open (as a container's /dev
+    # may have it) in a private mount namespace
     if not can_isolate():
         pytest.skip("needs unshare to show the user a /dev/fuse of its own")
     user: DesktopUser = request.getfixturevalue("desktop_user")
@@ -657,13 +664,68 @@ def test_dev_fuse_closed_to_users(tmp_path: Path, request: pytest.FixtureRequest
     closed.write_bytes(b"")
     closed.chmod(0o600)
     command = private_mounts({"/dev/fuse": closed},
-                             user.command("blockbridge", "mount", "127.0.0.1:1",
-                                          str(user.home)))
+                             user.command("blockbridge", "mount", "--fuse-engine",
+                                          "pyfuse3", "127.0.0.1:1", str(user.home)))
     r = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd="/")
     expect_error("/dev/fuse is not open to you (mode N): ask your administrator to run "
                  "chmod 666 /dev/fuse (udev does it on most systems)", r)
     assert "(mode 0600)" in r.stderr
     assert len(r.stderr.splitlines()) == 1, r.stderr  # and no word from libfuse
+
+
+@system
+@needs_fuse
+@needs("root")
+def test_fusermount3_missing(plain_target: RunningTarget, tmp_path: Path,
+                             request: pytest.FixtureRequest) -> None:
+    if not can_isolate():
+        pytest.skip("needs unshare to hide fusermount3 from a user")
+    user: DesktopUser = request.getfixturevalue("desktop_user")
+    broken = tmp_path / "fusermount3"
+    broken.write_bytes(b"")
+    broken.chmod(0o644)  # there, but not a program
+    mnt = user.home / "no-fusermount"
+    user.run("mkdir", "-p", str(mnt))
+    command = private_mounts({shutil.which("fusermount3") or "/usr/bin/fusermount3": broken},
+                             user.command("blockbridge", "mount", "--fuse-engine",
+                                          "blockbridge", plain_target.portal, str(mnt)))
+    r = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd="/")
+    expect_error("cannot mount on DIR: cannot run fusermount3: … (install fuse3)", r)
+    assert f"cannot mount on {mnt}: cannot run fusermount3: Permission denied" in r.stderr
+
+
+@system
+@needs_fuse
+@needs("root")
+def test_unknown_mount_option_as_root(home: Home, plain_target: RunningTarget) -> None:
+    mnt = home.root / "mnt"
+    mnt.mkdir()
+    r = home.bb("mount", "--fuse-engine", "blockbridge", "-o", "nosuid,bogus_option",
+                plain_target.portal, str(mnt))
+    expect_error("cannot mount on DIR: unknown FUSE mount option …", r)
+    assert "unknown FUSE mount option bogus_option" in r.stderr
+    assert not os.path.ismount(mnt)
+
+
+@system
+@needs_fuse
+def test_a_killed_process_interrupts_its_request(home: Home, tmp_path: Path) -> None:
+    iqn = "iqn.2026-11.test:trouble-interrupt"
+    mount_log = tmp_path / "mount.log"
+    with our_target(quick(tmp_path / "d.img", iqn), tmp_path) as t:
+        # a short replacement timeout, so that the unmount does not wait long either
+        mounted = home.mounted(t.portal, tmp_path / "mnt", "--fuse-engine", "blockbridge",
+                               "--replacement-timeout", "8", "--log-file", str(mount_log))
+        with mounted as mnt:
+            t.process.send_signal(signal.SIGKILL)
+            t.process.wait(30)
+            reader = subprocess.Popen(["dd", f"if={mnt / iqn / 'lun0'}", "of=/dev/null",
+                                       "bs=4k", "count=1", "status=none"])
+            time.sleep(1.5)
+            assert reader.poll() is None, "the read did not wait for the target"
+            reader.kill()
+            assert reader.wait(10) == -signal.SIGKILL
+    expect("request N interrupted", mount_log.read_text())
 
 
 def fuse_conf_allows_other() -> bool:
@@ -771,7 +833,8 @@ def test_fusectl_not_mounted(home: Home, plain_target: RunningTarget, tmp_path: 
             return subprocess.run([*ns.prefix, sys.executable, "-m", "blockbridge", *args],
                                   capture_output=True, text=True, timeout=90, env=home.env)
 
-        r = run("mount", plain_target.portal, str(mnt), "--log-file", str(mount_log))
+        r = run("mount", plain_target.portal, str(mnt), "--log-file", str(mount_log),
+                "--fuse-engine", "pyfuse3")  # ours asks for its limits at INIT
         assert r.returncode == 0, r.stderr
         try:
             queue = wait_for_queue_line(lambda: run("status").stdout)
@@ -795,6 +858,7 @@ def test_fusectl_not_mounted(home: Home, plain_target: RunningTarget, tmp_path: 
 
 @system
 @needs_fuse
+@pytest.mark.usefixtures("fuse_engine")
 def test_eio_after_the_replacement_timeout(home: Home, tmp_path: Path) -> None:
     iqn = "iqn.2026-11.test:trouble-gone"
     mount_log = tmp_path / "mount.log"
@@ -826,6 +890,7 @@ def test_eio_after_the_replacement_timeout(home: Home, tmp_path: Path) -> None:
 @system
 @needs_fuse
 @needs("root")
+@pytest.mark.usefixtures("fuse_engine")
 def test_target_storage_full(home: Home, tmp_path: Path) -> None:
     """A thin LUN (a sparse 16 MiB file) on a 2 MiB file system: writes fail with ENOSPC
     once it is full, the mount and the target say why, and what was written stays."""

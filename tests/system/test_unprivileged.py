@@ -15,6 +15,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -104,13 +105,15 @@ def test_the_user_runs_their_own_installation(desktop_user: DesktopUser) -> None
 
 @system
 def test_a_user_discovers_mounts_writes_reads_and_unmounts(
-        desktop_user: DesktopUser, target: RunningTarget, tmp_path: Path) -> None:
+        desktop_user: DesktopUser, target: RunningTarget, tmp_path: Path, fuse_engine: str
+) -> None:
     u = desktop_user
     found = u.bb("discover", target.portal)
     assert found.returncode == 0, found.stderr
     assert found.stdout.splitlines() == [f"{target.portal},1 {IQN}"]
     mnt = u.home / "luns"
-    with u.mounted(target.portal, mnt):
+    engine = ("--fuse-engine", fuse_engine)
+    with u.mounted(target.portal, mnt, *engine):
         lun = mnt / IQN / "lun0"
         assert u.run("stat", "-c", "%s %u %a", str(lun)).stdout.split() == \
             [str(SIZE), str(u.uid), "600"]
@@ -140,7 +143,7 @@ def test_a_user_discovers_mounts_writes_reads_and_unmounts(
     assert not Path(f"/proc/{pid}").exists()
     assert status_of(u).strip() == "no blockbridge mounts"
     # read back through a new mount: from the target, not from a cache
-    with u.mounted(target.portal, mnt):
+    with u.mounted(target.portal, mnt, *engine):
         back = u.output("dd", f"if={mnt / IQN / 'lun0'}", "bs=1M", "skip=5", "count=3",
                         "iflag=direct", "status=none")
     assert back == payload
@@ -149,7 +152,8 @@ def test_a_user_discovers_mounts_writes_reads_and_unmounts(
 @system
 @needs("losetup", "mkfs.ext4", "e2fsck", "debugfs")
 def test_allow_other_needs_user_allow_other_then_root_puts_a_file_system_on_it(
-        desktop_user: DesktopUser, target: RunningTarget, tmp_path: Path) -> None:
+        desktop_user: DesktopUser, target: RunningTarget, tmp_path: Path, fuse_engine: str
+) -> None:
     u = desktop_user
     mnt = u.home / "shared"
     assert u.run("mkdir", "-p", str(mnt)).returncode == 0
@@ -159,7 +163,8 @@ def test_allow_other_needs_user_allow_other_then_root_puts_a_file_system_on_it(
     assert refused.stderr == ALLOW_OTHER_REFUSED
     assert not u.is_mount(mnt)
 
-    with fuse_conf("user_allow_other\n"), u.mounted(target.portal, mnt, "-o", "allow_other"):
+    with fuse_conf("user_allow_other\n"), \
+            u.mounted(target.portal, mnt, "-o", "allow_other", "--fuse-engine", fuse_engine):
         lun = mnt / IQN / "lun0"
         assert lun.stat().st_uid == u.uid  # root sees the user's mount
         data = filesystem_round_trip(lun, tmp_path)  # losetup, mkfs.ext4, mount, fsck
@@ -183,7 +188,8 @@ def user_limit() -> int:
 def test_the_users_mount_raises_its_queue_limit_through_fusectl(
         desktop_user: DesktopUser, target: RunningTarget) -> None:
     u = desktop_user
-    with fusectl_mounted() as connections, u.mounted(target.portal, u.home / "q") as mnt:
+    with fusectl_mounted() as connections, \
+            u.mounted(target.portal, u.home / "q", "--fuse-engine", "pyfuse3") as mnt:
         line = wait_for_queue_line(lambda: status_of(u))
         dev = int(u.run("stat", "-c", "%d", str(mnt)).stdout)
         conn = connection_dir(dev, connections)
@@ -200,7 +206,8 @@ def test_the_user_is_told_when_fusectl_is_not_mounted(
     require("unshare", "nsenter")
     u = desktop_user
     mnt = u.home / "without-fusectl"
-    with without_fusectl() as ns, u.mounted(target.portal, mnt, ns=ns):
+    with without_fusectl() as ns, \
+            u.mounted(target.portal, mnt, "--fuse-engine", "pyfuse3", ns=ns):
         # in a namespace of its own (where the machine has fusectl) or in the machine's
         assert u.is_mount(mnt, ns) and (ns.holder is None or not u.is_mount(mnt))
         line = wait_for_queue_line(lambda: status_of(u))
@@ -251,3 +258,42 @@ def test_another_users_runtime_directory_stops_the_mount_before_it_is_made(
             u.run("fusermount3", "-u", "-z", str(mnt))
         shutil.rmtree(shared)
         session.rename(u.runtime_dir)
+
+
+@system
+def test_the_users_own_engine_asks_for_its_queue_limit_at_init(
+        desktop_user: DesktopUser, target: RunningTarget) -> None:
+    """Our engine needs no fusectl: the limit is part of the INIT reply, within the
+    module's max_user_bgreq, which the kernel applies to a user's mount."""
+    require("unshare", "nsenter")
+    u = desktop_user
+    mnt = u.home / "init-limits"
+    with without_fusectl() as ns, \
+            u.mounted(target.portal, mnt, "--fuse-engine", "blockbridge", ns=ns):
+        line = wait_for_queue_line(lambda: status_of(u))
+        status = status_of(u)
+        head = u.run("head", "-c", "4096", str(mnt / IQN / "lun0"), prefix=ns.prefix)
+        assert (head.returncode, head.stdout) == (0, "\0" * 4096), head.stderr
+    assert line == f"FUSE max_background {user_limit()}"
+    assert "FUSE engine blockbridge: protocol 7." in status
+
+
+@system
+def test_a_users_killed_mount_process_leaves_no_dead_mount_point(
+        desktop_user: DesktopUser, target: RunningTarget) -> None:
+    u = desktop_user
+    mnt = u.home / "killed"
+    assert u.run("mkdir", "-p", str(mnt)).returncode == 0
+    r = u.bb("mount", "--fuse-engine", "blockbridge", target.portal, str(mnt))
+    assert r.returncode == 0, r.stderr
+    try:
+        pid = int(re.search(r"pid (\d+)\)", status_of(u))[1])  # type: ignore[index]
+        os.kill(pid, 9)
+        deadline = time.monotonic() + 10
+        while u.is_mount(mnt) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not u.is_mount(mnt)  # fusermount3 (auto_unmount) unmounted it
+        assert u.run("ls", str(mnt)).returncode == 0
+    finally:
+        if u.is_mount(mnt):
+            u.run("fusermount3", "-u", "-z", str(mnt))

@@ -27,7 +27,9 @@ class Layer:
 
 
 LAYERS = (
-    Layer("core", ("blockbridge/iscsi/", "blockbridge/scsi/"), (), frozenset({"crc32c"})),
+    Layer("core", ("blockbridge/iscsi/", "blockbridge/scsi/", "blockbridge/fuse/protocol.py",
+                   "blockbridge/fuse/structs.py", "blockbridge/fuse/replies.py",
+                   "blockbridge/fuse/negotiation.py"), (), frozenset({"crc32c"})),
     Layer("shared", ("blockbridge/__init__.py", "blockbridge/buffers.py",
                      "blockbridge/files.py", "blockbridge/systemd.py", "blockbridge/tls.py"),
           ("core",), frozenset({"cryptography"})),
@@ -40,15 +42,15 @@ LAYERS = (
                   "blockbridge/control.py", "blockbridge/copy.py", "blockbridge/credentials.py",
                   "blockbridge/state.py"),
           ("core", "shared", "transport", "initiator", "fuse"),
-          frozenset({"trio", "pyfuse3", "platformdirs"})),
+          frozenset({"trio", "platformdirs"})),
     Layer("target", ("target/",), ("core", "shared", "transport"),
           frozenset({"trio", "outcome", "liburing"})),
 )
 BY_NAME = {layer.name: layer for layer in LAYERS}
 # The core computes; it has no sockets, files, processes, clocks or randomness of its own.
 CORE_STDLIB = frozenset({"__future__", "abc", "base64", "binascii", "collections", "dataclasses",
-                         "enum", "functools", "hashlib", "hmac", "itertools", "math", "operator",
-                         "re", "string", "struct", "typing", "unicodedata"})
+                         "enum", "errno", "functools", "hashlib", "hmac", "itertools", "math",
+                         "operator", "re", "string", "struct", "typing", "unicodedata"})
 
 
 def source_files() -> list[Path]:

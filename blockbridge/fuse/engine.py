@@ -1,0 +1,298 @@
+"""Our FUSE engine: a trio shell over a /dev/fuse descriptor, serving a ``LunFS``.
+
+One reader loop reads requests (non-blocking ``readv`` into buffers of a pool, waiting in
+trio's epoll only when the device is empty) and answers what needs no I/O at once, in the
+loop.  READ, WRITE, FSYNC, FALLOCATE and LSEEK each run as a task, so many are in flight;
+a task answers with one ``writev`` of the header and the data, as soon as its block
+device call returns.  Only a WRITE keeps its buffer (its data is a view of it) until it
+is answered; every other request gives it back once decoded.  INTERRUPT cancels the task
+of the request it names, which then answers EINTR.  Notifications to the kernel (rare:
+a LUN resized, added or removed) are written from a worker thread, because the kernel
+may make that write wait for a lock a request in our own loop holds.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import mmap
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+from . import protocol as P
+from .lunfs import TIMEOUT, FSError, LunFS
+from .negotiation import Limits, Negotiated, Unsupported, negotiate
+
+log = logging.getLogger(__name__)
+
+FAIR_SHARE = 16  # requests read in a row before other tasks get a turn
+GRACE = 5.0  # seconds requests in flight get to finish once reading stops
+Reply = list[P.Buffer]
+
+
+class _Buffers:
+    """Request buffers: anonymous mappings (pages are touched only as far as requests
+    fill them), reused last-in first-out so the warm ones serve; at most ``limit``."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        self.size, self.limit = size, limit
+        self.free: list[mmap.mmap] = []
+        self.count = 0
+        self._returned = trio.Event()
+
+    async def take(self) -> mmap.mmap:
+        while not self.free and self.count >= self.limit:
+            self._returned = trio.Event()
+            await self._returned.wait()
+        if self.free:
+            return self.free.pop()
+        self.count += 1
+        return mmap.mmap(-1, self.size)
+
+    def give(self, buf: mmap.mmap, reuse: bool = True) -> None:
+        if reuse:
+            self.free.append(buf)
+        else:  # a view of it may still be in use (an interrupted write): let it go
+            self.count -= 1
+        self._returned.set()
+
+
+class FuseEngine:
+    """Serve ``fs`` on the /dev/fuse descriptor ``fd`` (owned by the caller)."""
+
+    def __init__(self, fs: LunFS, fd: int, limits: Limits, *, buffers: int = 72) -> None:
+        self.fs, self.fd, self.limits = fs, fd, limits
+        self.negotiated: Negotiated | None = None
+        self._buffers = _Buffers(limits.buffer_size, buffers)
+        self._inflight: dict[int, trio.CancelScope] = {}
+        self._nursery: trio.Nursery | None = None
+        self._reader: trio.CancelScope | None = None
+        self._stopped = False
+        self.initialised = trio.Event()
+        self._fast: dict[type[Any], Callable[[P.Header, Any], Reply | None]] = {
+            P.Init: self._init, P.Destroy: self._destroy, P.Lookup: self._lookup,
+            P.Forget: lambda h, op: None, P.GetAttr: self._getattr,
+            P.SetAttr: self._setattr, P.Open: self._open, P.Release: self._release,
+            P.ReadDir: self._readdir, P.Flush: self._ok, P.StatFs: self._statfs,
+            P.Interrupt: self._interrupt, P.Unknown: self._unknown,
+        }
+        self._slow: dict[type[Any], Callable[[P.Header, Any], Awaitable[Reply]]] = {
+            P.Read: self._read, P.Write: self._write, P.Fsync: self._fsync,
+            P.Fallocate: self._fallocate, P.Lseek: self._lseek,
+        }
+
+    # ------------------------------------------------------------------ the loop
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                    ) -> None:
+        """Until the kernel ends the connection (unmount: ENODEV) or ``stop()``; then
+        requests in flight get ``GRACE`` seconds to finish."""
+        os.set_blocking(self.fd, False)
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            self.fs.notifier = self
+            task_status.started()
+            with trio.CancelScope() as self._reader:
+                if not self._stopped:
+                    await self._read_loop()
+            self.fs.notifier = None
+            nursery.cancel_scope.deadline = trio.current_time() + GRACE
+
+    def stop(self) -> None:
+        """Stop reading requests (the ones in flight are still answered)."""
+        self._stopped = True
+        if self._reader is not None:
+            self._reader.cancel()
+
+    async def _read_loop(self) -> None:
+        fd, streak = self.fd, 0
+        while True:
+            buf = self._buffers.free.pop() if self._buffers.free else \
+                await self._buffers.take()
+            while True:
+                try:
+                    n = os.readv(fd, [buf])
+                    break
+                except BlockingIOError:
+                    streak = 0
+                    try:
+                        await trio.lowlevel.wait_readable(fd)
+                    except BaseException:
+                        self._buffers.give(buf)
+                        raise
+                except InterruptedError:
+                    continue
+                except OSError as exc:
+                    if exc.errno == errno.ENOENT:  # interrupted before we read it
+                        continue
+                    self._buffers.give(buf)
+                    if exc.errno == errno.ENODEV:  # unmounted: the connection is over
+                        return
+                    raise
+            self._dispatch(buf, n)
+            streak += 1
+            if streak >= FAIR_SHARE:
+                streak = 0
+                await trio.lowlevel.checkpoint()
+
+    def _dispatch(self, buf: mmap.mmap, n: int) -> None:
+        view = memoryview(buf)
+        keep = False
+        try:
+            header, body = P.parse_header(view, n)
+            op = P.decode(header, body)
+        except P.Malformed as exc:
+            log.error("malformed FUSE request: %s", exc)
+            if exc.unique is not None:
+                self._send(P.error(exc.unique, exc.errno))
+        else:
+            slow = self._slow.get(type(op))
+            if slow is not None:
+                keep = isinstance(op, P.Write)
+                assert self._nursery is not None
+                self._nursery.start_soon(self._run, slow, header, op, buf if keep else None)
+            else:
+                try:
+                    out = self._fast[type(op)](header, op)
+                except FSError as err:
+                    out = P.error(header.unique, err.errno)
+                except Exception:  # a bug: say so, answer EIO, keep serving
+                    log.exception("FUSE %s failed", type(op).__name__)
+                    out = P.error(header.unique, errno.EIO)
+                if out is not None:
+                    self._send(out)
+        finally:
+            if not keep:
+                view.release()
+                self._buffers.give(buf)
+
+    async def _run(self, handler: Callable[[P.Header, Any], Awaitable[Reply]],
+                   header: P.Header, op: object, buf: mmap.mmap | None) -> None:
+        unique = header.unique
+        out: Reply = []
+        with trio.CancelScope() as scope:
+            self._inflight[unique] = scope
+            try:
+                out = await handler(header, op)
+            except FSError as err:
+                out = P.error(unique, err.errno)
+            except Exception:  # a bug: say so, answer EIO, keep serving
+                log.exception("FUSE %s failed", type(op).__name__)
+                out = P.error(unique, errno.EIO)
+        del self._inflight[unique]
+        interrupted = scope.cancelled_caught
+        if interrupted:
+            log.info("request %d interrupted", unique)
+            out = P.error(unique, errno.EINTR)
+        self._send(out)  # before any checkpoint: a read's data is valid until then
+        if buf is not None:
+            self._buffers.give(buf, reuse=not interrupted)
+
+    def _send(self, buffers: Reply) -> None:
+        try:
+            os.writev(self.fd, buffers)
+        except OSError as exc:
+            # ENOENT: the request was interrupted and is gone; ENODEV: unmounted
+            if exc.errno not in (errno.ENOENT, errno.ENODEV):
+                log.error("cannot answer the kernel: %s", exc)
+
+    # ------------------------------------------------------------------ notifications
+
+    def inval_inode(self, inode: int) -> None:
+        self._notify(P.notify_inval_inode(inode, 0, 0))
+
+    def inval_entry(self, parent: int, name: bytes) -> None:
+        self._notify(P.notify_inval_entry(parent, name))
+
+    def _notify(self, buffers: Reply) -> None:
+        if self._nursery is None or not self.initialised.is_set():
+            return
+        self._nursery.start_soon(self._write_notification, buffers)
+
+    async def _write_notification(self, buffers: Reply) -> None:
+        try:
+            await trio.to_thread.run_sync(os.writev, self.fd, buffers, abandon_on_cancel=True)
+        except OSError as exc:
+            # ENOENT: the kernel does not know that inode or name: nothing to forget
+            if exc.errno != errno.ENOENT:
+                log.warning("cannot notify the kernel: %s", exc)
+
+    # ------------------------------------------------------------------ handlers
+
+    def _init(self, h: P.Header, op: P.Init) -> Reply:
+        try:
+            negotiated, payload = negotiate(op, self.limits)
+        except Unsupported as exc:
+            log.error("%s", exc)
+            return P.error(h.unique, exc.errno)
+        if negotiated is not None:
+            self.negotiated = negotiated
+            log.info("%s", negotiated.describe())
+            self.initialised.set()
+        return P.reply(h.unique, payload)
+
+    def _destroy(self, h: P.Header, op: P.Destroy) -> Reply:
+        self.stop()
+        return P.reply(h.unique)
+
+    def _ok(self, h: P.Header, op: object) -> Reply:
+        return P.reply(h.unique)
+
+    def _unknown(self, h: P.Header, op: P.Unknown) -> Reply:
+        return P.error(h.unique, errno.ENOSYS)
+
+    def _interrupt(self, h: P.Header, op: P.Interrupt) -> None:
+        scope = self._inflight.get(op.unique)
+        if scope is not None:
+            scope.cancel()
+        # a request already answered (or never ours to run) needs nothing: no reply
+
+    def _lookup(self, h: P.Header, op: P.Lookup) -> Reply:
+        attr = self.fs.lookup(h.nodeid, op.name)
+        return P.reply(h.unique, P.entry_out(attr, TIMEOUT, TIMEOUT))
+
+    def _getattr(self, h: P.Header, op: P.GetAttr) -> Reply:
+        return P.reply(h.unique, P.attr_out(self.fs.getattr(h.nodeid), TIMEOUT))
+
+    def _setattr(self, h: P.Header, op: P.SetAttr) -> Reply:
+        return P.reply(h.unique, P.attr_out(self.fs.setattr(h.nodeid, op.size), TIMEOUT))
+
+    def _open(self, h: P.Header, op: P.Open) -> Reply:
+        if op.directory:
+            return P.reply(h.unique, P.open_out(self.fs.opendir(h.nodeid), 0))
+        fh = self.fs.open(h.nodeid, op.flags)
+        flags = P.FOPEN_DIRECT_IO  # the target is the cache (and a loop device above)
+        if self.negotiated is not None and self.negotiated.parallel_direct_writes:
+            flags |= P.FOPEN_PARALLEL_DIRECT_WRITES
+        return P.reply(h.unique, P.open_out(fh, flags))
+
+    def _release(self, h: P.Header, op: P.Release) -> Reply:
+        return P.reply(h.unique)
+
+    def _readdir(self, h: P.Header, op: P.ReadDir) -> Reply:
+        entries = self.fs.readdir(op.fh, op.offset)
+        return P.reply(h.unique, P.dirents(entries, op.size, op.plus, TIMEOUT))
+
+    def _statfs(self, h: P.Header, op: P.StatFs) -> Reply:
+        return P.reply(h.unique, P.statfs_out(self.fs.statfs(h.nodeid)))
+
+    async def _read(self, h: P.Header, op: P.Read) -> Reply:
+        return P.reply(h.unique, await self.fs.read(op.fh, op.offset, op.size))
+
+    async def _write(self, h: P.Header, op: P.Write) -> Reply:
+        return P.reply(h.unique, P.write_out(await self.fs.write(op.fh, op.offset, op.data)))
+
+    async def _fsync(self, h: P.Header, op: P.Fsync) -> Reply:
+        await self.fs.fsync(op.fh)
+        return P.reply(h.unique)
+
+    async def _fallocate(self, h: P.Header, op: P.Fallocate) -> Reply:
+        await self.fs.fallocate(op.fh, op.mode, op.offset, op.length)
+        return P.reply(h.unique)
+
+    async def _lseek(self, h: P.Header, op: P.Lseek) -> Reply:
+        return P.reply(h.unique, P.lseek_out(await self.fs.lseek(op.fh, op.offset,
+                                                                  op.whence)))
