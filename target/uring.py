@@ -13,7 +13,9 @@ callback of an operation started with ``start_read`` (which no task waits for).
 
 The Python binding is the ``liburing`` package.  Where it is missing or the kernel refuses
 io_uring (old kernels, ``kernel.io_uring_disabled``, seccomp filters in containers),
-``open_uring`` says why and the caller keeps using threads.
+``open_uring`` says why and the caller keeps using threads.  The binding is compiled code,
+and a wheel built for instructions this processor lacks kills the process that loads it
+(SIGILL): so it is first tried once in a child process.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
+import subprocess
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -213,14 +218,44 @@ class Uring:
 
 
 _refused: str | None = None  # why io_uring is unavailable, once known
+_tried = False  # the binding was tried in a child process and did not crash it
+
+# Everything the target does with the binding on its first use, in a child process.
+_PROBE = ("import liburing as lu; r = lu.Ring(); lu.io_uring_queue_init(8, r); "
+          "lu.io_uring_queue_exit(r)")
+
+
+def binding_crash() -> str | None:
+    """Why loading the binding would kill this process, or None.  Some liburing wheels are
+    built for a newer processor (the 2026.3 ones use AVX-512) and die with SIGILL where its
+    instructions are missing; a process of its own takes the blow."""
+    try:
+        child = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True,
+                               timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"cannot try the liburing package in a child process: {exc}"
+    if child.returncode >= 0:
+        return None  # it works, or it fails with an error the process survives (said later)
+    try:
+        name = signal.Signals(-child.returncode).name
+    except ValueError:
+        name = f"signal {-child.returncode}"
+    version = getattr(_lu, "__version__", "")
+    return (f"the liburing package{' ' + version if version else ''} crashes on this "
+            f"processor ({name}: it was built for instructions this CPU lacks)")
 
 
 def open_uring() -> Uring | None:
     """A ring for the running trio loop, or None (logged once) if io_uring is unusable."""
-    global _refused
+    global _refused, _tried
     if _refused is not None:
         return None
     try:
+        if not _tried and _lu is not None:
+            crash = binding_crash()
+            if crash is not None:
+                raise UringUnavailable(crash)
+            _tried = True
         return Uring()
     except UringUnavailable as exc:
         _refused = str(exc)

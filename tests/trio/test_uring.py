@@ -25,7 +25,7 @@ A = Nexus("iqn.2026-11.test:a", b"\x80\0\0\0\0\1", "iqn.2026-11.test:t")
 def ring_or_skip() -> Uring:
     ring = open_uring()
     if ring is None:
-        pytest.skip("io_uring is not available on this kernel")
+        pytest.skip(f"io_uring is not usable here: {uring_module._refused}")
     return ring
 
 
@@ -143,11 +143,46 @@ async def test_refusal_is_remembered(monkeypatch: pytest.MonkeyPatch) -> None:
         raise uring_module.UringUnavailable("the kernel refused io_uring: test")
 
     monkeypatch.setattr(uring_module, "_refused", None)
+    monkeypatch.setattr(uring_module, "_tried", True)
     monkeypatch.setattr(uring_module, "Uring", refuse)
     assert open_uring() is None
     assert uring_module._refused == "the kernel refused io_uring: test"
     monkeypatch.setattr(uring_module, "Uring", lambda: pytest.fail("asked again"))
     assert open_uring() is None
+
+
+async def test_a_binding_that_crashes_is_refused_without_harm(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    # A wheel built for instructions this CPU lacks dies with SIGILL where it is used:
+    # the child process takes it, the target goes on with threads and says why once.
+    monkeypatch.setattr(uring_module, "_refused", None)
+    monkeypatch.setattr(uring_module, "_tried", False)
+    monkeypatch.setattr(uring_module, "_PROBE",
+                        "import os, signal; os.kill(os.getpid(), signal.SIGILL)")
+    monkeypatch.setattr(uring_module, "Uring", lambda: pytest.fail("loaded in process"))
+    assert open_uring() is None
+    assert uring_module._refused is not None
+    assert "crashes on this processor (SIGILL" in uring_module._refused
+    assert [r.getMessage() for r in caplog.records] == [
+        f"file I/O uses worker threads: {uring_module._refused}"]
+    assert open_uring() is None  # asked once
+
+
+async def test_a_working_binding_is_tried_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(uring_module, "_refused", None)
+    monkeypatch.setattr(uring_module, "_tried", False)
+    monkeypatch.setattr(uring_module, "_PROBE", "pass")
+    made: list[int] = []
+
+    class Fake:
+        def __init__(self) -> None:
+            made.append(1)
+
+    monkeypatch.setattr(uring_module, "Uring", Fake)
+    assert isinstance(open_uring(), Fake)
+    monkeypatch.setattr(uring_module, "binding_crash", lambda: pytest.fail("tried again"))
+    assert isinstance(open_uring(), Fake)
+    assert made == [1, 1]
 
 
 async def test_execute_now_serves_only_cached_plain_reads(
