@@ -10,6 +10,7 @@ from typing import Protocol
 import trio
 
 from blockbridge.buffers import BufferPool
+from blockbridge.iscsi.initiator_connection import Response
 from blockbridge.iscsi.params import SessionParams
 from blockbridge.iscsi.pdu import Buffer
 from blockbridge.scsi import cdb
@@ -22,7 +23,6 @@ from blockbridge.scsi.changes import (
 from blockbridge.scsi.constants import SenseKey, Status
 
 from .errors import InitiatorError, LunRemoved, SCSIError
-from .session import Response
 
 log = logging.getLogger(__name__)
 

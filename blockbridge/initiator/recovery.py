@@ -16,11 +16,12 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from blockbridge.iscsi.errors import ISCSIError
+from blockbridge.iscsi.initiator_connection import Response
 from blockbridge.iscsi.params import SessionParams
 from blockbridge.iscsi.pdu import Buffer
 
 from .errors import ConnectionLost, InitiatorError
-from .session import Response, Session
+from .session import Session
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from blockbridge.fuse.engine import FuseEngine
 from blockbridge.fuse.lunfs import LunFS
 from blockbridge.fuse.negotiation import ASYNC_READ, MAX_PAGES, Limits
 from blockbridge.initiator.blockdev import BlockDevice
-from blockbridge.initiator.session import Response
+from blockbridge.iscsi.initiator_connection import Response
 from blockbridge.iscsi.params import SessionParams
 
 NEXUS = Nexus("iqn.2026-11.test:i", b"\x80\0\0\0\0\1", "iqn.2026-11.test:t")
