@@ -2,7 +2,7 @@
 
 ``Session.connect()`` logs in; then the session drives an ``InitiatorConnection`` (the
 sans-IO machine that holds every protocol rule): ``run()`` is the reader task, started in
-the caller's nursery; ``start()`` sends a command and calls back when it completes (no task
+the caller's nursery; ``submit()`` sends a command and calls back when it completes (no task
 per command), ``command()`` is the same for a caller that waits.
 """
 
@@ -262,13 +262,14 @@ class Session:
 
     # ---------------------------------------------------------------- commands
 
-    def start(self, lun: int, cdb: bytes, done: Callable[[Response | None, str | None], None],
+    def submit(self, lun: int, cdb: bytes, done: Callable[[Response | None, str | None], None],
               *, data_out: Buffer | None = None, read_length: int = 0,
-              read_into: bytearray | None = None) -> int:
+              read_into: bytearray | None = None) -> Callable[[], None]:
         """Start a SCSI command without waiting: ``done(response, None)`` is called from
         the reader task when it completes, ``done(None, reason)`` if it cannot.  The PDUs
         are posted; they go out with the next ``push()`` (the caller's, at the end of a
-        batch) or the command's own.  Raises ConnectionLost if the session is closed."""
+        batch) or the command's own.  Returns how to abandon the command (see ``abandon``).
+        Raises ConnectionLost if the session is closed."""
         if self._closed is not None:
             raise ConnectionLost(self._closed)
         itt, pdus = self.conn.submit(lun, cdb, data_out=data_out, read_length=read_length,
@@ -290,7 +291,7 @@ class Session:
             stats["bytes_out"] += len(memoryview(data_out))
         if pdus:
             self._post(pdus)
-        return itt
+        return lambda: self.abandon(itt)
 
     def abandon(self, itt: int) -> None:
         """Nobody waits for command ``itt`` any more: its answer is dropped, and its
@@ -311,13 +312,13 @@ class Session:
             outcome.append(response if response is not None else error or "no answer")
             finished.set()
 
-        itt = self.start(lun, cdb, done, data_out=data_out, read_length=read_length,
-                         read_into=read_into)
+        abandon = self.submit(lun, cdb, done, data_out=data_out, read_length=read_length,
+                             read_into=read_into)
         self.push()
         try:
             await finished.wait()
         except BaseException:
-            self.abandon(itt)
+            abandon()
             raise
         result = outcome[0]
         if isinstance(result, str):
