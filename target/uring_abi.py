@@ -34,6 +34,7 @@ another CPU.  What this code relies on:
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import mmap
@@ -354,5 +355,6 @@ class Ring:
 
     def _unmap(self) -> None:
         for m in self._maps:
-            m.close()
+            with contextlib.suppress(BufferError):  # a view outlived a failed setup
+                m.close()
         self._maps.clear()

@@ -364,3 +364,41 @@ def test_a_run_that_ends_under_reads_waits_for_them_and_lets_go(
     assert rings[0]._efd == -1 and not rings[0]._pending
     for buf in bufs:
         buf.extend(b"x")  # no export left
+
+
+@pytest.mark.parametrize(("code", "said"), [
+    (errno.EPERM, "Operation not permitted"),  # kernel.io_uring_disabled, seccomp
+    (errno.ENOSYS, "Function not implemented"),  # no io_uring in this kernel
+])
+async def test_a_kernel_that_refuses_io_uring_is_named_once(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, code: int, said: str,
+) -> None:
+    def refuse(entries: int, flags: int) -> tuple[int, uring_abi.Params]:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(uring_module, "_refused", None)
+    monkeypatch.setattr(uring_abi, "setup", refuse)
+    assert open_uring() is None
+    assert open_uring() is None
+    assert [r.getMessage() for r in caplog.records] == [
+        f"file I/O uses worker threads: the kernel refused io_uring: {said}"]
+
+
+async def test_a_kernel_without_submit_all_gets_a_plain_ring(
+    data_file: tuple[Path, bytes], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    path, data = data_file
+    setup = uring_abi.setup
+    asked: list[int] = []
+
+    def before_5_18(entries: int, flags: int) -> tuple[int, uring_abi.Params]:
+        asked.append(flags)
+        if flags:
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+        return setup(entries, flags)
+
+    monkeypatch.setattr(uring_abi, "setup", before_5_18)
+    with ring_and_fd(path) as (ring, fd):
+        buf = bytearray(4096)
+        assert await ring.read(fd, buf, 4096) == 4096 and buf == data[4096:8192]
+    assert asked == [uring_abi.IORING_SETUP_SUBMIT_ALL, 0]
