@@ -164,7 +164,7 @@ def test_a_long_text_answer_is_continued_until_final() -> None:
     m = machine()
     itt, [req] = m.text([("SendTargets", "All")])
     assert isinstance(req, P.TextRequest) and req.immediate
-    whole = encode_text([(f"TargetName", f"iqn.2026-12.test:t{i}") for i in range(300)])
+    whole = encode_text([("TargetName", f"iqn.2026-12.test:t{i}") for i in range(300)])
     parts = [whole[i : i + 8192] for i in range(0, len(whole), 8192)]
     for k, part in enumerate(parts):
         last = k == len(parts) - 1
