@@ -384,16 +384,9 @@ class BlockDevice:
                             data_out=piece)
 
     def _unsolicited_bytes(self) -> int:
-        """The most data one WRITE can carry without waiting for an R2T (RFC 7143 §13.11,
-        §13.14): FirstBurstLength if InitialR2T=No, else the immediate data that fits in
-        the command PDU; in whole blocks."""
-        p = self.session.params
-        if not p.initial_r2t:
-            n = p.first_burst_length
-        elif p.immediate_data:
-            n = min(p.first_burst_length, p.max_xmit_data_segment_length)
-        else:
-            n = 0
+        """The most data one WRITE of up to ``max_io`` bytes carries without waiting for
+        an R2T, in whole blocks."""
+        n = self.session.params.unsolicited_limit(self.max_io)[1]
         return n // self.block_size * self.block_size
 
     def _unmappable(self, lba: int, piece: memoryview) -> bool:

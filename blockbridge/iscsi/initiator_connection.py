@@ -211,15 +211,11 @@ class InitiatorConnection:
 
     def _command_pdus(self, itt: int, task: _Task, cdb: bytes, out: memoryview | None,
                       read_length: int, cmdsn: int) -> list[P.PDU]:
-        params = self.params
         immediate: Buffer = b""
         unsolicited = 0
         if out is not None and len(out):
-            first = min(params.first_burst_length, len(out))
-            if params.immediate_data:
-                immediate = out[: min(first, params.max_xmit_data_segment_length)]
-            if not params.initial_r2t:
-                unsolicited = first
+            n, unsolicited = self.params.unsolicited_limit(len(out))
+            immediate = out[:n]
         edtl = len(out) if out is not None else read_length
         pdus: list[P.PDU] = [P.SCSICommand(
             itt=itt, lun=task.lun, cdb=cdb, expected_length=edtl, cmdsn=cmdsn,

@@ -344,3 +344,17 @@ def test_any_mix_of_commands_is_answered_once_with_the_right_data(
         else:  # the data the target sent, whole, in the command's buffer
             assert r.received == blocks * 512 and bytes(r.data) == target.read[itt]
     assert m.outstanding == 0 and m.cmdsn == len(commands) + 1
+
+
+@pytest.mark.parametrize(("initial_r2t", "immediate", "expected"), [
+    (False, True, (8192, 16384)),  # immediate data, then unsolicited Data-Out to the burst
+    (False, False, (0, 16384)),  # unsolicited Data-Out only
+    (True, True, (8192, 8192)),  # immediate data only
+    (True, False, (0, 0)),  # everything waits for an R2T
+])
+def test_what_a_write_sends_before_any_r2t(initial_r2t: bool, immediate: bool,
+                                            expected: tuple[int, int]) -> None:
+    params = SessionParams(max_xmit_data_segment_length=8192, first_burst_length=16384,
+                           initial_r2t=initial_r2t, immediate_data=immediate)
+    assert params.unsolicited_limit(65536) == expected
+    assert params.unsolicited_limit(4096) == tuple(min(n, 4096) for n in expected)
