@@ -198,7 +198,7 @@ class FuseEngine:
             if view is None:
                 self._spawn(self._read, header, op, None)
             else:
-                self._send(P.reply(unique, view))
+                self._send(P.reply_data(unique, view))
 
         self._started[unique] = (_nothing, None)  # done() may run before start_read returns
         started = self.fs.start_read(op.fh, op.offset, op.size, done)

@@ -34,6 +34,7 @@ from .replies import (  # re-exported: one namespace for the shells
     notify_inval_inode,
     open_out,
     reply,
+    reply_data,
     statfs_out,
     write_out,
 )
@@ -177,6 +178,7 @@ __all__ = [
     "open_out",
     "parse_header",
     "reply",
+    "reply_data",
     "statfs_out",
     "write_out",
 ]
