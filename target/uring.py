@@ -21,6 +21,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
+import subprocess
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -213,14 +216,39 @@ class Uring:
 
 
 _refused: str | None = None  # why io_uring is unavailable, once known
+_probed = False
+_PROBE = ("import liburing as u; r = u.Ring(); u.io_uring_queue_init(8, r); "
+          "u.io_uring_queue_exit(r)")
+
+
+def _probe_binding() -> None:
+    """Raise UringUnavailable if the binding kills the process that uses it.
+
+    The liburing wheel is compiled code that may use instructions this CPU lacks: its
+    first ring then dies with SIGILL, which no ``except`` can catch.  A child process
+    tries it once, before this process does."""
+    if _lu is None:
+        raise UringUnavailable("the liburing Python package is not installed")
+    try:
+        child = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True,
+                               timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise UringUnavailable(f"the liburing probe did not run: {exc}") from None
+    if child.returncode < 0:
+        name = signal.Signals(-child.returncode).name
+        raise UringUnavailable(f"the liburing binding dies with {name} on this machine "
+                               "(compiled for another CPU)")
 
 
 def open_uring() -> Uring | None:
     """A ring for the running trio loop, or None (logged once) if io_uring is unusable."""
-    global _refused
+    global _refused, _probed
     if _refused is not None:
         return None
     try:
+        if not _probed:
+            _probe_binding()
+            _probed = True
         return Uring()
     except UringUnavailable as exc:
         _refused = str(exc)
