@@ -14,9 +14,7 @@ from functools import partial
 from typing import Any, TypeVar, overload
 
 import outcome
-import trio
 
-from blockbridge.buffers import BufferPool
 from blockbridge.iscsi.framing import FileRange
 from blockbridge.iscsi.pdu import Buffer
 from blockbridge.scsi import constants as c
@@ -25,10 +23,9 @@ from blockbridge.scsi.sense import CheckCondition, build_sense, invalid_field_in
 
 from . import pages
 from .backends.base import Backend
-from .backends.file import FileBackend
 from .budget import SessionBudget
+from .io import URING_READ, IOEngine
 from .reservations import Conflict, Reservations
-from .uring import Uring, open_uring
 from .writegate import WriteGate
 
 log = logging.getLogger(__name__)
@@ -111,13 +108,11 @@ _VERIFY = {Op.VERIFY_10, Op.VERIFY_12, Op.VERIFY_16}
 # Reads up to this size are first tried on the event loop with RWF_NOWAIT (a page-cache
 # copy); misses go to io_uring, or to a worker thread where io_uring is unavailable.
 _INLINE_READ = 1 << 20
-IO_THREADS = 32
 # Reads of this size or more that are in the page cache are sent from it (sendfile) where
 # the connection allows.  A 64 KiB read costs less to copy than the two system calls more.
 SENDFILE_READ = 128 << 10
-_URING_READ = 64 << 10
 # Write-back writes up to this size go straight into the page cache from the event loop
-# (see FileBackend.write_cached); write-through and FUA writes go to io_uring (or a thread).
+# (pagecache.PageCacheAccess.write); write-through and FUA writes go to io_uring or a thread.
 _INLINE_WRITE = 1 << 20
 # Commands a reservation never blocks.
 _ALWAYS = {Op.INQUIRY, Op.REPORT_LUNS, Op.REQUEST_SENSE, Op.PERSISTENT_RESERVE_IN,
@@ -133,16 +128,6 @@ _READ_THEN_WRITE = {Op.COMPARE_AND_WRITE, Op.ORWRITE_16}
 # with the byte of the CDB where that length starts (by CDB size).
 _TRANSFER_OPS = _READS_WRITES | _VERIFY | _WRITE_VERIFY | {Op.ORWRITE_16}
 _LENGTH_FIELD = {6: 4, 10: 7, 12: 6, 16: 10}
-
-
-def _whole_bytearray(data: Buffer) -> bytearray | None:
-    """The bytearray ``data`` is, or is a complete view of; None otherwise."""
-    if type(data) is bytearray:
-        return data
-    if isinstance(data, memoryview) and type(data.obj) is bytearray \
-            and data.nbytes == len(data.obj) and data.c_contiguous:
-        return data.obj
-    return None
 
 
 def rw_fields(cdb: bytes) -> tuple[int, int, int]:
@@ -193,28 +178,19 @@ class LogicalUnit:
         self.backend = backend
         self.block_size = block_size
         self.blocks = backend.size // block_size
-        self.read_only = read_only or backend.read_only
+        self.read_only = read_only or not backend.caps.can_write
         self.mode = pages.ModeState(write_cache=write_cache)
         self.identity = pages.Identity.derive(target_name, number, scsi_id=scsi_id,
                                               serial=serial)
         self.geometry = pages.Geometry(
-            block_size, self.blocks, backend.can_unmap and not self.read_only,
+            block_size, self.blocks, backend.caps.can_trim and not self.read_only,
             max(max_transfer_bytes // block_size, 1))
         self.reservations = Reservations()
         self.nexuses: dict[Nexus, NexusState] = {}
-        # Worker threads for I/O that must wait for the disk (page-cache misses, writes):
-        # enough to keep a queue of 32 commands busy on a device that serves them in
-        # parallel, as tgtd's 16 threads per LUN do.
-        self._limiter = trio.CapacityLimiter(IO_THREADS)
-        # Reads that miss the page cache, writes that cannot go inline, and flushes of a
-        # file or block device go through io_uring where the kernel allows it.
-        self._fd = backend.fd if isinstance(backend, FileBackend) else -1
-        self._ring_wanted = self._fd >= 0  # until io_uring turns out to be unavailable
-        self._ring: Uring | None = None
-        # read buffers, recycled once sent: enough for 8 reads of 1 MiB in flight
-        self._pool = BufferPool(keep_per_size=8, max_bytes=8 << 20)
+        self.io = IOEngine(backend)
+        self.geometry.trim_zeroes = backend.caps.trim_zeroes
+        self.handlers = handlers_for(backend)
         self._writes = WriteGate()  # COMPARE AND WRITE and ORWRITE run alone
-        self.stats = {"reads": 0, "writes": 0, "bytes_read": 0, "bytes_written": 0}
 
     @property
     def size_bytes(self) -> int:
@@ -262,12 +238,11 @@ class LogicalUnit:
         unit attentions.  Returns whether the capacity data (READ CAPACITY) changed."""
         before = (self.blocks, self.block_size)
         if fresh.backend.description != self.backend.description:
-            if self._ring is not None:
-                self._ring.close()
-                self._ring = None
-            self.backend, fresh.backend = fresh.backend, self.backend  # fresh closes the old
-            self._fd, self._ring_wanted = fresh._fd, fresh._ring_wanted
-            self.geometry.can_unmap = self.backend.can_unmap and not self.read_only
+            self.backend, fresh.backend = fresh.backend, self.backend
+            self.io, fresh.io = fresh.io, self.io  # fresh closes the old
+            self.handlers = fresh.handlers
+            self.geometry.can_unmap = self.backend.caps.can_trim and not self.read_only
+            self.geometry.trim_zeroes = self.backend.caps.trim_zeroes
         else:
             self.backend.size = fresh.backend.size  # the file or device may have grown
         fresh.close()
@@ -383,29 +358,25 @@ class LogicalUnit:
         offset, length, flags = fields
         op = cdb[0]
         if op in _READS:
-            rng = self.backend.cached_range(offset, length) \
+            rng = self.io.range_at_once(offset, length) \
                 if files and length >= SENDFILE_READ else None
             if rng is not None:
                 result = SCSIResult(data=rng)
             else:
                 if budget is not None and not budget.try_take(length):
                     return None
-                buf = self._pool.take(length)
-                if not self.backend.read_cached(offset, buf):
+                buf = self.io.pool.take(length)
+                if not self.io.read_at_once(offset, buf):
                     self._recycle(buf, budget)
                     return None
                 result = SCSIResult(data=buf, release=partial(self._recycle, buf, budget))
-            self.stats["reads"] += 1
-            self.stats["bytes_read"] += length
             return result
         fua = bool(flags & 0x08) and op != Op.WRITE_6
         if fua or not self.mode.write_cache or self.read_only or self.mode.swp \
                 or len(data) != length or length > _INLINE_WRITE or not self._writes.open:
             return None
-        if not self.backend.write_cached(offset, memoryview(data)):
+        if not self.io.write_at_once(offset, memoryview(data)):
             return None
-        self.stats["writes"] += 1
-        self.stats["bytes_written"] += length
         return SCSIResult()
 
     def _plain_rw(self, cdb: bytes, nexus: Nexus, ops: Collection[int],
@@ -434,7 +405,7 @@ class LogicalUnit:
 
     def _recycle(self, buf: bytearray, budget: SessionBudget | None) -> None:
         """A read buffer was sent (or is not needed): back to the pool and the budget."""
-        self._pool.give(buf)
+        self.io.pool.give(buf)
         if budget is not None:
             budget.give(len(buf))
 
@@ -443,14 +414,15 @@ class LogicalUnit:
         """Start a plain READ that missed the page cache on io_uring; ``done`` gets its
         result on the event loop, from the completion.  False (nothing started) for
         anything else, or without room in the budget."""
-        fields = self._plain_rw(cdb, nexus, _READS, _URING_READ)
-        ring = self._uring() if fields is not None else None
-        if fields is None or ring is None:
+        if not self.io.starts_reads:
+            return False
+        fields = self._plain_rw(cdb, nexus, _READS, URING_READ)
+        if fields is None:
             return False
         offset, length, _flags = fields
         if budget is not None and not budget.try_take(length):
             return False
-        buf = self._pool.take(length)
+        buf = self.io.pool.take(length)
 
         def finished(got: outcome.Outcome[int]) -> None:
             try:
@@ -461,11 +433,9 @@ class LogicalUnit:
                 return
             if count < length:  # the end of a backing file that shrank: zeros
                 buf[count:] = bytes(length - count)
-            self.stats["reads"] += 1
-            self.stats["bytes_read"] += length
             done(SCSIResult(data=buf, release=partial(self._recycle, buf, budget)))
 
-        if not ring.start_read(self._fd, buf, offset, finished):
+        if not self.io.start_read(offset, buf, finished):
             self._recycle(buf, budget)
             return False
         return True
@@ -537,48 +507,6 @@ class LogicalUnit:
     def _check_condition(self, cc: CheckCondition) -> SCSIResult:
         return SCSIResult(Status.CHECK_CONDITION, sense=cc.sense(self.mode.d_sense))
 
-    async def _io(self, fn: Callable[..., T], *args: object) -> T:
-        return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
-
-    def _uring(self) -> Uring | None:
-        """This trio run's io_uring for the backing file, or None to use threads."""
-        if not self._ring_wanted:
-            return None
-        ring = self._ring
-        if ring is not None and ring.token is trio.lowlevel.current_trio_token():
-            return ring
-        if ring is not None:  # made in an earlier trio run (tests)
-            ring.close()
-        self._ring = ring = open_uring()
-        self._ring_wanted = ring is not None
-        return ring
-
-    async def _read_into(self, offset: int, buf: bytearray) -> None:
-        """Fill ``buf`` from the backing store; zeros past its end (a file that shrank)."""
-        ring = self._uring() if len(buf) <= _URING_READ else None
-        if ring is not None and await ring.read(self._fd, buf, offset) == len(buf):
-            return
-        # no ring, or a short read (the end of a file that shrank): a thread does it
-        await self._io(self.backend.read_into, offset, buf)
-
-    async def _write_at(self, offset: int, data: Buffer, sync: bool) -> None:
-        ring = self._uring()
-        whole = _whole_bytearray(data)
-        if ring is not None and whole is not None \
-                and await ring.write(self._fd, whole, offset) == len(whole):
-            if sync:
-                await ring.fdatasync(self._fd)
-            return
-        # no ring, not a whole buffer, or a short write (rare): a thread writes it all
-        await self._io(self.backend.write, offset, data, sync)
-
-    async def _flush_backend(self) -> None:
-        ring = self._uring()
-        if ring is None:
-            await self._io(self.backend.flush)
-        elif not self.backend.read_only:
-            await ring.fdatasync(self._fd)
-
     async def _execute(self, cdb: bytes, data: Buffer, nexus: Nexus) -> SCSIResult:
         if not cdb:
             raise _invalid_cdb(0)
@@ -587,7 +515,7 @@ class LogicalUnit:
         if st.unit_attentions and op not in _NO_UA:
             ua = st.unit_attentions.pop(0)
             raise CheckCondition(SenseKey.UNIT_ATTENTION, ua)
-        handler = _HANDLERS.get(op)
+        handler = self.handlers.get(op)
         if handler is None:
             raise CheckCondition(SenseKey.ILLEGAL_REQUEST, c.INVALID_COMMAND_OPERATION_CODE,
                                  field_pointer=0)
@@ -635,15 +563,13 @@ class LogicalUnit:
         length = n * bs
         if length > _INLINE_READ:  # rare sizes: a fresh buffer, not kept afterwards
             buf = bytearray(length)
-            await self._read_into(lba * bs, buf)
+            await self.io.read(lba * bs, buf)
             release = None
         else:
-            buf = self._pool.take(length)
-            if not self.backend.read_cached(lba * bs, buf):
-                await self._read_into(lba * bs, buf)
-            release = partial(self._pool.give, buf)
-        self.stats["reads"] += 1
-        self.stats["bytes_read"] += length
+            buf = self.io.pool.take(length)
+            if not self.io.read_at_once(lba * bs, buf):
+                await self.io.read(lba * bs, buf)
+            release = partial(self.io.pool.give, buf)
         return SCSIResult(data=buf, release=release)
 
     async def _write(self, cdb: bytes, data: Buffer, nexus: Nexus) -> SCSIResult:
@@ -662,10 +588,8 @@ class LogicalUnit:
         if blocks:
             piece = memoryview(data)[: blocks * bs]
             inline = not sync and blocks * bs <= _INLINE_WRITE
-            if not (inline and self.backend.write_cached(lba * bs, piece)):
-                await self._write_at(lba * bs, piece, sync)
-            self.stats["writes"] += 1
-            self.stats["bytes_written"] += blocks * bs
+            if not (inline and self.io.write_at_once(lba * bs, piece)):
+                await self.io.write(lba * bs, piece, sync)
         return SCSIResult()
 
     async def _verify(self, cdb: bytes, data: Buffer, nexus: Nexus) -> SCSIResult:
@@ -679,7 +603,7 @@ class LogicalUnit:
         if bytchk == 0 or n == 0:
             return SCSIResult()
         bs = self.block_size
-        medium = await self._io(self.backend.read, lba * bs, n * bs)
+        medium = await self.io.read_new(lba * bs, n * bs)
         expected = bytes(data) if bytchk == 1 else bytes(data[:bs]) * n
         if len(expected) < len(medium):
             raise CheckCondition(SenseKey.ILLEGAL_REQUEST, c.PARAMETER_LIST_LENGTH_ERROR)
@@ -711,10 +635,10 @@ class LogicalUnit:
         if n == 0:
             return SCSIResult()
         # no other write runs meanwhile: _execute holds the write gate exclusive
-        old = await self._io(self.backend.read, lba * bs, n * bs)
+        old = await self.io.read_new(lba * bs, n * bs)
         mask = bytes(data[: n * bs]).ljust(n * bs, b"\0")
         new = (int.from_bytes(old, "big") | int.from_bytes(mask, "big")).to_bytes(n * bs, "big")
-        await self._io(self.backend.write, lba * bs, new, not self.mode.write_cache)
+        await self.io.write(lba * bs, new, not self.mode.write_cache)
         return SCSIResult()
 
     async def _compare_and_write(self, cdb: bytes, data: Buffer, nexus: Nexus) -> SCSIResult:
@@ -737,10 +661,10 @@ class LogicalUnit:
             raise CheckCondition(SenseKey.ILLEGAL_REQUEST, c.INVALID_FIELD_IN_INFORMATION_UNIT)
         verify, new = bytes(data[: n * bs]), memoryview(data)[n * bs : 2 * n * bs]
         # no other write runs meanwhile: _execute holds the write gate exclusive
-        medium = await self._io(self.backend.read, lba * bs, n * bs)
+        medium = await self.io.read_new(lba * bs, n * bs)
         self._compare(medium, verify)
         sync = bool(cdb[1] & 0x08) or not self.mode.write_cache
-        await self._io(self.backend.write, lba * bs, new, sync)
+        await self.io.write(lba * bs, new, sync)
         return SCSIResult()
 
     async def _write_same(self, cdb: bytes, data: Buffer, nexus: Nexus) -> SCSIResult:
@@ -774,23 +698,28 @@ class LogicalUnit:
             if len(data) < bs:
                 raise CheckCondition(SenseKey.ILLEGAL_REQUEST, c.INVALID_FIELD_IN_CDB)
             block = bytes(data[:bs])
-        if unmap and self.geometry.can_unmap:
+        zeros = not any(block)
+        caps = self.io.caps
+        if unmap and self.geometry.can_unmap and caps.trim_zeroes and zeros:
             # UNMAP=1: deallocate; with LBPRZ the blocks then read back as zeros.
-            await self._io(self.backend.unmap, lba * bs, n * bs)
-            return SCSIResult()
-        await self._io(self._fill, lba * bs, n, block)
+            await self.io.trim(lba * bs, n * bs)
+        elif zeros and caps.can_zero:
+            await self.io.zero(lba * bs, n * bs, unmap and self.geometry.can_unmap)
+        else:
+            await self._fill(lba * bs, n, block)
+        if not self.mode.write_cache:
+            await self.io.flush()
         return SCSIResult()
 
-    def _fill(self, offset: int, n: int, block: bytes) -> None:
+    async def _fill(self, offset: int, n: int, block: bytes) -> None:
         chunk_blocks = max(1, (1 << 20) // len(block))
-        chunk = block * chunk_blocks
+        chunk = bytearray(block * chunk_blocks)
         done = 0
         while done < n:
             k = min(chunk_blocks, n - done)
-            self.backend.write(offset + done * len(block), chunk[: k * len(block)], sync=False)
+            piece = chunk if k == chunk_blocks else memoryview(chunk)[: k * len(block)]
+            await self.io.write(offset + done * len(block), piece)
             done += k
-        if not self.mode.write_cache:
-            self.backend.flush()
 
     async def _unmap(self, cdb: bytes, data: Buffer, nexus: Nexus) -> SCSIResult:
         if len(cdb) < 10:
@@ -825,7 +754,7 @@ class LogicalUnit:
         if not self.geometry.can_unmap:
             return SCSIResult()
         for lba, n in ranges:
-            await self._io(self.backend.unmap, lba * bs, n * bs)
+            await self.io.trim(lba * bs, n * bs)
         return SCSIResult()
 
     async def _sync_cache(self, cdb: bytes, data: Buffer, nexus: Nexus) -> SCSIResult:
@@ -834,7 +763,7 @@ class LogicalUnit:
         else:
             lba, n = int.from_bytes(cdb[2:10], "big"), int.from_bytes(cdb[10:14], "big")
         self._check_range(lba, n)
-        await self._flush_backend()
+        await self.io.flush()
         return SCSIResult()
 
     async def _prefetch(self, cdb: bytes, data: Buffer, nexus: Nexus) -> SCSIResult:
@@ -851,7 +780,7 @@ class LogicalUnit:
         if lba >= self.blocks:
             raise CheckCondition(SenseKey.ILLEGAL_REQUEST, c.LBA_OUT_OF_RANGE)
         bs = self.block_size
-        mapped, length = await self._io(self.backend.mapped_extent, lba * bs)
+        mapped, length = await self.io.extents(lba * bs)
         n = max(1, min(length // bs, self.blocks - lba, 0xFFFFFFFF))
         desc = lba.to_bytes(8, "big") + n.to_bytes(4, "big") + bytes([0 if mapped else 1, 0, 0, 0])
         out = (len(desc) + 4).to_bytes(4, "big") + bytes(4) + desc
@@ -899,6 +828,9 @@ class LogicalUnit:
             alloc = int.from_bytes(cdb[10:14], "big")
             return SCSIResult(data=pages.read_capacity_16(self.geometry)[:alloc])
         if sa == c.SA_GET_LBA_STATUS:
+            if not self.backend.caps.can_extents:
+                raise CheckCondition(SenseKey.ILLEGAL_REQUEST, c.INVALID_COMMAND_OPERATION_CODE,
+                                     field_pointer=1)
             self.reservations.check_access(nexus, reads=True, writes=False)
             return await self._get_lba_status(cdb, nexus)
         raise _invalid_cdb(1)
@@ -908,10 +840,16 @@ class LogicalUnit:
             raise _invalid_cdb(1)
         rctd, options = bool(cdb[2] & 0x80), cdb[2] & 0x07
         out = pages.report_supported_opcodes(
-            options, cdb[3], int.from_bytes(cdb[4:6], "big"), rctd)
+            options, cdb[3], int.from_bytes(cdb[4:6], "big"), rctd, self._commands())
         if out is None:
             raise _invalid_cdb(2)
         return SCSIResult(data=out[: int.from_bytes(cdb[6:10], "big")])
+
+    def _commands(self) -> list[tuple[int, int | None, int]]:
+        """The entries of REPORT SUPPORTED OPERATION CODES this unit accepts."""
+        extents = self.backend.caps.can_extents
+        return [(op, sa, n) for op, sa, n in pages.SUPPORTED_COMMANDS if op in self.handlers
+                and (extents or (op, sa) != (Op.SERVICE_ACTION_IN_16, c.SA_GET_LBA_STATUS))]
 
     async def _report_luns(self, cdb: bytes, data: Buffer, nexus: Nexus) -> SCSIResult:
         # Normally answered by the target, which knows every LU; this covers direct use.
@@ -1047,13 +985,10 @@ class LogicalUnit:
 
     async def flush(self) -> None:
         if not self.read_only:
-            await self._flush_backend()
+            await self.io.flush()
 
     def close(self) -> None:
-        if self._ring is not None:
-            self._ring.close()
-            self._ring = None
-        self.backend.close()
+        self.io.close()
 
 
 _Handler = Callable[[LogicalUnit, bytes, Buffer, Nexus], Awaitable[SCSIResult]]
@@ -1083,3 +1018,13 @@ for _ops, _fn in (
 ):
     for _op in _ops:
         _HANDLERS[_op] = _fn
+# Commands that need an optional capability of the backend: without it they answer
+# INVALID COMMAND OPERATION CODE, and REPORT SUPPORTED OPERATION CODES leaves them out.
+NEEDS: dict[int, str] = {Op.UNMAP: "can_trim", Op.SYNCHRONIZE_CACHE_10: "can_flush",
+                         Op.SYNCHRONIZE_CACHE_16: "can_flush"}
+
+
+def handlers_for(backend: Backend) -> dict[int, _Handler]:
+    """The handler table of a unit over ``backend``: the commands its capabilities allow."""
+    return {op: fn for op, fn in _HANDLERS.items()
+            if op not in NEEDS or getattr(backend.caps, NEEDS[op])}

@@ -1,13 +1,17 @@
-"""The SCSI disk emulation, driven with CDB bytes on a temporary sparse file."""
+"""The SCSI disk emulation, driven with CDB bytes, over each backend that can hold data:
+a temporary sparse file and the memory backend."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import trio
 import trio.testing
+from blockbridge_target.backends.base import Backend
 from blockbridge_target.backends.file import FileBackend
+from blockbridge_target.backends.memory import MemoryBackend
 from blockbridge_target.lun import LogicalUnit, Nexus, SCSIResult
 from blockbridge_target.writegate import WriteGate
 
@@ -19,10 +23,16 @@ B = Nexus("iqn.2026-11.test:b", b"\x80\0\0\0\0\2", "iqn.2026-11.test:t")
 BLOCKS = 2048
 
 
-@pytest.fixture
-def lu(tmp_path: Path) -> LogicalUnit:
-    backend = FileBackend(str(tmp_path / "d.img"), create_size=BLOCKS * 512)
-    return LogicalUnit(0, backend, target_name="iqn.2026-11.test:t")
+@pytest.fixture(params=["file", "memory"])
+def lu(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LogicalUnit]:
+    backend: Backend
+    if request.param == "file":
+        backend = FileBackend(str(tmp_path / "d.img"), create_size=BLOCKS * 512)
+    else:
+        backend = MemoryBackend(BLOCKS * 512)
+    unit = LogicalUnit(0, backend, target_name="iqn.2026-11.test:t")
+    yield unit
+    unit.close()
 
 
 def cdb10(op: int, lba: int, n: int, flags: int = 0) -> bytes:
@@ -97,17 +107,16 @@ async def test_a_write_never_lands_between_the_read_and_write_of_compare_and_wri
     it is not overwritten by data computed from what it replaced."""
     old, new, other = b"\1" * 4096, b"\2" * 4096, b"\3" * 4096
     assert (await lu.execute(cdb10(0x2A, 8, 8), old, A)).status == Status.GOOD
-    real_io = lu._io
+    real_read_new = lu.io.read_new
     read, go_on = trio.Event(), trio.Event()
 
-    async def io(fn, *args):  # type: ignore[no-untyped-def]
-        result = await real_io(fn, *args)
-        if fn == lu.backend.read:
-            read.set()
-            await go_on.wait()
+    async def read_new(offset: int, length: int) -> bytearray:
+        result = await real_read_new(offset, length)
+        read.set()
+        await go_on.wait()
         return result
 
-    monkeypatch.setattr(lu, "_io", io)
+    monkeypatch.setattr(lu.io, "read_new", read_new)
     results: dict[str, SCSIResult] = {}
 
     async def run(name: str, cdb: bytes, data: bytes) -> None:
@@ -131,15 +140,15 @@ async def test_compare_and_write_waits_for_the_writes_in_progress(
     """It compares with what a WRITE already under way stores, not with what was there."""
     old, new, newer = b"\1" * 512, b"\2" * 512, b"\4" * 512
     assert (await lu.execute(cdb10(0x2A, 5, 1), old, A)).status == Status.GOOD
-    real_write_at = lu._write_at
+    real_write = lu.io.write
     started, go_on = trio.Event(), trio.Event()
 
-    async def write_at(offset: int, data: bytes, sync: bool) -> None:
+    async def write(offset: int, data: bytes, fua: bool = False) -> None:
         started.set()
         await go_on.wait()
-        await real_write_at(offset, data, sync)
+        await real_write(offset, data, fua)
 
-    monkeypatch.setattr(lu, "_write_at", write_at)
+    monkeypatch.setattr(lu.io, "write", write)
     results: dict[str, SCSIResult] = {}
 
     async def run(name: str, cdb: bytes, data: bytes) -> None:

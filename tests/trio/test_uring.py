@@ -9,7 +9,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import blockbridge_target.lun as lun_module
+import blockbridge_target.io as io_module
 import blockbridge_target.uring as uring_module
 import pytest
 import trio
@@ -59,6 +59,7 @@ def evict(path: Path) -> None:
     """Drop the (clean) pages of ``path`` from the page cache."""
     fd = os.open(path, os.O_RDONLY)
     try:
+        os.fsync(fd)  # dirty pages stay in the cache
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     finally:
         os.close(fd)
@@ -128,30 +129,30 @@ async def test_lun_reads_and_writes_through_the_ring(data_file: tuple[Path, byte
     ring_or_skip().close()
     try:
         buf = bytearray(64 << 10)
-        await lu._read_into(8192, buf)  # the path a page-cache miss takes
-        assert lu._ring is not None
+        await lu.io.read(8192, buf)  # the path a page-cache miss takes
+        assert lu.io._ring is not None
         assert buf == data[8192 : 8192 + len(buf)]
-        await lu._write_at(512, memoryview(bytearray(b"y" * 1024)), sync=True)  # whole view
-        await lu._flush_backend()
+        await lu.io.write(512, memoryview(bytearray(b"y" * 1024)), fua=True)  # whole view
+        await lu.io.flush()
         assert path.read_bytes()[512:1536] == b"y" * 1024
     finally:
         lu.close()
-    assert lu._ring is None
+    assert lu.io._ring is None
 
 
 async def test_lun_falls_back_to_threads_without_io_uring(
     data_file: tuple[Path, bytes], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     path, data = data_file
-    monkeypatch.setattr(lun_module, "open_uring", lambda: None)
+    monkeypatch.setattr(io_module, "open_uring", lambda: None)
     lu = LogicalUnit(0, FileBackend(str(path)), target_name="iqn.2026-11.test:t")
     try:
         buf = bytearray(4096)
-        await lu._read_into(0, buf)
+        await lu.io.read(0, buf)
         assert buf == data[:4096]
-        await lu._write_at(0, b"z" * 512, sync=True)
+        await lu.io.write(0, b"z" * 512, fua=True)
         assert path.read_bytes()[:512] == b"z" * 512
-        assert lu._ring is None
+        assert lu.io._ring is None
     finally:
         lu.close()
 
