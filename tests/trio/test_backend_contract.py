@@ -4,7 +4,7 @@ how the I/O engine calls it, whatever its class."""
 from __future__ import annotations
 
 import pytest
-from blockbridge_target import pages
+from blockbridge_target import pages, spc
 from blockbridge_target.backends.base import Buffer, Calls, Capabilities
 from blockbridge_target.backends.memory import MemoryBackend
 from blockbridge_target.backends.null import NullBackend
@@ -45,7 +45,7 @@ def check(r: SCSIResult) -> tuple[int, tuple[int, int]]:
 
 
 def opcodes(lu: LogicalUnit) -> set[tuple[int, int | None]]:
-    return {(op, sa) for op, sa, _n in lu._commands()}
+    return {(op, sa) for op, sa, _n in spc.commands(lu)}
 
 
 async def test_commands_a_backend_lacks_are_invalid_opcodes() -> None:
