@@ -75,10 +75,10 @@ class BackendType:
 @functools.cache
 def backend_types() -> dict[str, BackendType]:
     """Every Type= value and its entry."""
-    from . import file, memory, null
+    from . import file, memory, nbd, null
 
     found = {}
-    for module in (file, null, memory):
+    for module in (file, null, memory, nbd):
         for entry in module.TYPES:
             found[entry.name] = entry
     return found

@@ -1,8 +1,10 @@
 """The SCSI disk emulation, driven with CDB bytes, over each backend that can hold data:
-a temporary sparse file and the memory backend."""
+a temporary sparse file, the memory backend, and NBD exports of nbdkit's memory and file
+plugins."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,27 +14,37 @@ import trio.testing
 from blockbridge_target.backends.base import Backend
 from blockbridge_target.backends.file import FileBackend
 from blockbridge_target.backends.memory import MemoryBackend
+from blockbridge_target.backends.nbd import NbdBackend
 from blockbridge_target.lun import LogicalUnit, Nexus, SCSIResult
 from blockbridge_target.writegate import WriteGate
 
 from blockbridge.scsi.constants import SenseKey, Status
 from blockbridge.scsi.sense import parse_sense
+from tests.nbdkit import nbdkit
 
 A = Nexus("iqn.2026-11.test:a", b"\x80\0\0\0\0\1", "iqn.2026-11.test:t")
 B = Nexus("iqn.2026-11.test:b", b"\x80\0\0\0\0\2", "iqn.2026-11.test:t")
 BLOCKS = 2048
 
 
-@pytest.fixture(params=["file", "memory"])
+@pytest.fixture(params=["file", "memory", "nbd-memory", "nbd-file"])
 def lu(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LogicalUnit]:
-    backend: Backend
-    if request.param == "file":
-        backend = FileBackend(str(tmp_path / "d.img"), create_size=BLOCKS * 512)
-    else:
-        backend = MemoryBackend(BLOCKS * 512)
-    unit = LogicalUnit(0, backend, target_name="iqn.2026-11.test:t")
-    yield unit
-    unit.close()
+    with contextlib.ExitStack() as stack:
+        backend: Backend
+        if request.param == "file":
+            backend = FileBackend(str(tmp_path / "d.img"), create_size=BLOCKS * 512)
+        elif request.param == "memory":
+            backend = MemoryBackend(BLOCKS * 512)
+        elif request.param == "nbd-memory":
+            backend = NbdBackend(stack.enter_context(nbdkit(tmp_path, "memory",
+                                                            f"{BLOCKS * 512}")).uri)
+        else:
+            (tmp_path / "n.img").write_bytes(bytes(BLOCKS * 512))
+            backend = NbdBackend(stack.enter_context(nbdkit(tmp_path, "file",
+                                                            str(tmp_path / "n.img"))).uri)
+        unit = LogicalUnit(0, backend, target_name="iqn.2026-11.test:t")
+        yield unit
+        unit.close()
 
 
 def cdb10(op: int, lba: int, n: int, flags: int = 0) -> bytes:
@@ -132,7 +144,11 @@ async def test_a_write_never_lands_between_the_read_and_write_of_compare_and_wri
         go_on.set()
     assert results["caw"].status == results["write"].status == Status.GOOD
     assert bytes((await lu.execute(cdb10(0x28, 8, 8), b"", A)).data) == other
-    assert isinstance(lu.submit(cdb10(0x2A, 8, 8), A, new), SCSIResult)  # the gate is open again
+    again = lu.submit(cdb10(0x2A, 8, 8), A, new)  # the gate is open again:
+    if lu.io.inline or lu.io.page_cache is not None:  # ... at once where writes can be
+        assert isinstance(again, SCSIResult)
+    else:
+        assert not isinstance(again, SCSIResult) and (await again).status == Status.GOOD
 
 
 async def test_compare_and_write_waits_for_the_writes_in_progress(
