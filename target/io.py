@@ -67,18 +67,29 @@ class IOEngine:
         self._ring: Uring | None = None
         # read buffers, recycled once sent: enough for 8 reads of 1 MiB in flight
         self.pool = BufferPool(keep_per_size=8, max_bytes=8 << 20)
+        # Chosen once, called per command on the event loop: fill ``into`` now / write
+        # now (write-back, no FUA) if that needs no wait; False (nothing done: use
+        # ``read`` / ``write``) otherwise.
+        self.read_at_once: Callable[[int, bytearray], bool] = self._not_at_once
+        self.write_at_once: Callable[[int, memoryview], bool] = self._not_at_once
+        if self.inline:
+            self.read_at_once, self.write_at_once = self._read_inline, self._write_inline
+        elif self.page_cache is not None:
+            self.read_at_once = self.page_cache.read
+            self.write_at_once = self.page_cache.write
 
     # ------------------------------------------------------------ at once, on the loop
 
-    def read_at_once(self, offset: int, into: bytearray) -> bool:
-        """Fill ``into`` now if that needs no wait; False (try ``read``) otherwise."""
-        if self.inline:
-            try:
-                self.backend.read(offset, into)  # type: ignore[attr-defined]
-            except OSError:
-                return False  # the task path reports it
-            return True
-        return self.page_cache is not None and self.page_cache.read(offset, into)
+    def _read_inline(self, offset: int, into: bytearray) -> bool:
+        try:
+            self.backend.read(offset, into)  # type: ignore[attr-defined]
+        except OSError:
+            return False  # the task path reports it
+        return True
+
+    @staticmethod
+    def _not_at_once(offset: int, data: Any) -> bool:
+        return False
 
     def range_at_once(self, offset: int, length: int) -> FileRange | None:
         """The range as a file range to send with ``sendfile``, if all of it is in the
@@ -89,16 +100,12 @@ class IOEngine:
             return None
         return FileRange(cache, offset, length)
 
-    def write_at_once(self, offset: int, data: memoryview) -> bool:
-        """Write now (write-back, no FUA) if that needs no wait; False (nothing written,
-        use ``write``) otherwise."""
-        if self.inline:
-            try:
-                self.backend.write(offset, data)  # type: ignore[attr-defined]
-            except OSError:
-                return False
-            return True
-        return self.page_cache is not None and self.page_cache.write(offset, data)
+    def _write_inline(self, offset: int, data: memoryview) -> bool:
+        try:
+            self.backend.write(offset, data)  # type: ignore[attr-defined]
+        except OSError:
+            return False
+        return True
 
     @property
     def starts_reads(self) -> bool:

@@ -87,7 +87,7 @@ class PageCacheAccess:
         if not self._nowait:
             return False
         try:
-            n = os.preadv(self.fileno(), [into], offset, os.RWF_NOWAIT)
+            n = os.preadv(self._fileno(), [into], offset, os.RWF_NOWAIT)
         except BlockingIOError:
             return False
         except OSError as exc:
@@ -113,7 +113,7 @@ class PageCacheAccess:
         now = time.monotonic()
         if now < self._inline_writes_after:
             return False
-        fd = self.fileno()
+        fd = self._fileno()
         done = 0
         try:
             while done < data.nbytes:

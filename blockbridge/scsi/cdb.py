@@ -26,9 +26,12 @@ NDOB = 0x01  # WRITE SAME(16) byte 1: no data-out buffer, the block is zeros
 LBA_LAYOUT = {10: (2, 4, 7, 2), 12: (2, 4, 6, 4), 16: (2, 8, 10, 4)}
 
 
+_GROUP_SIZE = (6, 10, 10, 10, 16, 12, 10, 10)  # by group code (op >> 5); 3, 6, 7: none
+
+
 def cdb_size(op: int) -> int:
     """The CDB length its operation code's group gives (SPC-4 4.2.5.1)."""
-    return {0: 6, 1: 10, 2: 10, 4: 16, 5: 12}.get(op >> 5, 10)
+    return _GROUP_SIZE[op >> 5]
 
 
 def length_field(op: int) -> int:
@@ -57,9 +60,11 @@ def lba_cdb(op: int, lba: int, blocks: int, flags: int = 0) -> bytes:
 
 def parse_lba_cdb(cdb: bytes) -> tuple[int, int, int]:
     """(LBA, number of blocks, byte 1) of a CDB built by :func:`lba_cdb`."""
-    size = cdb_size(cdb[0])
+    size = _GROUP_SIZE[cdb[0] >> 5]
     if len(cdb) < size:
         raise invalid_field_in_cdb()
+    if size == 10:  # the most common: READ(10), WRITE(10)
+        return int.from_bytes(cdb[2:6], "big"), int.from_bytes(cdb[7:9], "big"), cdb[1]
     if size == 6:
         return ((cdb[1] & 0x1F) << 16) | (cdb[2] << 8) | cdb[3], cdb[4] or 256, 0
     at, lba_len, n_at, n_len = LBA_LAYOUT[size]
