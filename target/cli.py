@@ -24,15 +24,15 @@ from blockbridge.systemd import notify
 from blockbridge.tls import TLSError, generate_self_signed, server_context
 
 from .acl import AccessControl
-from .backends.file import BackingStoreError, FileBackend
+from .backends.registry import parse_size as parse_size_value
 from .budget import (
     DEFAULT_DATA_OUT_TIMEOUT,
     DEFAULT_SERVER_BUDGET,
     DEFAULT_SESSION_BUDGET,
     BufferLimits,
 )
-from .config import MAX_NAME_BYTES, ConfigError, default_config_path
-from .configured import StartupError, reload_config, server_from_config
+from .config import MAX_NAME_BYTES, ConfigError, LunConfig, default_config_path, parse_lun
+from .configured import StartupError, open_backend, reload_config, server_from_config
 from .lun import LogicalUnit
 from .server import Limits, ListenError, TargetServer, format_address
 from .targets import TargetDef
@@ -64,7 +64,6 @@ and are synced to disk, then sessions close.
 exit status: 0 after a clean shutdown, 2 for a configuration or startup error.
 """
 
-_SIZE = re.compile(r"^(\d+)([KMGTP]?)(i?B)?$", re.IGNORECASE)
 
 
 class UsageError(Exception):
@@ -72,15 +71,10 @@ class UsageError(Exception):
 
 
 def parse_size(text: str) -> int:
-    m = _SIZE.match(text.strip())
-    if not m:
-        raise UsageError(f"invalid size {text!r}: use a number with an optional K, M, G or T "
-                         "suffix, e.g. 10G")
-    mult = 1024 ** " KMGTP".index((m[2] or " ").upper())
-    value: int = int(m[1]) * mult
-    if value <= 0:
-        raise UsageError("the size must be larger than zero")
-    return value
+    try:
+        return parse_size_value(text)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def parse_portal(text: str) -> tuple[str, int]:
@@ -108,6 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "/etc/ietd.conf, unless --disk is given)")
     src.add_argument("--disk", metavar="FILE", type=Path,
                      help="serve this file or block device as LUN 0 of one target")
+    src.add_argument("--lun", metavar="PARAMS",
+                     help="serve this backend as LUN 0 of one target, written as on an "
+                          "ietd.conf Lun line, e.g. Type=memory,Size=1G or "
+                          "Type=nbd,Uri=nbd://localhost/disk")
     src.add_argument("--size", metavar="SIZE",
                      help="with --disk: create the file sparse with this size if it does not "
                           "exist (e.g. 1G)")
@@ -263,7 +261,17 @@ def buffer_limits(args: argparse.Namespace) -> BufferLimits:
     return BufferLimits(server, session, timeout)
 
 
-def quick_target(args: argparse.Namespace) -> TargetDef:
+def quick_lun(args: argparse.Namespace) -> tuple[LunConfig, str]:
+    """The Lun of --disk or --lun, checked as a Lun line is, and a name for its target."""
+    mode = "ro" if args.read_only else "wt" if args.write_through else "wb"
+    common = f"IOMode={mode},BlockSize={args.block_size}"
+    if args.lun is not None:
+        try:
+            lun = parse_lun(["0", f"{args.lun},{common}"], "--lun", 0)
+        except ConfigError as exc:
+            hint = f" ({exc.hint})" if exc.hint else ""
+            raise UsageError(f"--lun {args.lun}: {exc.message}{hint}") from None
+        return lun, lun.type
     disk: Path = args.disk
     create = parse_size(args.size) if args.size else None
     if create is None and not disk.exists():
@@ -272,19 +280,26 @@ def quick_target(args: argparse.Namespace) -> TargetDef:
             and disk.is_file():
         log.warning("%s exists with %d bytes; --size %s ignored", disk, disk.stat().st_size,
                     args.size)
-    try:
-        backend = FileBackend(str(disk), read_only=args.read_only, create_size=create)
-    except BackingStoreError as exc:
-        raise UsageError(str(exc)) from None
-    except OSError as exc:
-        raise UsageError(f"cannot open {disk}: {exc.strerror}") from None
-    name = args.target_name or default_iqn(disk)
+    options = {"path": str(disk), "create_size": create}
+    return LunConfig(0, str(disk), "fileio", mode, block_size=args.block_size,
+                     options=options), disk.stem
+
+
+def quick_target(args: argparse.Namespace) -> TargetDef:
+    lun, stem = quick_lun(args)
+    name = args.target_name or default_iqn(Path(stem))
     if not re.match(r"^(iqn\.\d{4}-\d{2}\.|eui\.|naa\.)", name):
         raise UsageError(f"invalid target name {name!r}: use iqn.YYYY-MM.reversed.domain:name")
     if len(name.encode()) > MAX_NAME_BYTES:
         raise UsageError(f"target name is longer than {MAX_NAME_BYTES} bytes")
-    lu = LogicalUnit(0, backend, target_name=name, block_size=args.block_size,
-                     read_only=args.read_only, write_cache=not args.write_through)
+    try:
+        backend = open_backend(lun, "--lun" if args.lun is not None else str(args.disk))
+    except StartupError as exc:
+        raise UsageError(str(exc)) from None
+    except OSError as exc:
+        raise UsageError(f"cannot open {args.disk}: {exc.strerror}") from None
+    lu = LogicalUnit(0, backend, target_name=name, block_size=lun.block_size,
+                     read_only=lun.iomode == "ro", write_cache=lun.iomode == "wb")
     return TargetDef(name=name, luns={0: lu})
 
 
@@ -347,9 +362,9 @@ async def run(server: TargetServer, portals: list[tuple[str, int]],
 def load_targets(args: argparse.Namespace) -> TargetServer:
     lim = limits(args)
     buffers = buffer_limits(args)
-    if args.disk is not None:
-        if args.config is not None:
-            raise UsageError("give either --disk or --config, not both")
+    if args.disk is not None or args.lun is not None:
+        if (args.config is not None) + (args.disk is not None) + (args.lun is not None) > 1:
+            raise UsageError("give one of --disk, --lun and --config")
         return TargetServer([quick_target(args)], acl=load_acl(args), limits=lim,
                             buffer_limits=buffers)
     return server_from_config(args.config, load_acl(args),
@@ -389,7 +404,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.pid_file:
             args.pid_file.write_text(f"{os.getpid()}\n")
         config = None
-        if args.disk is None:
+        if args.disk is None and args.lun is None:
             config = args.config or default_config_path()
         trio.run(run, server, portals, tls_portals, tls, config, args.refuse_weak_secrets)
     except UsageError as exc:

@@ -10,8 +10,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from blockbridge.iscsi.chap import MIN_SECRET_LENGTH, weak_secret
+
+from .backends.registry import backend_types
 
 TARGET_NAME = re.compile(r"^(iqn\.\S+|eui\.[0-9A-Fa-f]{16}|naa\.[0-9A-Fa-f]+)$")
 RFC_IQN = re.compile(r"^iqn\.\d{4}-\d{2}\.")
@@ -38,6 +41,9 @@ ISCSI_KEYS: dict[str, tuple[str, str, int, int]] = {
         ("DataDigest", "digest", 0, 0),
     )
 }
+# Lun keys of every Type (the backend's own keys are in its registry entry)
+_COMMON_LUN_KEYS = {"type": "Type", "iomode": "IOMode", "scsiid": "ScsiId", "scsisn": "ScsiSN",
+                    "blocksize": "BlockSize"}
 IGNORED_KEYS = {"ofmarker", "ifmarker", "ofmarkint", "ifmarkint", "wthreads"}
 GLOBAL_IGNORED = {"isnsserver", "isnsaccesscontrol"}
 
@@ -76,6 +82,7 @@ class LunConfig:
     block_size: int = 512
     blocks: int | None = None
     line: int = 0
+    options: dict[str, Any] = field(default_factory=dict)  # the backend's keys, checked
 
 
 @dataclass
@@ -142,7 +149,8 @@ def _number(value: str, key: str, filename: str, line: int, lo: int, hi: int) ->
     return n
 
 
-def _parse_lun(args: list[str], filename: str, line: int) -> LunConfig:
+def parse_lun(args: list[str], filename: str, line: int) -> LunConfig:
+    """A Lun line's words after ``Lun``: its number, then its KEY=VALUE parameters."""
     if not args:
         raise ConfigError(filename, line, "Lun needs a number and parameters",
                           "e.g. Lun 0 Path=/srv/disk.img,Type=fileio")
@@ -151,33 +159,41 @@ def _parse_lun(args: list[str], filename: str, line: int) -> LunConfig:
         raise ConfigError(filename, line, f"Lun {number} has no parameters",
                           "e.g. Lun 0 Path=/srv/disk.img,Type=fileio")
     params = _split_lun_params(" ".join(args[1:]), filename, line)
-    known = {"path", "type", "iomode", "scsiid", "scsisn", "blocksize", "blocks", "sectors"}
-    for key, (orig, _) in params.items():
-        if key not in known:
-            raise ConfigError(filename, line, f"unknown Lun parameter {orig!r}",
-                              "known: Path, Type, IOMode, ScsiId, ScsiSN, BlockSize, Blocks")
     lun_type = params.get("type", ("", "fileio"))[1].lower()
-    if lun_type not in ("fileio", "blockio", "nullio"):
+    types = backend_types()
+    kind = types.get(lun_type)
+    if kind is None:
         raise ConfigError(filename, line, f"Lun {number}: unknown Type {lun_type!r}",
-                          "use fileio, blockio or nullio")
+                          "use " + ", ".join(sorted(types)))
+    options: dict[str, Any] = {}
+    for key, (orig, value) in params.items():
+        if key in _COMMON_LUN_KEYS:
+            continue
+        spec = kind.key(key)
+        if spec is None:
+            known = [*_COMMON_LUN_KEYS.values(), *(k.name for k in kind.keys)]
+            raise ConfigError(filename, line, f"unknown Lun parameter {orig!r} for "
+                              f"Type={lun_type}", "known: " + ", ".join(known))
+        try:
+            options[key] = spec.parse(value)
+        except ValueError as exc:
+            raise ConfigError(filename, line, f"Lun {number}: {spec.name} {exc}") from None
+    for spec in kind.keys:
+        if spec.required and spec.name.lower() not in options:
+            raise ConfigError(filename, line, f"Lun {number} has no {spec.name}",
+                              f"add {spec.name}=... ({spec.meaning})")
     iomode = params.get("iomode", ("", "wt"))[1].lower()
     if iomode not in ("wt", "wb", "ro"):
         raise ConfigError(filename, line, f"Lun {number}: unknown IOMode {iomode!r}",
                           "use wt, wb or ro")
-    path = params.get("path", ("", ""))[1] or None
-    if path is None and lun_type != "nullio":
-        raise ConfigError(filename, line, f"Lun {number} has no Path",
-                          "add Path=/path/to/file-or-device")
+    path = options.get("path")
     block_size = 512
     if "blocksize" in params:
         block_size = _number(params["blocksize"][1], "BlockSize", filename, line, 512, 4096)
         if block_size not in (512, 1024, 2048, 4096):
             raise ConfigError(filename, line, f"BlockSize {block_size} is not supported",
                               "use 512, 1024, 2048 or 4096")
-    blocks = None
-    for key in ("blocks", "sectors"):
-        if key in params:
-            blocks = _number(params[key][1], params[key][0], filename, line, 1, 1 << 48)
+    blocks = options.get("blocks") or options.get("sectors")
     ids = {}
     for key, label in (("scsiid", "ScsiId"), ("scsisn", "ScsiSN")):
         if key in params:
@@ -189,7 +205,7 @@ def _parse_lun(args: list[str], filename: str, line: int) -> LunConfig:
                                   "use ASCII letters, digits, punctuation or spaces")
             ids[key] = value
     return LunConfig(number, path, lun_type, iomode, ids.get("scsiid"), ids.get("scsisn"),
-                     block_size, blocks, line)
+                     block_size, blocks, line, options)
 
 
 def parse_config(text: str, filename: str = "<config>") -> Config:
@@ -252,7 +268,7 @@ def parse_config(text: str, filename: str = "<config>") -> Config:
                                    "ignored (only IncomingUser and OutgoingUser belong there)"))
             continue
         if key == "lun":
-            lun = _parse_lun(args, filename, line)
+            lun = parse_lun(args, filename, line)
             if any(x.number == lun.number for x in target.luns):
                 raise ConfigError(filename, line, f"Lun {lun.number} of {target.name} is "
                                   "defined twice")

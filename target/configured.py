@@ -8,8 +8,8 @@ from pathlib import Path
 from blockbridge.iscsi.chap import MIN_SECRET_LENGTH
 from blockbridge.iscsi.login import ChapCredentials
 
-from .backends.base import Backend
-from .backends.file import BackingStoreError, FileBackend, NullBackend
+from .backends.base import Backend, BackingStoreError
+from .backends.registry import Opening, backend_types
 from .budget import BufferLimits
 from .config import Config, ConfigError, LunConfig, default_config_path, load_config
 from .lun import LogicalUnit
@@ -23,14 +23,21 @@ class StartupError(Exception):
     """The configuration is valid but cannot be served (missing files...)."""
 
 
-def _backend(lun: LunConfig, filename: str) -> Backend:
-    if lun.type == "nullio":
-        return NullBackend((lun.blocks or 20971520) * lun.block_size)
-    assert lun.path is not None
+def open_backend(lun: LunConfig, where: str) -> Backend:
+    """The backend of a checked Lun line; StartupError (naming ``where``, e.g.
+    ``file:line``) if it cannot be opened or does not fit the LUN's block size."""
+    kind = backend_types()[lun.type]
     try:
-        return FileBackend(lun.path, read_only=lun.iomode == "ro")
+        backend = kind.open(Opening(lun.options, lun.iomode == "ro", lun.block_size))
     except BackingStoreError as exc:
-        raise StartupError(f"{filename}:{lun.line}: Lun {lun.number}: {exc}") from None
+        raise StartupError(f"{where}: Lun {lun.number}: {exc}") from None
+    if lun.block_size % backend.block_size or backend.size < lun.block_size:
+        backend.close()
+        raise StartupError(
+            f"{where}: Lun {lun.number}: {backend.description} cannot serve BlockSize "
+            f"{lun.block_size} (its own block size is {backend.block_size}, its size "
+            f"{backend.size} bytes)")
+    return backend
 
 
 def build_targets(cfg: Config, filename: str) -> list[TargetDef]:
@@ -38,7 +45,7 @@ def build_targets(cfg: Config, filename: str) -> list[TargetDef]:
     for t in cfg.targets:
         luns: dict[int, LogicalUnit] = {}
         for lun in t.luns:
-            backend = _backend(lun, filename)
+            backend = open_backend(lun, f"{filename}:{lun.line}")
             luns[lun.number] = LogicalUnit(
                 lun.number, backend, target_name=t.name, block_size=lun.block_size,
                 read_only=lun.iomode == "ro", write_cache=lun.iomode == "wb",

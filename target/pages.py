@@ -71,6 +71,7 @@ class Geometry:
     blocks: int
     can_unmap: bool
     max_transfer_blocks: int
+    trim_zeroes: bool = True  # unmapped blocks read back as zeros (LBPRZ)
     max_unmap_blocks: int = 0x100000
     max_unmap_descriptors: int = 256
     max_write_same_blocks: int = 0x400000
@@ -144,7 +145,8 @@ def vpd_page(page: int, ident: Identity, geo: Geometry) -> bytes | None:
     if page == 0xB2:
         flags = 0
         if geo.can_unmap:
-            flags = 0x80 | 0x40 | 0x20 | 0x04  # LBPU, LBPWS, LBPWS10, LBPRZ
+            flags = 0x80 | 0x40 | 0x20  # LBPU, LBPWS, LBPWS10
+            flags |= 0x04 if geo.trim_zeroes else 0  # LBPRZ
         return _vpd(0xB2, bytes([0, flags, 0x02 if geo.can_unmap else 0x00, 0]))
     return None
 
@@ -159,7 +161,7 @@ def read_capacity_16(geo: Geometry) -> bytes:
     out[0:8] = (geo.blocks - 1).to_bytes(8, "big")
     out[8:12] = geo.block_size.to_bytes(4, "big")
     if geo.can_unmap:
-        out[14] = 0x80 | 0x40  # LBPME, LBPRZ
+        out[14] = 0x80 | (0x40 if geo.trim_zeroes else 0)  # LBPME, LBPRZ
     return bytes(out)
 
 
@@ -247,11 +249,13 @@ def _usage(op: int, sa: int | None, length: int) -> bytes:
 _TIMEOUTS = bytes([0, 10, 0, 0]) + (30).to_bytes(4, "big") + (60).to_bytes(4, "big")
 
 
-def report_supported_opcodes(options: int, op: int, sa: int, rctd: bool) -> bytes | None:
-    """REPORT SUPPORTED OPERATION CODES data; None means INVALID FIELD IN CDB."""
+def report_supported_opcodes(options: int, op: int, sa: int, rctd: bool,
+                             commands: _C = SUPPORTED_COMMANDS) -> bytes | None:
+    """REPORT SUPPORTED OPERATION CODES data, of ``commands`` (those of the unit); None
+    means INVALID FIELD IN CDB."""
     if options == 0:
         body = b""
-        for c_op, c_sa, length in SUPPORTED_COMMANDS:
+        for c_op, c_sa, length in commands:
             flags = (0x02 if rctd else 0) | (0x01 if c_sa is not None else 0)
             body += bytes([c_op, 0]) + (c_sa or 0).to_bytes(2, "big")
             body += bytes([0, flags]) + length.to_bytes(2, "big")
@@ -264,7 +268,7 @@ def report_supported_opcodes(options: int, op: int, sa: int, rctd: bool) -> byte
         if options == 2 and op not in _HAS_SA:
             return None
         want_sa = sa if (options == 2 or (options == 3 and op in _HAS_SA)) else None
-        match = [c for c in SUPPORTED_COMMANDS if c[0] == op and c[1] == want_sa]
+        match = [c for c in commands if c[0] == op and c[1] == want_sa]
         if not match:
             return bytes([0, 0x01, 0, 0])  # not supported
         c_op, c_sa, length = match[0]

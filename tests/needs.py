@@ -59,12 +59,23 @@ def _system_python_venv() -> bool:
     return r.returncode == 0
 
 
+def _libnbd_python() -> bool:
+    """libnbd's Python binding, importable here (a venv made with --system-site-packages)."""
+    try:
+        import nbd  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 # name -> (check, what to do when it fails)
 SPECIAL: dict[str, tuple[Callable[[], bool], str]] = {
     "root": (lambda: os.geteuid() == 0, "needs root (run the suite as root)"),
     "/dev/fuse": (lambda: os.path.exists("/dev/fuse"),
                   "needs /dev/fuse (Debian package fuse3; modprobe fuse)"),
     "qemu-iscsi": (_qemu_iscsi, "needs qemu's iscsi driver (Debian package qemu-block-extra)"),
+    "libnbd-python": (_libnbd_python, "needs libnbd's Python binding (Debian package "
+                      "python3-libnbd, and a venv with --system-site-packages: scripts/bootstrap)"),
     "system-python": (_system_python_venv, "needs /usr/bin/python3 with venv (Debian packages "
                       "python3 and python3-venv)"),
 }

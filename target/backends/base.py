@@ -1,55 +1,106 @@
-"""The backend contract: what a logical unit needs from its storage.
+"""The backend contract: what a logical unit needs from its storage, shaped like nbdkit's.
 
-Backends are synchronous and may block; the logical unit calls them from worker threads.
+A backend has a small required core: ``size`` and ``block_size`` (bytes), ``description``,
+``read``, ``write`` and ``close``.  Everything else is *declared* in its
+:class:`Capabilities`, and the target chooses its strategy from the declarations alone:
+
+- ``calls``: how it wants to be called.  ``BLOCKING`` methods may wait for a disk and run
+  in worker threads; ``ASYNC`` methods are coroutines run on the trio event loop (a
+  network client that multiplexes its own requests); ``INLINE`` methods never wait (memory,
+  nullio) and run on the event loop, so their commands finish at once.
+- ``can_write``, ``can_flush``, ``can_fua`` (none/emulate/native), ``can_trim``,
+  ``can_zero``, ``can_extents``, ``can_cache``: which optional methods exist.  The SCSI
+  commands that need them (SYNCHRONIZE CACHE, UNMAP, GET LBA STATUS...) are offered only
+  where they are declared.
+- ``file``: optional accelerations of a backend that is one file descriptor, offset for
+  offset (:class:`FileAccess`): page-cache reads and writes on the event loop, io_uring,
+  ``sendfile``; the I/O engine uses them, never a class check.
+
+This module knows nothing of iSCSI or SCSI: a backend is just storage.
 """
 
 from __future__ import annotations
 
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
-from blockbridge.iscsi.framing import FileRange
+Buffer = bytes | bytearray | memoryview
+
+
+class BackingStoreError(Exception):
+    """A LUN's storage cannot be used; the message says why and what to do."""
+
+
+class Fua(enum.Enum):
+    """How a backend honours "force unit access" on a write (nbdkit's can_fua)."""
+
+    NONE = "none"  # it cannot: the target flushes after the write (if it can flush)
+    EMULATE = "emulate"  # write(fua=True) flushes after writing, inside the backend
+    NATIVE = "native"  # write(fua=True) is durable by itself
+
+
+class Calls(enum.Enum):
+    """How the target calls a backend's methods."""
+
+    BLOCKING = "blocking"  # plain methods that may block: in worker threads
+    ASYNC = "async"  # coroutine methods: awaited on the trio event loop
+    INLINE = "inline"  # plain methods that never block: called on the event loop
+
+
+@dataclass(frozen=True)
+class FileAccess:
+    """Accelerations a backend declares when its storage is one file descriptor, byte
+    for byte: the I/O engine may then read and write that descriptor itself."""
+
+    fileno: Callable[[], int]  # the descriptor; -1 once closed
+    page_cache: bool = False  # RWF_NOWAIT reads and whole-page writes on the event loop,
+    #                           cachestat + sendfile for large cached reads
+    io_uring: bool = False  # reads, writes and fdatasync through io_uring
+    punch_hole: bool = False  # trim is fallocate(PUNCH_HOLE)
+    seek_data: bool = False  # extents are lseek(SEEK_DATA/SEEK_HOLE)
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    calls: Calls = Calls.BLOCKING
+    can_write: bool = True
+    can_flush: bool = False
+    can_fua: Fua = Fua.NONE
+    can_trim: bool = False
+    trim_zeroes: bool = False  # trimmed blocks read back as zeros (SCSI's LBPRZ)
+    can_zero: bool = False
+    can_extents: bool = False
+    can_cache: bool = False
+    file: FileAccess | None = None
+
+    def summary(self) -> str:
+        """The declarations in one line, for logs and status output."""
+        flags = [name for name in ("can_write", "can_flush", "can_trim", "can_zero",
+                                   "can_extents", "can_cache") if getattr(self, name)]
+        if self.can_fua is not Fua.NONE:
+            flags.append(f"fua={self.can_fua.value}")
+        if self.file is not None:
+            flags += [name for name in ("page_cache", "io_uring", "punch_hole", "seek_data")
+                      if getattr(self.file, name)]
+        return f"{self.calls.value}: " + (", ".join(flags) or "read-only")
 
 
 class Backend(Protocol):
-    size: int  # bytes
-    read_only: bool
-    can_unmap: bool
+    """The contract.  Offsets and lengths are in bytes, within ``size``.  With
+    ``Calls.ASYNC`` every method below except ``close`` is a coroutine function.
+
+    Required: ``read`` fills all of ``into`` (zeros past the end of the store);
+    ``write`` writes all of ``data`` (``fua`` only when declared).  Optional, called only
+    when declared: ``flush()`` (can_flush), ``trim(offset, length)`` (can_trim),
+    ``zero(offset, length, may_trim)`` (can_zero), ``extents(offset)`` -> (allocated?,
+    bytes of that state from offset) (can_extents), ``cache(offset, length)`` (can_cache,
+    a prefetch hint)."""
+
+    size: int
+    block_size: int  # the smallest unit it addresses; a LUN's block size is a multiple
     description: str
-
-    def read(self, offset: int, length: int) -> bytes | bytearray: ...
-
-    def read_into(self, offset: int, into: bytearray) -> None:
-        """Fill all of ``into`` from ``offset`` (zeros past the end of the store)."""
-        ...
-
-    def read_cached(self, offset: int, into: bytearray) -> bool:
-        """Fill ``into`` from ``offset`` if that needs no wait for the disk (the range is
-        in the page cache); False otherwise.  Called on the event loop: never blocks."""
-        ...
-
-    def cached_range(self, offset: int, length: int) -> FileRange | None:
-        """The range as a :class:`FileRange` to send with ``sendfile`` if all of it is in
-        the page cache; None otherwise, or where the backend cannot tell.  Called on the
-        event loop: never blocks."""
-        ...
-
-    def write(
-        self, offset: int, data: bytes | bytearray | memoryview, sync: bool = False
-    ) -> None: ...
-
-    def write_cached(self, offset: int, data: memoryview) -> bool:
-        """Write into the page cache on the event loop if that is expected to be quick;
-        False (nothing written) when the caller should use a worker thread instead."""
-        ...
-
-    def flush(self) -> None: ...
-
-    def unmap(self, offset: int, length: int) -> None:
-        """Deallocate a byte range; reads return zeros afterwards."""
-        ...
-
-    def mapped_extent(self, offset: int) -> tuple[bool, int]:
-        """(allocated?, length in bytes of the run of that state starting at offset)."""
-        ...
+    caps: Capabilities
 
     def close(self) -> None: ...

@@ -1,4 +1,9 @@
-"""Regular files (sparse images) and block devices as LUN storage."""
+"""Type=fileio and Type=blockio: regular files (sparse images) and block devices.
+
+A blocking backend (worker threads) that declares its descriptor, so that the I/O engine
+may read and write it from the event loop (page cache, io_uring, sendfile), and its hole
+punching and SEEK_DATA as trim and extents.
+"""
 
 from __future__ import annotations
 
@@ -10,17 +15,14 @@ import fcntl
 import os
 import stat
 import struct
-import time
 
-from blockbridge.iscsi.framing import FileRange
-
-from .. import pagecache
+from .base import Backend, BackingStoreError, Buffer, Calls, Capabilities, FileAccess, Fua
+from .registry import BackendType, Key, Opening, parse_text
 
 _FALLOC_FL_KEEP_SIZE = 0x01
 _FALLOC_FL_PUNCH_HOLE = 0x02
 _BLKGETSIZE64 = 0x80081272
-_SLOW_INLINE_WRITE = 0.002  # seconds: an inline write slower than this ...
-_INLINE_WRITE_PAUSE = 5.0  # ... sends writes to threads for this long
+_ZERO_CHUNK = bytes(1 << 20)
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
 
@@ -32,14 +34,9 @@ def punch_hole(fd: int, offset: int, length: int) -> None:
         raise OSError(err, os.strerror(err))
 
 
-class BackingStoreError(Exception):
-    """A LUN's backing file cannot be used; the message says why and what to do."""
-
-
 class FileBackend:
     def __init__(self, path: str, *, read_only: bool = False, create_size: int | None = None):
         self.path = path
-        self.read_only = read_only
         flags = os.O_RDONLY if read_only else os.O_RDWR
         if create_size is not None and not os.path.exists(path):
             flags |= os.O_CREAT
@@ -63,9 +60,15 @@ class FileBackend:
         if self.size == 0:
             os.close(self.fd)
             raise BackingStoreError(f"backing file {path} is empty (size 0)")
-        self.can_unmap = not read_only and self._probe_punch()
-        self._nowait = hasattr(os, "RWF_NOWAIT") and not self.is_block_device
-        self._inline_writes_after = 0.0
+        self.block_size = 512
+        punch = not read_only and self._probe_punch()
+        regular = not self.is_block_device
+        self.caps = Capabilities(
+            calls=Calls.BLOCKING, can_write=not read_only, can_flush=not read_only,
+            can_fua=Fua.EMULATE if not read_only else Fua.NONE,
+            can_trim=punch, trim_zeroes=punch, can_zero=punch, can_extents=True,
+            file=FileAccess(self.fileno, page_cache=regular and hasattr(os, "RWF_NOWAIT"),
+                            io_uring=True, punch_hole=punch, seek_data=regular))
         kind = "block device" if self.is_block_device else "file"
         self.description = f"{kind} {path}"
 
@@ -79,12 +82,11 @@ class FileBackend:
         except OSError as exc:
             return exc.errno not in (errno.EOPNOTSUPP, errno.ENOSYS)
 
-    def read(self, offset: int, length: int) -> bytearray:
-        out = bytearray(length)
-        self.read_into(offset, out)
-        return out
+    def fileno(self) -> int:
+        """The backing file's descriptor; -1 once closed (a send from it then fails)."""
+        return self.fd
 
-    def read_into(self, offset: int, into: bytearray) -> None:
+    def read(self, offset: int, into: bytearray) -> None:
         view = memoryview(into)
         done = 0
         while done < len(view):
@@ -94,69 +96,31 @@ class FileBackend:
                 break
             done += n
 
-    def read_cached(self, offset: int, into: bytearray) -> bool:
-        # RWF_NOWAIT: the kernel copies from the page cache or says EAGAIN; about a
-        # microsecond on a hit, against tens of microseconds for a hop to a thread.
-        if not self._nowait:
-            return False
-        try:
-            n = os.preadv(self.fd, [into], offset, os.RWF_NOWAIT)
-        except BlockingIOError:
-            return False
-        except OSError as exc:
-            if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL):
-                self._nowait = False  # file system without RWF_NOWAIT reads
-            return False
-        return n == len(into)
-
-    def fileno(self) -> int:
-        """The backing file's descriptor; -1 once closed (a send from it then fails)."""
-        return self.fd
-
-    def cached_range(self, offset: int, length: int) -> FileRange | None:
-        # Regular files only: the same ones that read with RWF_NOWAIT.
-        if not self._nowait or offset + length > self.size \
-                or not pagecache.cached(self.fd, offset, length):
-            return None
-        return FileRange(self, offset, length)
-
-    def write(self, offset: int, data: bytes | bytearray | memoryview, sync: bool = False) -> None:
+    def write(self, offset: int, data: Buffer, fua: bool = False) -> None:
         view = memoryview(data)
         done = 0
         while done < len(view):
             done += os.pwritev(self.fd, [view[done:]], offset + done)
-        if sync:
+        if fua:
             os.fdatasync(self.fd)
-
-    def write_cached(self, offset: int, data: memoryview) -> bool:
-        # Whole pages of a regular file: the kernel copies them into the page cache
-        # without reading anything first, usually in microseconds (a hop to a thread
-        # costs 60-140 us here).  A write that still takes long (dirty-page throttling,
-        # a journal commit) sends the next ones to threads for a while, so the event loop
-        # is never held up twice in a row.
-        if self.is_block_device or offset % 4096 or data.nbytes % 4096:
-            return False
-        now = time.monotonic()
-        if now < self._inline_writes_after:
-            return False
-        done = 0
-        try:
-            while done < data.nbytes:
-                done += os.pwritev(self.fd, [data[done:]], offset + done)
-        except OSError:
-            return False  # the write is done again the slow way, which reports the error
-        if time.monotonic() - now > _SLOW_INLINE_WRITE:
-            self._inline_writes_after = time.monotonic() + _INLINE_WRITE_PAUSE
-        return True
 
     def flush(self) -> None:
-        if not self.read_only:
-            os.fdatasync(self.fd)
+        os.fdatasync(self.fd)
 
-    def unmap(self, offset: int, length: int) -> None:
+    def trim(self, offset: int, length: int) -> None:
         punch_hole(self.fd, offset, length)
 
-    def mapped_extent(self, offset: int) -> tuple[bool, int]:
+    def zero(self, offset: int, length: int, may_trim: bool) -> None:
+        if may_trim:
+            punch_hole(self.fd, offset, length)
+            return
+        done = 0
+        while done < length:
+            n = min(len(_ZERO_CHUNK), length - done)
+            self.write(offset + done, memoryview(_ZERO_CHUNK)[:n])
+            done += n
+
+    def extents(self, offset: int) -> tuple[bool, int]:
         if self.is_block_device:
             return True, self.size - offset
         try:
@@ -176,43 +140,15 @@ class FileBackend:
             os.close(fd)
 
 
-class NullBackend:
-    """Type=nullio: writes are discarded, reads return zeros; for benchmarks."""
+def _open(opening: Opening) -> Backend:
+    return FileBackend(opening.options["path"], read_only=opening.read_only,
+                       create_size=opening.options.get("create_size"))  # --disk --size
 
-    read_only = False
-    can_unmap = True
 
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.description = f"nullio {size} bytes"
-
-    def read(self, offset: int, length: int) -> bytearray:
-        return bytearray(length)
-
-    def read_into(self, offset: int, into: bytearray) -> None:
-        into[:] = bytes(len(into))
-
-    def read_cached(self, offset: int, into: bytearray) -> bool:
-        into[:] = bytes(len(into))
-        return True
-
-    def cached_range(self, offset: int, length: int) -> FileRange | None:
-        return None
-
-    def write(self, offset: int, data: bytes | bytearray | memoryview, sync: bool = False) -> None:
-        return None
-
-    def write_cached(self, offset: int, data: memoryview) -> bool:
-        return True
-
-    def flush(self) -> None:
-        return None
-
-    def unmap(self, offset: int, length: int) -> None:
-        return None
-
-    def mapped_extent(self, offset: int) -> tuple[bool, int]:
-        return False, self.size - offset
-
-    def close(self) -> None:
-        return None
+_PATH = Key("Path", parse_text, required=True, meaning="the file or block device")
+TYPES = (
+    BackendType("fileio", "a regular file (sparse images work best) or a block device",
+                (_PATH,), _open),
+    BackendType("blockio", "the same as fileio (IET served block devices with it)",
+                (_PATH,), _open),
+)

@@ -18,10 +18,11 @@ from blockbridge.fuse.tuning import (
     fusectl_mounts,
 )
 from tests.interop.daemons import our_target, tgtd
+from tests.nbdkit import nbdkit
 from tests.needs import needs
 
 from .fusectl import UNMOUNTED_STATUS, fusectl_mounted, wait_for_queue_line
-from .workload import bb, filesystem_round_trip, mounted
+from .workload import bb, filesystem_round_trip, fio_result, mounted
 
 pytestmark = [
     pytest.mark.system,
@@ -238,3 +239,26 @@ def test_a_killed_mount_process_leaves_no_dead_mount_point(tmp_path: Path) -> No
         finally:
             if os.path.ismount(mnt):
                 subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@needs("fio", "nbdkit", "libnbd-python")
+def test_fio_verify_through_our_target_over_nbdkit_memory(tmp_path: Path) -> None:
+    """blockbridge mount, over our target, over an NBD export (Type=nbd): fio writes a
+    checksummed pattern through the LUN file and reads every block back."""
+    iqn = "iqn.2026-11.test:nbd"
+    with nbdkit(tmp_path, "memory", "64M") as export:
+        args = ["--lun", f"Type=nbd,Uri={export.uri}", "--target-name", iqn,
+                "--portal", "127.0.0.1:0"]
+        with our_target(args, tmp_path) as t, mounted(t.portal, tmp_path / "mnt") as mnt:
+            lun = str(mnt / iqn / "lun0").replace(":", "\\:")  # fio splits names at ':'
+            output = tmp_path / "fio.json"
+            fio = subprocess.Popen(
+                ["fio", "--name=verify", f"--filename={lun}", "--size=48M",
+                 "--rw=randwrite", "--bsrange=4k-256k", "--ioengine=psync", "--direct=1",
+                 "--verify=crc32c", "--do_verify=1", "--verify_fatal=1", "--fsync=16",
+                 "--verify_state_save=0", "--output-format=json", f"--output={output}"],
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            result = fio_result(fio, output, timeout=300)
+            assert t.process.poll() is None
+    assert result["errors"] == 0
+    assert result["written"] >= 48 << 20 and result["verified"] == result["written"]

@@ -105,6 +105,15 @@ DOCUMENTED: dict[str, str] = {
         "test_target_refuses_to_start[backing-file-missing]",
     "PATH does not exist: give --size to create it, e.g. --size 1G":
         "test_target_refuses_to_start[disk-without-size]",
+    "FILE:LINE: unknown Lun parameter '…' for Type=… (known: …)":
+        "test_target_refuses_to_start[unknown-lun-key]",
+    "FILE:LINE: Lun N: Type=nbd needs libnbd's Python binding: install the Debian package "
+    "python3-libnbd (scripts/bootstrap does), in a virtual environment made with "
+    "--system-site-packages": "test_target_refuses_to_start[nbd-binding-missing]",
+    "FILE:LINE: Lun N: cannot connect to …: …": "test_target_refuses_to_start[nbd-unreachable]",
+    "FILE:LINE: Lun N: … cannot serve BlockSize … (its own block size is …, its size … bytes)":
+        "test_target_refuses_to_start[block-size-misfit]",
+    "--lun …: …": "test_target_refuses_to_start[bad-lun]",
     "cannot listen on HOST:PORT: address already in use — is another target running? …":
         "test_port_already_in_use",
     "cannot listen on HOST:PORT: permission denied …": "test_low_port_without_privileges",
@@ -995,6 +1004,37 @@ def _secret_both_directions(work: Path) -> list[str]:
     return ["-c", str(conf), "--portal", "127.0.0.1:0"]
 
 
+def _unknown_lun_key(work: Path) -> list[str]:
+    conf = work / "ietd.conf"
+    conf.write_text("Target iqn.2026-11.test:cfg\n  Lun 0 Type=memory,Size=1M,Path=/a\n")
+    return ["-c", str(conf), "--portal", "127.0.0.1:0"]
+
+
+def _nbd_binding_missing(work: Path) -> list[str]:
+    # the program runs in WORK, first on its module path: this nbd hides Debian's
+    (work / "nbd.py").write_text("raise ImportError('hidden by the test')\n")
+    conf = work / "ietd.conf"
+    conf.write_text("Target iqn.2026-11.test:cfg\n  Lun 0 Type=nbd,Uri=nbd://localhost/x\n")
+    return ["-c", str(conf), "--portal", "127.0.0.1:0"]
+
+
+def _nbd_unreachable(work: Path) -> list[str]:
+    conf = work / "ietd.conf"
+    conf.write_text("Target iqn.2026-11.test:cfg\n"
+                    f"  Lun 0 Type=nbd,Uri=nbd+unix:///?socket={work / 'none.sock'}\n")
+    return ["-c", str(conf), "--portal", "127.0.0.1:0"]
+
+
+def _block_size_misfit(work: Path) -> list[str]:
+    conf = work / "ietd.conf"
+    conf.write_text("Target iqn.2026-11.test:cfg\n  Lun 0 Type=memory,Size=1000,BlockSize=4096\n")
+    return ["-c", str(conf), "--portal", "127.0.0.1:0"]
+
+
+def _bad_lun(work: Path) -> list[str]:
+    return ["--lun", "Type=memory", "--portal", "127.0.0.1:0"]
+
+
 def _unknown_digest(work: Path) -> list[str]:
     return ["--disk", str(work / "d.img"), "--size", "1M", "--chap-digests", "SHA-256,sha512"]
 
@@ -1018,6 +1058,20 @@ def _unknown_digest(work: Path) -> list[str]:
                  "--generate-cert DIR", id="tls-portal-without-key"),
     pytest.param(_weak_secret, "FILE:LINE: the CHAP secret of USER is shorter than 12 "
                  "characters", "ietd.conf:3: the CHAP secret of bob", id="weak-secret"),
+    pytest.param(_unknown_lun_key, "FILE:LINE: unknown Lun parameter '…' for Type=… (known: …)",
+                 "ietd.conf:2: unknown Lun parameter 'Path' for Type=memory", id="unknown-lun-key"),
+    pytest.param(_nbd_binding_missing, "FILE:LINE: Lun N: Type=nbd needs libnbd's Python "
+                 "binding: install the Debian package python3-libnbd (scripts/bootstrap does), "
+                 "in a virtual environment made with --system-site-packages",
+                 "ietd.conf:2: Lun 0: Type=nbd", id="nbd-binding-missing",
+                 marks=needs("libnbd-python")),
+    pytest.param(_nbd_unreachable, "FILE:LINE: Lun N: cannot connect to …: …",
+                 "none.sock: ", id="nbd-unreachable", marks=needs("libnbd-python")),
+    pytest.param(_block_size_misfit, "FILE:LINE: Lun N: … cannot serve BlockSize … (its own "
+                 "block size is …, its size … bytes)", "memory 1000 bytes cannot serve",
+                 id="block-size-misfit"),
+    pytest.param(_bad_lun, "--lun …: …", "--lun Type=memory: Lun 0 has no Size",
+                 id="bad-lun"),
 ])
 def test_target_refuses_to_start(make_args: Callable[[Path], list[str]], message: str,
                                  exact: str, tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 
 import pytest
 import trio
-from blockbridge_target.backends.file import NullBackend
+from blockbridge_target.backends.null import NullBackend
 from blockbridge_target.lun import LogicalUnit
 from blockbridge_target.server import Limits, TargetServer
 from blockbridge_target.targets import TargetDef

@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from blockbridge_target.backends.file import FileBackend, NullBackend
+from blockbridge_target.backends.file import FileBackend
+from blockbridge_target.backends.null import NullBackend
 from blockbridge_target.lun import LogicalUnit, Nexus, SCSIResult
 from blockbridge_target.server import TargetServer
 from blockbridge_target.session import CommandWindow, Session

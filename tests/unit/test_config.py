@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from blockbridge_target.config import ConfigError, parse_config
-from blockbridge_target.configured import server_from_config
+from blockbridge_target.configured import StartupError, server_from_config
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -80,6 +80,12 @@ def test_last_line_without_newline_counts() -> None:
     ("Target iqn.2026-11.x:y\nLun 0 Path=/a,ScsiSN=disk\u00e9\n", 2, "not printable ASCII"),
     ("Target iqn.2026-11.x:y\nLun 0 Path=/a,ScsiId=a\x7fb\n", 2, "not printable ASCII"),
     (f"Target iqn.2026-11.x:{'y' * 210}\n", 1, "longer than 223 bytes"),
+    ("Target iqn.2026-11.x:y\nLun 0 Type=memory\n", 2, "Lun 0 has no Size"),
+    ("Target iqn.2026-11.x:y\nLun 0 Type=memory,Size=lots\n", 2, "Lun 0: Size invalid size"),
+    ("Target iqn.2026-11.x:y\nLun 0 Type=memory,Size=1G,Path=/a\n", 2,
+     "unknown Lun parameter 'Path' for Type=memory"),
+    ("Target iqn.2026-11.x:y\nLun 0 Type=nullio,Blocks=many\n", 2,
+     "Lun 0: Blocks needs a number of blocks"),
 ])
 def test_errors_name_file_and_line(text: str, line: int, message: str) -> None:
     with pytest.raises(ConfigError) as info:
@@ -165,3 +171,21 @@ def test_the_same_incoming_secret_on_two_targets_is_allowed() -> None:
     cfg = parse_config("Target iqn.2026-11.x:a\n  IncomingUser bob bob-secret-45678\n"
                        "Target iqn.2026-11.x:b\n  IncomingUser bob bob-secret-45678\n")
     assert len(cfg.targets) == 2
+
+
+def test_each_type_takes_its_own_keys() -> None:
+    cfg = parse_config("Target iqn.2026-11.x:y\n Lun 0 Type=memory,Size=64M\n"
+                       " Lun 1 Type=nullio,Sectors=100\n Lun 2 Path=/a,Type=blockio\n")
+    mem, null, block = cfg.targets[0].luns
+    assert (mem.type, mem.options) == ("memory", {"size": 64 << 20})
+    assert (null.type, null.blocks) == ("nullio", 100)
+    assert (block.type, block.path) == ("blockio", "/a")
+
+
+def test_a_lun_that_cannot_be_served_names_file_and_line(tmp_path: Path) -> None:
+    conf = tmp_path / "ietd.conf"
+    conf.write_text("Target iqn.2026-11.x:y\n  Lun 0 Type=memory,Size=1000,BlockSize=4096\n")
+    with pytest.raises(StartupError) as info:
+        server_from_config(conf, None)
+    assert str(info.value) == (f"{conf}:2: Lun 0: memory 1000 bytes cannot serve BlockSize "
+                               "4096 (its own block size is 512, its size 1000 bytes)")

@@ -1,37 +1,93 @@
-"""The file backend's event-loop fast paths: page-cache reads and inline whole-page writes."""
+"""The file backend's declarations and the page-cache access the I/O engine uses for it:
+page-cache reads and inline whole-page writes on the event loop."""
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
 import pytest
-from blockbridge_target.backends import file as backend_file
+from blockbridge_target import pagecache
+from blockbridge_target.backends.base import Calls, Fua
 from blockbridge_target.backends.file import FileBackend
+from blockbridge_target.pagecache import PageCacheAccess
+
+
+def test_a_file_declares_what_it_has(disk_path: Path) -> None:
+    b = FileBackend(str(disk_path / "d.img"), create_size=1 << 20)
+    try:
+        caps = b.caps
+        assert caps.calls is Calls.BLOCKING and caps.can_write and caps.can_flush
+        assert caps.can_fua is Fua.EMULATE and caps.can_extents
+        assert caps.file is not None and caps.file.fileno() == b.fd
+        assert caps.file.page_cache and caps.file.io_uring and caps.file.seek_data
+        assert caps.can_trim == caps.file.punch_hole == caps.trim_zeroes
+    finally:
+        b.close()
+    ro = FileBackend(str(disk_path / "d.img"), read_only=True)
+    try:
+        assert not ro.caps.can_write and not ro.caps.can_flush and not ro.caps.can_trim
+    finally:
+        ro.close()
+
+
+def test_trim_zero_and_extents(disk_path: Path) -> None:
+    b = FileBackend(str(disk_path / "d.img"), create_size=1 << 20)
+    try:
+        b.write(0, b"\1" * (1 << 20), fua=True)
+        if not b.caps.can_trim:
+            pytest.skip("the file system cannot punch holes")
+        b.trim(64 << 10, 64 << 10)
+        into = bytearray(64 << 10)
+        b.read(64 << 10, into)
+        assert into == bytes(64 << 10)
+        assert b.extents(0) == (True, 64 << 10)
+        assert b.extents(64 << 10) == (False, 64 << 10)
+        b.zero(0, 4096, may_trim=False)
+        b.read(0, into)
+        assert into[:4096] == bytes(4096) and into[4096:] == b"\1" * (60 << 10)
+    finally:
+        b.close()
 
 
 def test_inline_writes_take_whole_pages_only(disk_path: Path) -> None:
     b = FileBackend(str(disk_path / "d.img"), create_size=1 << 20)
+    cache = PageCacheAccess(b.fileno)
     try:
-        assert b.write_cached(8192, memoryview(b"\1" * 4096))
-        assert not b.write_cached(512, memoryview(b"\2" * 4096))  # not page-aligned
-        assert not b.write_cached(4096, memoryview(b"\3" * 512))  # not a whole page
+        assert cache.write(8192, memoryview(b"\1" * 4096))
+        assert not cache.write(512, memoryview(b"\2" * 4096))  # not page-aligned
+        assert not cache.write(4096, memoryview(b"\3" * 512))  # not a whole page
         data = (disk_path / "d.img").read_bytes()
         assert data[8192:12288] == b"\1" * 4096 and data[:8192] == bytes(8192)
         into = bytearray(4096)
-        assert b.read_cached(8192, into) and into == b"\1" * 4096  # just written: cached
+        assert cache.read(8192, into) and into == b"\1" * 4096  # just written: cached
+    finally:
+        b.close()
+
+
+def test_reads_that_would_wait_are_refused(disk_path: Path) -> None:
+    path = disk_path / "d.img"
+    path.write_bytes(os.urandom(1 << 20))
+    b = FileBackend(str(path))
+    cache = PageCacheAccess(b.fileno)
+    try:
+        os.fsync(b.fd)  # dirty pages stay in the cache
+        os.posix_fadvise(b.fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        assert not cache.read(0, bytearray(4096))  # not in the page cache
     finally:
         b.close()
 
 
 def test_a_slow_inline_write_sends_the_next_ones_to_threads(
         disk_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(backend_file, "_SLOW_INLINE_WRITE", -1.0)  # every write is slow
+    monkeypatch.setattr(pagecache, "_SLOW_INLINE_WRITE", -1.0)  # every write is slow
     b = FileBackend(str(disk_path / "d.img"), create_size=1 << 20)
+    cache = PageCacheAccess(b.fileno)
     try:
-        assert b.write_cached(0, memoryview(bytes(4096)))  # this one is done inline ...
-        assert not b.write_cached(0, memoryview(bytes(4096)))  # ... the next ones are not
-        b._inline_writes_after = time.monotonic() - 1
-        assert b.write_cached(0, memoryview(bytes(4096)))  # after the pause, inline again
+        assert cache.write(0, memoryview(bytes(4096)))  # this one is done inline ...
+        assert not cache.write(0, memoryview(bytes(4096)))  # ... the next ones are not
+        cache._inline_writes_after = time.monotonic() - 1
+        assert cache.write(0, memoryview(bytes(4096)))  # after the pause, inline again
     finally:
         b.close()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import trio
 from blockbridge_target import pages
-from blockbridge_target.backends.file import NullBackend
+from blockbridge_target.backends.null import NullBackend
 from blockbridge_target.config import parse_config
 from blockbridge_target.configured import build_targets
 from blockbridge_target.lun import LogicalUnit, Nexus
