@@ -5,10 +5,11 @@ trio's epoll only when the device is empty) and answers what needs no I/O at onc
 loop.  READ, WRITE, FSYNC, FALLOCATE and LSEEK each run as a task, so many are in flight;
 a task answers with one ``writev`` of the header and the data, as soon as its block
 device call returns.  Only a WRITE keeps its buffer (its data is a view of it) until it
-is answered; every other request gives it back once decoded.  INTERRUPT cancels the task
-of the request it names, which then answers EINTR.  Notifications to the kernel (rare:
-a LUN resized, added or removed) are written from a worker thread, because the kernel
-may make that write wait for a lock a request in our own loop holds.
+is answered; every other request gives it back once decoded.  INTERRUPT cancels the
+request it names, which then answers EINTR, if it has not finished half a second later.
+Notifications to the kernel (rare: a LUN resized, added or removed) are written from a
+worker thread, because the kernel may make that write wait for a lock a request in our
+own loop holds.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 
 FAIR_SHARE = 16  # requests read in a row before other tasks get a turn
 GRACE = 5.0  # seconds requests in flight get to finish once reading stops
+INTERRUPT_GRACE = 0.5  # seconds an interrupted request gets to finish before EINTR
 Reply = list[P.Buffer]
 
 
@@ -314,18 +316,28 @@ class FuseEngine:
         return P.error(h.unique, errno.ENOSYS)
 
     def _interrupt(self, h: P.Header, op: P.Interrupt) -> None:
-        scope = self._inflight.get(op.unique)
+        """The kernel sends INTERRUPT when the caller gets any signal, also one it handles
+        and returns from (qemu-img gets such signals while it maps a file).  A request that
+        finishes soon is answered as usual; one still running after ``INTERRUPT_GRACE``
+        (a target that stopped answering, a process being killed) ends with EINTR."""
+        if op.unique in self._inflight or op.unique in self._started:
+            assert self._nursery is not None
+            self._nursery.start_soon(self._interrupt_later, op.unique)
+        # a request already answered (or never ours to run) needs nothing: no reply
+
+    async def _interrupt_later(self, unique: int) -> None:
+        await trio.sleep(INTERRUPT_GRACE)
+        scope = self._inflight.get(unique)
         if scope is not None:
             scope.cancel()
-        started = self._started.pop(op.unique, None)
+        started = self._started.pop(unique, None)
         if started is not None:  # nobody waits for its answer: its buffer stays out of use
             abandon, buf = started
             abandon()
             if buf is not None:
                 self._buffers.give(buf, reuse=False)
-            log.info("request %d interrupted", op.unique)
-            self._send(P.error(op.unique, errno.EINTR))
-        # a request already answered (or never ours to run) needs nothing: no reply
+            log.info("request %d interrupted", unique)
+            self._send(P.error(unique, errno.EINTR))
 
     def _lookup(self, h: P.Header, op: P.Lookup) -> Reply:
         attr = self.fs.lookup(h.nodeid, op.name)

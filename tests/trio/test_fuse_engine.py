@@ -39,6 +39,7 @@ class LunChannel:
         self.commands: list[int] = []
         self.submitted = 0  # commands started without a task of the engine's
         self.lose_next = False
+        self.delay = 0.0  # seconds each command takes
         self.pushes = 0
 
     async def command(self, lun: int, cdb: bytes, *, data_out: P.Buffer | None = None,
@@ -46,6 +47,7 @@ class LunChannel:
         self.commands.append(cdb[0])
         if self.stall:
             await trio.sleep_forever()
+        await trio.sleep(self.delay)
         r = await self.lu.execute(cdb, bytes(data_out) if data_out is not None else b"", NEXUS)
         data = bytearray(bytes(r.data)[:read_length])  # type: ignore[arg-type]
         return Response(r.status, r.sense, data, received=len(data))
@@ -274,6 +276,20 @@ async def test_an_interrupted_request_answers_eintr(
     channel.stall = False
     err, back = await kernel.call(P.Opcode.READ, rw_in(ino, 0, 4096), ino)
     assert (err, back) == (0, bytes(4096))  # the next request works
+
+
+async def test_a_request_that_finishes_soon_after_an_interrupt_is_answered(
+        mounted: tuple[Kernel, LunFS, LunChannel, Path]) -> None:
+    # a caller that gets a signal it handles (qemu-img does, while it maps a file) must
+    # not see EINTR from a request that was about to finish
+    kernel, _fs, channel, disk = mounted
+    ino = await lun_inode(kernel)
+    channel.delay = 0.1
+    slow = await kernel.send(P.Opcode.READ, rw_in(ino, 0, 4096), ino)
+    await kernel.send(P.Opcode.INTERRUPT, P.INTERRUPT_IN.pack(slow))
+    with trio.fail_after(5):
+        err, back = await kernel.reply(slow)
+    assert (err, back) == (0, disk.read_bytes()[:4096])
 
 
 async def test_live_changes_are_notified(mounted: tuple[Kernel, LunFS, LunChannel, Path]
