@@ -48,7 +48,14 @@ from blockbridge.scsi.sense import build_sense
 from blockbridge.transport import LOGIN_RECEIVE_CHUNK, RECEIVE_CHUNK, ConnectionClosed, PDUStream
 
 from .budget import SessionBudget
-from .lun import LogicalUnit, Nexus, SCSIResult, not_supported_lun_result, report_luns_data
+from .lun import (
+    IN_FLIGHT,
+    LogicalUnit,
+    Nexus,
+    SCSIResult,
+    not_supported_lun_result,
+    report_luns_data,
+)
 from .session import CommandWindow, Session
 
 if TYPE_CHECKING:
@@ -485,18 +492,17 @@ class Connection:
         lu = self.session.luns.get(lun_number)
         if lu is None:
             return False
-        result = lu.execute_now(cmd.cdb, self.session.nexus, cmd.data,
-                                files=cmd.read and self.pdus.sends_files, budget=self.budget)
-        if result is not None:
-            self._answer(cmd, lun_number, result)
+        outcome = lu.submit(cmd.cdb, self.session.nexus, cmd.data,
+                            files=cmd.read and self.pdus.sends_files, budget=self.budget,
+                            done=partial(self._answer_soon, cmd, lun_number) if cmd.read else None)
+        if isinstance(outcome, SCSIResult):
+            self._answer(cmd, lun_number, outcome)
             return True
-        if cmd.read and lu.read_soon(cmd.cdb, self.session.nexus,
-                                     partial(self._answer_soon, cmd, lun_number),
-                                     budget=self.budget):
+        if outcome is IN_FLIGHT:
             self._soon.add(cmd.itt)  # a cache miss on io_uring: answered from its completion
             self.session.window.in_flight += 1
             return True
-        return False
+        return False  # it needs a task: that one collects data and budget, then submits it
 
     def _answer(self, cmd: P.SCSICommand, lun_number: int, result: SCSIResult) -> None:
         self.pdus.post(self._response_pdus(cmd, lun_number, result), after=result.release)
@@ -707,8 +713,7 @@ class Connection:
         if need and self.budget.fits(need) and not await self._reserve(task, need):
             return SCSIResult(Status.BUSY)
         data_out = memoryview(task.buffer) if task.buffer is not None else memoryview(b"")
-        return await lu.execute(cmd.cdb, data_out, self.session.nexus,
-                                expected_length=cmd.expected_length)
+        return await lu.execute(cmd.cdb, data_out, self.session.nexus)
 
     @staticmethod
     def _invalid_field_result() -> SCSIResult:

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import errno
 import logging
-from collections.abc import Awaitable, Callable, Collection, Iterable
+from collections.abc import Awaitable, Callable, Collection, Generator, Iterable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TypeVar
+from typing import Any, TypeVar, overload
 
 import outcome
 import trio
@@ -21,13 +21,13 @@ from blockbridge.iscsi.framing import FileRange
 from blockbridge.iscsi.pdu import Buffer
 from blockbridge.scsi import constants as c
 from blockbridge.scsi.constants import Op, SenseKey, Status
-from blockbridge.scsi.sense import build_sense
+from blockbridge.scsi.sense import CheckCondition, build_sense, invalid_field_in_cdb
 
 from . import pages
 from .backends.base import Backend
 from .backends.file import FileBackend
 from .budget import SessionBudget
-from .reservations import Conflict, Illegal, Reservations
+from .reservations import Conflict, Reservations
 from .uring import Uring, open_uring
 from .writegate import WriteGate
 
@@ -57,24 +57,37 @@ class Nexus:
 @dataclass
 class SCSIResult:
     status: int = Status.GOOD
-    data: Buffer | FileRange = b""  # a FileRange only from execute_now(files=True)
+    data: Buffer | FileRange = b""  # a FileRange only from submit(files=True)
     sense: bytes = b""
     # called once ``data`` has been sent, to recycle its buffer (not after a failed send)
     release: Callable[[], None] | None = None
 
 
-class CheckCondition(Exception):
-    def __init__(
-        self, key: int, asc_ascq: tuple[int, int], *, information: int | None = None,
-        field_pointer: int | None = None, in_cdb: bool = True,
-    ) -> None:
-        super().__init__(key, asc_ascq)
-        self.key, self.asc_ascq, self.information = key, asc_ascq, information
-        self.field_pointer, self.in_cdb = field_pointer, in_cdb
+_invalid_cdb = invalid_field_in_cdb
 
 
-def _invalid_cdb(byte: int | None = None) -> CheckCondition:
-    return CheckCondition(SenseKey.ILLEGAL_REQUEST, c.INVALID_FIELD_IN_CDB, field_pointer=byte)
+class Pending:
+    """A command that needs a task: await it (once) for its result."""
+
+    __slots__ = ("_run",)
+
+    def __init__(self, run: Callable[[], Awaitable[SCSIResult]]) -> None:
+        self._run = run  # nothing starts until awaited: an unawaited Pending costs nothing
+
+    def __await__(self) -> Generator[Any, None, SCSIResult]:
+        return self._run().__await__()
+
+
+class InFlight:
+    """The type of :data:`IN_FLIGHT`."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "IN_FLIGHT"
+
+
+IN_FLIGHT = InFlight()  # started without a task: its ``done`` callback gets the result
 
 
 def not_supported_lun_result() -> SCSIResult:
@@ -295,17 +308,53 @@ class LogicalUnit:
 
     # ---------------------------------------------------------------- execution
 
-    async def execute(
-        self, cdb: bytes, data_out: Buffer, nexus: Nexus, *, expected_length: int = 0
-    ) -> SCSIResult:
+    @overload
+    def submit(self, cdb: bytes, nexus: Nexus, data: Buffer = b"", *, done: None = None,
+               files: bool = False, budget: SessionBudget | None = None
+               ) -> SCSIResult | Pending: ...
+
+    @overload
+    def submit(self, cdb: bytes, nexus: Nexus, data: Buffer = b"", *,
+               done: Callable[[SCSIResult], None], files: bool = False,
+               budget: SessionBudget | None = None) -> SCSIResult | Pending | InFlight: ...
+
+    def submit(self, cdb: bytes, nexus: Nexus, data: Buffer = b"", *,
+               done: Callable[[SCSIResult], None] | None = None, files: bool = False,
+               budget: SessionBudget | None = None) -> SCSIResult | Pending | InFlight:
+        """Run a command: the one way in.
+
+        Returns its :class:`SCSIResult` when it finished at once (a read served from
+        the page cache, a write-back write of whole pages that came with the command);
+        :data:`IN_FLIGHT` when ``done`` was given and the command was started without a
+        task (a page-cache miss read on io_uring): ``done(result)`` is then called on the
+        event loop once it completes; otherwise a :class:`Pending` to await, in a task,
+        for the result (every other case: errors, unit attentions, reservations, waits
+        for the disk).
+
+        ``data`` is all of the command's Data-Out.  With ``files`` (the caller can send
+        file ranges) a large cached read may answer with the range itself, sent by
+        ``sendfile``.  A read finished at once or in flight reserves its buffer in
+        ``budget`` until ``release``; without room there it is left to the task.
+        """
+        if cdb:
+            result = self._finish_at_once(cdb, nexus, data, files, budget)
+            if result is not None:
+                return result
+            if done is not None and cdb[0] in _READS \
+                    and self._start_read(cdb, nexus, done, budget):
+                return IN_FLIGHT
+        return Pending(partial(self._run, bytes(cdb), data, nexus))
+
+    async def execute(self, cdb: bytes, data: Buffer, nexus: Nexus) -> SCSIResult:
+        """``submit`` and wait for the result (for callers that run in a task anyway)."""
+        outcome = self.submit(cdb, nexus, data)
+        return outcome if isinstance(outcome, SCSIResult) else await outcome
+
+    async def _run(self, cdb: bytes, data: Buffer, nexus: Nexus) -> SCSIResult:
         try:
-            return await self._execute(bytes(cdb), data_out, nexus, expected_length)
+            return await self._execute(cdb, data, nexus)
         except CheckCondition as cc:
             return self._check_condition(cc)
-        except Illegal as exc:
-            sense = build_sense(exc.key, exc.asc_ascq, in_cdb=exc.in_cdb,
-                                descriptor=self.mode.d_sense)
-            return SCSIResult(Status.CHECK_CONDITION, sense=sense)
         except Conflict:
             return SCSIResult(Status.RESERVATION_CONFLICT)
         except OSError as exc:
@@ -320,25 +369,14 @@ class LogicalUnit:
         else:
             key = SenseKey.MEDIUM_ERROR
             asc = c.WRITE_ERROR if cdb and cdb[0] in _MEDIUM_WRITES else c.UNRECOVERED_READ_ERROR
-        sense = build_sense(key, asc, descriptor=self.mode.d_sense)
-        return SCSIResult(Status.CHECK_CONDITION, sense=sense)
+        return self._check_condition(CheckCondition(key, asc))
 
-    def execute_now(self, cdb: bytes, nexus: Nexus, data: Buffer = b"",
-                    files: bool = False, budget: SessionBudget | None = None
-                    ) -> SCSIResult | None:
-        """Run a read whose data is in the page cache, or a write-back write of whole
-        pages whose data came with the command, at once: no task switch.  With
-        ``files`` (the connection sends file ranges), a read of at least
-        ``SENDFILE_READ`` bytes answers with the range itself, sent by ``sendfile``.
-
-        A read's buffer is reserved in ``budget`` until it is sent (``release``); a
-        read that finds no room there is not done here.
-
-        Returns None for anything else (another command, a pending unit attention, a
-        reservation, an error to report, a page-cache miss, a write that would wait, no
-        room in the budget): the caller then runs the command through ``execute``, which
-        handles every case.
-        """
+    def _finish_at_once(self, cdb: bytes, nexus: Nexus, data: Buffer, files: bool,
+                        budget: SessionBudget | None) -> SCSIResult | None:
+        """A read whose data is in the page cache, or a write-back write of whole pages
+        whose data came with the command, done with no task switch; None for anything
+        else (another command, a unit attention, a reservation, an error to report, a
+        page-cache miss, a write that would wait, no room in the budget)."""
         fields = self._plain_rw(cdb, nexus, _READS_WRITES, _INLINE_READ)
         if fields is None:
             return None
@@ -400,13 +438,11 @@ class LogicalUnit:
         if budget is not None:
             budget.give(len(buf))
 
-    def read_soon(self, cdb: bytes, nexus: Nexus, done: Callable[[SCSIResult], None],
-                  budget: SessionBudget | None = None) -> bool:
-        """Start a plain READ that ``execute_now`` could not serve from the page cache
-        on io_uring and return at once; ``done`` gets its result on the event loop, from
-        the completion.  Its buffer is reserved in ``budget`` until ``release``.  False
-        (nothing started) for anything else, or without room in the budget: use
-        ``execute``."""
+    def _start_read(self, cdb: bytes, nexus: Nexus, done: Callable[[SCSIResult], None],
+                    budget: SessionBudget | None) -> bool:
+        """Start a plain READ that missed the page cache on io_uring; ``done`` gets its
+        result on the event loop, from the completion.  False (nothing started) for
+        anything else, or without room in the budget."""
         fields = self._plain_rw(cdb, nexus, _READS, _URING_READ)
         ring = self._uring() if fields is not None else None
         if fields is None or ring is None:
@@ -499,10 +535,7 @@ class LogicalUnit:
         return None
 
     def _check_condition(self, cc: CheckCondition) -> SCSIResult:
-        sense = build_sense(cc.key, cc.asc_ascq, information=cc.information,
-                            field_pointer=cc.field_pointer, in_cdb=cc.in_cdb,
-                            descriptor=self.mode.d_sense)
-        return SCSIResult(Status.CHECK_CONDITION, sense=sense)
+        return SCSIResult(Status.CHECK_CONDITION, sense=cc.sense(self.mode.d_sense))
 
     async def _io(self, fn: Callable[..., T], *args: object) -> T:
         return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
@@ -546,7 +579,7 @@ class LogicalUnit:
         elif not self.backend.read_only:
             await ring.fdatasync(self._fd)
 
-    async def _execute(self, cdb: bytes, data: Buffer, nexus: Nexus, edtl: int) -> SCSIResult:
+    async def _execute(self, cdb: bytes, data: Buffer, nexus: Nexus) -> SCSIResult:
         if not cdb:
             raise _invalid_cdb(0)
         op = cdb[0]

@@ -10,8 +10,8 @@ from blockbridge.scsi.constants import (
     INVALID_FIELD_IN_PARAMETER_LIST,
     INVALID_RELEASE_OF_PERSISTENT_RESERVATION,
     PARAMETER_LIST_LENGTH_ERROR,
-    SenseKey,
 )
+from blockbridge.scsi.sense import illegal_request
 
 WE, EA, WERO, EARO, WEAR, EAAR = 1, 3, 5, 6, 7, 8
 VALID_TYPES = (WE, EA, WERO, EARO, WEAR, EAAR)
@@ -22,14 +22,7 @@ class Conflict(Exception):
     """RESERVATION CONFLICT status."""
 
 
-class Illegal(Exception):
-    """CHECK CONDITION, ILLEGAL REQUEST with the given asc/ascq."""
-
-    def __init__(self, asc_ascq: tuple[int, int], *, in_cdb: bool = True) -> None:
-        super().__init__(asc_ascq)
-        self.key = SenseKey.ILLEGAL_REQUEST
-        self.asc_ascq = asc_ascq
-        self.in_cdb = in_cdb
+Illegal = illegal_request  # CHECK CONDITION, ILLEGAL REQUEST with the given asc/ascq
 
 
 @dataclass

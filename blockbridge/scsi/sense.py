@@ -91,6 +91,36 @@ def build_sense(
     return bytes(out)
 
 
+class CheckCondition(Exception):
+    """A command ends with CHECK CONDITION: the one exception for it, target-wide.
+
+    ``sense`` builds its sense data (through :func:`build_sense`, the one builder), in
+    descriptor format when the unit's D_SENSE bit asks for it."""
+
+    def __init__(
+        self, key: int, asc_ascq: tuple[int, int], *, information: int | None = None,
+        field_pointer: int | None = None, in_cdb: bool = True,
+    ) -> None:
+        super().__init__(key, asc_ascq)
+        self.key, self.asc_ascq, self.information = key, asc_ascq, information
+        self.field_pointer, self.in_cdb = field_pointer, in_cdb
+
+    def sense(self, descriptor: bool = False) -> bytes:
+        return build_sense(self.key, self.asc_ascq, information=self.information,
+                           field_pointer=self.field_pointer, in_cdb=self.in_cdb,
+                           descriptor=descriptor)
+
+
+def invalid_field_in_cdb(byte: int | None = None) -> CheckCondition:
+    """ILLEGAL REQUEST, INVALID FIELD IN CDB, pointing at ``byte`` where known."""
+    return CheckCondition(SenseKey.ILLEGAL_REQUEST, c.INVALID_FIELD_IN_CDB, field_pointer=byte)
+
+
+def illegal_request(asc_ascq: tuple[int, int], *, in_cdb: bool = True) -> CheckCondition:
+    """ILLEGAL REQUEST with ``asc_ascq``."""
+    return CheckCondition(SenseKey.ILLEGAL_REQUEST, asc_ascq, in_cdb=in_cdb)
+
+
 def parse_sense(data: bytes) -> SenseData | None:
     """Parse fixed (0x70/0x71) or descriptor (0x72/0x73) sense; None if unusable."""
     if len(data) < 1:

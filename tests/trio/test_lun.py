@@ -116,14 +116,14 @@ async def test_a_write_never_lands_between_the_read_and_write_of_compare_and_wri
     async with trio.open_nursery() as nursery:
         nursery.start_soon(run, "caw", caw(8, 8), old + new)
         await read.wait()
-        assert lu.execute_now(cdb10(0x2A, 8, 8), A, other) is None
+        assert not isinstance(lu.submit(cdb10(0x2A, 8, 8), A, other), SCSIResult)
         nursery.start_soon(run, "write", cdb10(0x2A, 8, 8), other)
         await trio.testing.wait_all_tasks_blocked()
         assert "write" not in results
         go_on.set()
     assert results["caw"].status == results["write"].status == Status.GOOD
     assert bytes((await lu.execute(cdb10(0x28, 8, 8), b"", A)).data) == other
-    assert lu.execute_now(cdb10(0x2A, 8, 8), A, new) is not None  # the gate is open again
+    assert isinstance(lu.submit(cdb10(0x2A, 8, 8), A, new), SCSIResult)  # the gate is open again
 
 
 async def test_compare_and_write_waits_for_the_writes_in_progress(

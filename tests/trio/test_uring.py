@@ -14,7 +14,7 @@ import blockbridge_target.uring as uring_module
 import pytest
 import trio
 from blockbridge_target.backends.file import FileBackend
-from blockbridge_target.lun import LogicalUnit, Nexus, SCSIResult
+from blockbridge_target.lun import IN_FLIGHT, LogicalUnit, Nexus, Pending, SCSIResult
 from blockbridge_target.uring import ENTRIES, Uring, open_uring
 
 from blockbridge.scsi.constants import Op, Status
@@ -44,6 +44,24 @@ def ring_and_fd(path: Path, flags: int = os.O_RDWR) -> Iterator[tuple[Uring, int
 def read10(lba: int, n: int, flags: int = 0) -> bytes:
     return bytes([Op.READ_10, flags]) + lba.to_bytes(4, "big") + b"\0" + n.to_bytes(2, "big") \
         + b"\0"
+
+
+def at_once(lu: LogicalUnit, cdb: bytes, data: bytes | memoryview = b"") -> SCSIResult | None:
+    """The result of ``cdb`` if ``submit`` finished it at once; None if it needs a task."""
+    outcome = lu.submit(cdb, A, data)
+    if isinstance(outcome, SCSIResult):
+        return outcome
+    assert isinstance(outcome, Pending)
+    return None
+
+
+def evict(path: Path) -> None:
+    """Drop the (clean) pages of ``path`` from the page cache."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
 
 
 @pytest.fixture
@@ -185,25 +203,25 @@ async def test_a_working_binding_is_tried_once(monkeypatch: pytest.MonkeyPatch) 
     assert made == [1, 1]
 
 
-async def test_execute_now_serves_only_cached_plain_reads(
+async def test_submit_finishes_only_cached_plain_reads_at_once(
     data_file: tuple[Path, bytes],
 ) -> None:
     path, data = data_file
     path.read_bytes()  # in the page cache
     lu = LogicalUnit(0, FileBackend(str(path)), target_name="iqn.2026-11.test:t")
     try:
-        r = lu.execute_now(read10(4, 8), A)
+        r = at_once(lu, read10(4, 8))
         assert r is not None and r.status == Status.GOOD
         assert bytes(r.data) == data[2048 : 2048 + 4096]
         blocks = len(data) // 512
-        assert lu.execute_now(read10(blocks - 1, 2), A) is None  # out of range: slow path
-        assert lu.execute_now(read10(0, 8, flags=0x20), A) is None  # protection: slow path
-        assert lu.execute_now(read10(0, 0), A) is None  # zero length
-        assert lu.execute_now(bytes([Op.WRITE_10]) + bytes(9), A) is None
-        assert lu.execute_now(bytes([Op.READ_16]) + bytes(5), A) is None  # short CDB
+        assert at_once(lu, read10(blocks - 1, 2)) is None  # out of range: slow path
+        assert at_once(lu, read10(0, 8, flags=0x20)) is None  # protection: slow path
+        assert at_once(lu, read10(0, 0)) is None  # zero length
+        assert at_once(lu, bytes([Op.WRITE_10]) + bytes(9)) is None
+        assert at_once(lu, bytes([Op.READ_16]) + bytes(5)) is None  # short CDB
         await lu.execute(bytes(6), b"", A)  # TEST UNIT READY: A is a known nexus
         lu.logical_unit_reset(by=None)  # ... with a unit attention pending now
-        assert lu.execute_now(read10(0, 8), A) is None
+        assert at_once(lu, read10(0, 8)) is None
     finally:
         lu.close()
 
@@ -213,24 +231,24 @@ def write10(lba: int, n: int, flags: int = 0) -> bytes:
         + n.to_bytes(2, "big") + b"\0"
 
 
-async def test_execute_now_writes_whole_pages_of_immediate_data(
+async def test_submit_writes_whole_pages_of_immediate_data_at_once(
     data_file: tuple[Path, bytes],
 ) -> None:
     path, data = data_file
     lu = LogicalUnit(0, FileBackend(str(path)), target_name="iqn.2026-11.test:t")
     try:
         page = os.urandom(4096)
-        r = lu.execute_now(write10(8, 8), A, memoryview(page))
+        r = at_once(lu, write10(8, 8), memoryview(page))
         assert r is not None and r.status == Status.GOOD
         assert path.read_bytes()[4096:8192] == page
-        assert lu.execute_now(write10(8, 8), A, page[:512]) is None  # data still to come
-        assert lu.execute_now(write10(1, 1), A, page[:512]) is None  # part of a page
-        assert lu.execute_now(write10(8, 8, flags=0x08), A, page) is None  # FUA
+        assert at_once(lu, write10(8, 8), page[:512]) is None  # data still to come
+        assert at_once(lu, write10(1, 1), page[:512]) is None  # part of a page
+        assert at_once(lu, write10(8, 8, flags=0x08), page) is None  # FUA
         lu.mode.write_cache = False
-        assert lu.execute_now(write10(8, 8), A, page) is None  # write-through
+        assert at_once(lu, write10(8, 8), page) is None  # write-through
         lu.mode.write_cache = True
         lu.read_only = True
-        assert lu.execute_now(write10(8, 8), A, page) is None  # refused on the task path
+        assert at_once(lu, write10(8, 8), page) is None  # refused on the task path
     finally:
         lu.close()
     assert path.read_bytes()[8192:] == data[8192:]
@@ -260,7 +278,7 @@ async def test_start_read_calls_back_with_the_outcome(data_file: tuple[Path, byt
     assert not ring.start_read(0, bytearray(1), 0, finished)  # closed: nothing started
 
 
-async def test_read_soon_answers_a_miss_from_the_completion(
+async def test_submit_answers_a_read_a_miss_from_the_completion(
     data_file: tuple[Path, bytes],
 ) -> None:
     path, data = data_file
@@ -274,17 +292,21 @@ async def test_read_soon_answers_a_miss_from_the_completion(
         done.set()
 
     try:
-        assert lu.read_soon(read10(16, 8), A, answer)
+        evict(path)
+        assert lu.submit(read10(16, 8), A, done=answer) is IN_FLIGHT
         with trio.fail_after(5):
             await done.wait()
         assert results[0].status == Status.GOOD
         assert bytes(results[0].data) == data[8192 : 8192 + 4096]
-        assert not lu.read_soon(read10(0, 256), A, answer)  # 128 KiB: threads, via execute
-        assert not lu.read_soon(write10(0, 8), A, answer)
-        assert not lu.read_soon(read10(len(data) // 512, 1), A, answer)  # out of range
+        evict(path)
+        # 128 KiB: threads, in a task
+        assert isinstance(lu.submit(read10(0, 256), A, done=answer), Pending)
+        assert isinstance(lu.submit(write10(0, 8), A, done=answer), Pending)
+        out_of_range = read10(len(data) // 512, 1)
+        assert isinstance(lu.submit(out_of_range, A, done=answer), Pending)
         os.close(lu.backend.fd)  # type: ignore[attr-defined]
         done = trio.Event()
-        assert lu.read_soon(read10(0, 8), A, answer)
+        assert lu.submit(read10(0, 8), A, done=answer) is IN_FLIGHT
         with trio.fail_after(5):
             await done.wait()
         assert results[1].status == Status.CHECK_CONDITION  # the I/O error, as sense data
