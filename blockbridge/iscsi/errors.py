@@ -47,3 +47,19 @@ class LoginFailed(ISCSIError):
 class AuthenticationError(LoginFailed):
     def __init__(self, message: str) -> None:
         super().__init__(message, LoginStatus.AUTHENTICATION_FAILURE)
+
+
+class ProtocolError(ISCSIError):
+    """The peer broke a rule of the full-feature phase; the connection ends.  ``reason`` is
+    the Reject reason that names the fault; ``reject`` says whether a Reject goes out
+    before the connection is closed (otherwise it is closed at once)."""
+
+    def __init__(self, message: str, reason: RejectReason = RejectReason.PROTOCOL_ERROR,
+                 *, reject: bool = False) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.reject = reject
+
+
+class MachineStopped(ISCSIError):
+    """A connection machine was called after it stopped (an error, or the logout)."""
