@@ -11,7 +11,7 @@ import trio
 from blockbridge.iscsi import pdu as P
 from blockbridge.iscsi.constants import LoginStatus
 from blockbridge.iscsi.login import TargetLogin
-from blockbridge.iscsi.serial import sn_add
+from blockbridge.iscsi.window import login_numbers
 from blockbridge.transport import RECEIVE_CHUNK
 
 from .lun import Nexus
@@ -58,9 +58,10 @@ async def log_in(conn: Connection) -> bool:
             if cfg is not None and cfg.target_name in server.targets:
                 depth = server.targets[cfg.target_name].queued_commands
             was_authenticated = machine.authenticated
+            maxcmdsn, next_statsn = login_numbers(conn.statsn, expcmdsn, depth)
             rsp = machine.receive(req, statsn=conn.statsn, expcmdsn=expcmdsn,
-                                  maxcmdsn=sn_add(expcmdsn, depth - 1))
-            conn.statsn = sn_add(conn.statsn, 1)
+                                  maxcmdsn=maxcmdsn)
+            conn.statsn = next_statsn
             if machine.failed:
                 # names are checked (an invalid one is the failure), the target is
                 # shown as asked for, escaped; the failure text is escaped already

@@ -57,3 +57,9 @@ class CommandWindow:
 
     def advance(self) -> None:
         self.expcmdsn = sn_add(self.expcmdsn, 1)
+
+
+def login_numbers(statsn: int, expcmdsn: int, depth: int) -> tuple[int, int]:
+    """For a Login Response numbered ``statsn``: the MaxCmdSN it offers (a window of
+    ``depth`` from ``expcmdsn``) and the StatSN of the next response."""
+    return sn_add(expcmdsn, depth - 1), sn_add(statsn, 1)
