@@ -75,7 +75,6 @@ NOP_DATA_ECHOED = 8192  # the most of a NOP-Out's data a NOP-In echoes
 GOOD = 0x00
 TASK_SET_FULL = 0x28
 
-_EMPTY = memoryview(b"")
 
 
 def _no_give(buffer: bytearray) -> None:
@@ -279,14 +278,9 @@ class TargetConnection:
         if write:
             task.next_offset = data_len
             task.reserved = unasked
-            placed = self._placed(cmd)
-            if placed is not None:
-                task.buffer = placed  # the immediate data was received into it
-            elif data_len and not complete:
-                # every byte is overwritten by the data the initiator sends before the
-                # command runs (all of EDTL is collected first), so a reused buffer is safe
-                task.buffer = self._take(edtl)
-                task.buffer[:data_len] = cmd.data
+            # immediate data not placed stays in the command until a buffer is due: none
+            # is taken before the shell reserved its budget (or refused the command)
+            task.buffer = self._placed(cmd)
             if complete:
                 task.phase = Phase.COMPLETE
             elif unsolicited:
@@ -296,6 +290,16 @@ class TargetConnection:
                 task.phase = Phase.WAITING
         data: Buffer = cmd.data
         return [CommandReceived(cmd, task.lun, data, complete, unasked)]
+
+    def _buffer(self, task: _Task) -> bytearray:
+        """The command's buffer, taken when its data first needs it, with the immediate
+        data copied in.  Every byte is overwritten by the data the initiator sends before
+        the command runs (all of EDTL is collected first), so a reused buffer is safe."""
+        if task.buffer is None:
+            task.buffer = self._take(task.cmd.expected_length)
+            if task.cmd.data:
+                task.buffer[: len(task.cmd.data)] = task.cmd.data
+        return task.buffer
 
     def place(self, bhs: bytes) -> memoryview | None:
         """Where the data segment of the PDU whose header is ``bhs`` goes, so that it is
@@ -318,9 +322,7 @@ class TargetConnection:
                     or task.phase not in (Phase.UNSOLICITED, Phase.BURST) \
                     or offset + dlen > task.cmd.expected_length:
                 return None
-            if task.buffer is None:  # the first byte of its data: reserved already
-                task.buffer = self._take(task.cmd.expected_length)
-            return memoryview(task.buffer)[offset : offset + dlen]
+            return memoryview(self._buffer(task))[offset : offset + dlen]
         return None
 
     def _on_data_out(self, d: DataOut, now: float) -> list[Event]:
@@ -342,11 +344,10 @@ class TargetConnection:
         task.next_offset += n
         task.progress = now
         if n:
-            if task.buffer is None:  # its first byte of data
-                task.buffer = self._take(task.cmd.expected_length)
+            buffer = self._buffer(task)
             data = d.data
-            if not (isinstance(data, memoryview) and data.obj is task.buffer):
-                task.buffer[d.offset : d.offset + n] = data  # not placed: copied once
+            if not (isinstance(data, memoryview) and data.obj is buffer):
+                buffer[d.offset : d.offset + n] = data  # not placed: copied once
         if not d.final:
             return []
         end = task.unsolicited_end if task.phase is Phase.UNSOLICITED else task.burst_end
@@ -359,8 +360,7 @@ class TargetConnection:
         the next burst once the shell has asked for it."""
         if task.next_offset >= task.cmd.expected_length:
             task.phase = Phase.COMPLETE
-            data = memoryview(task.buffer) if task.buffer is not None else _EMPTY
-            return [DataReceived(task.cmd.itt, data)]
+            return [DataReceived(task.cmd.itt, memoryview(self._buffer(task)))]
         task.phase = Phase.WAITING
         if not task.solicit:
             return []
@@ -387,11 +387,7 @@ class TargetConnection:
         task.reserved = task.solicit = True
         task.progress = now
         if task.phase is Phase.COMPLETE:
-            if task.buffer is None and task.cmd.data:  # came whole, not placed: copied now
-                task.buffer = self._take(task.cmd.expected_length)
-                task.buffer[: len(task.cmd.data)] = task.cmd.data
-            data = memoryview(task.buffer) if task.buffer is not None else _EMPTY
-            return [DataReceived(itt, data)]
+            return [DataReceived(itt, memoryview(self._buffer(task)))]
         if task.phase is Phase.WAITING:
             return self._sequence_done(task, now)
         return []

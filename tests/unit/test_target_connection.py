@@ -231,6 +231,26 @@ def test_immediate_data_is_placed_and_a_held_command_keeps_only_its_data() -> No
     assert isinstance(ev, E.CommandReceived) and type(ev.data) is bytes
 
 
+def test_no_buffer_is_taken_before_the_shell_reserved_its_budget() -> None:
+    """A WRITE announcing 4 GiB with a little immediate data: the shell refuses it (BUSY,
+    or the unit's limits) before any buffer exists."""
+    taken: list[int] = []
+    m = TargetConnection(SessionParams(first_burst_length=1 << 20), expcmdsn=1, depth=4,
+                         statsn=1, take_buffer=lambda n: taken.append(n) or bytearray(n))
+    huge = replace(write(1, 1, 4096, b"x" * 512), expected_length=2**32 - 512)
+    [ev] = m.receive(huge, now=0)
+    assert isinstance(ev, E.CommandReceived) and not ev.complete and taken == []
+    m.respond(1, 0x08)  # BUSY
+    assert taken == [] and not m.busy
+    m.receive(write(2, 2, 4096, b"y" * 512), now=0)
+    [r2t] = sent(m.solicit(2, now=0))
+    assert taken == [] and isinstance(r2t, P.R2T)
+    [done] = m.receive(P.DataOut(itt=2, ttt=r2t.ttt, offset=512, final=True,
+                                 data=b"z" * 3584), now=0)
+    assert taken == [4096] and isinstance(done, E.DataReceived)
+    assert bytes(done.data) == b"y" * 512 + b"z" * 3584
+
+
 def test_data_out_is_placed_in_the_commands_buffer_at_its_offset_once() -> None:
     m = machine(immediate_data=True, first_burst_length=1024, max_burst_length=1 << 20)
     m.receive(write(5, 1, 4096, b"i" * 1024), now=0)
@@ -524,3 +544,64 @@ def _cut(offset: int, length: int, params: SessionParams) -> list[tuple[int, int
     from blockbridge.iscsi.segments import segments
 
     return list(segments(offset, offset + length, params.max_recv_data_segment_length))
+
+
+# ------------------------------------------------------------------ hostile input
+
+_u32 = st.integers(0, 2**32 - 1)
+_small = st.sampled_from([0, 1, 2, 3, RESERVED_TAG])
+_pdus = st.one_of(
+    st.builds(P.SCSICommand, itt=_small, cmdsn=st.integers(0, 6), expected_length=st.sampled_from(
+        [0, 512, 4096, 70000]), read=st.booleans(), write=st.booleans(),
+        final=st.booleans(), immediate=st.booleans(), cdb=st.sampled_from([read10(1), b""]),
+        data=st.binary(max_size=600), lun=st.sampled_from([0, P.encode_lun(1)])),
+    st.builds(P.DataOut, itt=_small, ttt=st.one_of(_small, _u32), datasn=st.integers(0, 3),
+              offset=st.sampled_from([0, 512, 1024, 4096]), final=st.booleans(),
+              data=st.binary(max_size=1100)),
+    st.builds(P.NopOut, itt=_small, ttt=st.one_of(_small, _u32), cmdsn=st.integers(0, 6),
+              immediate=st.booleans(), data=st.binary(max_size=20)),
+    st.builds(P.TextRequest, itt=_small, ttt=st.one_of(_small, _u32), cont=st.booleans(),
+              cmdsn=st.integers(0, 6), data=st.sampled_from(
+                  [b"", b"SendTargets=All\0", b"x", b"a=b\0c\0", b"\xff=\0"])),
+    st.builds(P.TaskManagementRequest, itt=_small, function=st.integers(0, 20),
+              referenced_itt=_small, immediate=st.booleans()),
+    st.builds(P.LogoutRequest, itt=_small, reason=st.integers(0, 3), cmdsn=st.integers(0, 6)),
+    st.builds(P.SNACKRequest, itt=_small),
+    st.builds(P.LoginRequest, itt=_small),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_pdus, max_size=25), st.data())
+def test_hostile_pdus_give_events_or_a_protocol_error_never_a_crash(
+        pdus: list[P.PDU], data: st.DataObject) -> None:
+    m = TargetConnection(SessionParams(first_burst_length=1024, max_burst_length=2048,
+                                       initial_r2t=False),
+                         expcmdsn=1, depth=3, statsn=1, data_out_timeout=5)
+    now = 0.0
+    for pdu in pdus:
+        now += 1
+        try:
+            events = m.receive(pdu, now) + m.handle_timer(now)
+        except ProtocolError:
+            assert m.state is E.State.FAILED
+            with pytest.raises(MachineStopped):
+                m.receive(pdu, now)
+            return
+        for ev in events:
+            if isinstance(ev, E.CommandReceived | E.DataTimedOut | E.DataReceived):
+                if data.draw(st.booleans()) and ev.itt in m.tasks():
+                    m.respond(ev.itt, 0, b"r" * 100)
+                elif isinstance(ev, E.CommandReceived) and not ev.complete:
+                    m.solicit(ev.itt, now)
+            elif isinstance(ev, E.TextRequested):
+                m.text_answer(ev.itt, [("TargetName", "t" * 200)] * 60)
+            elif isinstance(ev, E.TaskManagement):
+                m.abort(ev.abort)
+                for itt in ev.abort:
+                    m.discard(itt)
+                m.tmf_response(ev.itt, ev.response)
+            elif isinstance(ev, E.LogoutRequested):
+                m.logout_response(ev.itt, ev.reason)
+                return
+        assert m.window.in_flight == len(m.tasks())
