@@ -341,7 +341,8 @@ class Connection:
         except (ConnectionClosed, MachineStopped):
             pass
         finally:
-            del self._jobs[itt]
+            if self._jobs.get(itt) is job:  # once answered, its tag may be in use again
+                del self._jobs[itt]
             if not answered:
                 m.discard(itt)
             if job.reserved:
