@@ -192,7 +192,10 @@ class Connection:
                     await self.pdus.send_pdu(m.error_reject(pdu, exc))
                 raise
             for ev in events:
-                await self._handle(m, ev)
+                if type(ev) is E.CommandReceived:  # most of them: no coroutine for it
+                    self._command(m, ev)
+                else:
+                    await self._handle(m, ev)
             if m.state is E.State.LOGGED_OUT:
                 return
             if self.pdus.backlog > MAX_POSTED_BYTES:

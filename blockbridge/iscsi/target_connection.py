@@ -212,7 +212,7 @@ class TargetConnection:
         while self.window.expcmdsn in self._held:
             cmd = self._held.pop(self.window.expcmdsn)
             self.window.advance()
-            events += self._start(cmd, now)
+            events += self._start(cmd, self._placed(cmd), now)
         return events
 
     def _on_command(self, cmd: SCSICommand, now: float) -> list[Event]:
@@ -232,7 +232,7 @@ class TargetConnection:
                 self._give_placed(placed)
                 refused = self._response(_Task(cmd, decode_lun(cmd.lun)), TASK_SET_FULL)
                 return [Send(tuple(refused))]
-            return self._start(cmd, now)
+            return self._start(cmd, placed, now)
         verdict = self.window.classify(cmd.cmdsn)
         if verdict is Admission.DROP:
             self._give_placed(placed)
@@ -248,7 +248,10 @@ class TargetConnection:
             self._held[cmd.cmdsn] = cmd
             return []
         self.window.advance()
-        return self._start(cmd, now) + self._release_held(now)
+        events = self._start(cmd, placed, now)
+        if self._held:
+            events += self._release_held(now)
+        return events
 
     def _placed(self, cmd: SCSICommand) -> bytearray | None:
         """The buffer for all of the command that its immediate data was received into
@@ -263,7 +266,7 @@ class TargetConnection:
         if placed is not None:
             self._give(placed)
 
-    def _start(self, cmd: SCSICommand, now: float) -> list[Event]:
+    def _start(self, cmd: SCSICommand, placed: bytearray | None, now: float) -> list[Event]:
         if cmd.itt in self._tasks:
             raise self._fail(f"initiator task tag 0x{cmd.itt:08x} reused while still active")
         edtl = cmd.expected_length
@@ -280,7 +283,7 @@ class TargetConnection:
             task.reserved = unasked
             # immediate data not placed stays in the command until a buffer is due: none
             # is taken before the shell reserved its budget (or refused the command)
-            task.buffer = self._placed(cmd)
+            task.buffer = placed
             if complete:
                 task.phase = Phase.COMPLETE
             elif unsolicited:

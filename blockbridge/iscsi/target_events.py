@@ -1,4 +1,6 @@
-"""What the target's full-feature machine (:mod:`.target_connection`) tells its shell."""
+"""What the target's full-feature machine (:mod:`.target_connection`) tells its shell.
+
+Plain (not frozen) dataclasses: one is made per command on the hot path."""
 
 from __future__ import annotations
 
@@ -29,12 +31,12 @@ class Phase(enum.Enum):
     ABORTED = "aborted"  # its Data-Out is ignored; the shell ends it
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Event:
     pass
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CommandReceived(Event):
     """A command whose turn has come (in CmdSN order, or immediate).  ``data`` is what
     came with it (in a buffer for all of it if it was placed).  ``complete``: no more data
@@ -52,7 +54,7 @@ class CommandReceived(Event):
         return self.cmd.itt
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class DataReceived(Event):
     """All of a write's data is in ``data`` (the command's buffer): it may run."""
 
@@ -60,7 +62,7 @@ class DataReceived(Event):
     data: memoryview
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class DataTimedOut(Event):
     """No Data-Out came for a command that waits for it within the Data-Out timeout."""
 
@@ -69,14 +71,14 @@ class DataTimedOut(Event):
     expected: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Send(Event):
     """PDUs to send as they are (R2Ts, NOP-In, Text continuations, Rejects, refusals)."""
 
     pdus: tuple[Outgoing, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CommandDropped(Event):
     """A command outside the window was ignored."""
 
@@ -85,7 +87,7 @@ class CommandDropped(Event):
     maxcmdsn: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TaskManagement(Event):
     """A task management request: ``abort`` are the tasks to end without an answer (the
     machine ignores their Data-Out already); ``response`` what the machine would answer.
@@ -98,7 +100,7 @@ class TaskManagement(Event):
     response: TaskResponse
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TextRequested(Event):
     """A complete text request (Continue-bit parts reassembled): answer with ``text_answer``."""
 
@@ -106,7 +108,7 @@ class TextRequested(Event):
     pairs: tuple[tuple[str, str], ...]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class LogoutRequested(Event):
     """Answer with ``logout_response`` once the running commands are done."""
 
@@ -114,7 +116,7 @@ class LogoutRequested(Event):
     reason: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PeerSilent(Event):
     """A NOP-In ping went unanswered for the NOP timeout: the connection is dead."""
 
