@@ -180,7 +180,8 @@ class TargetConnection:
 
     def receive(self, pdu: PDU, now: float) -> list[Event]:
         """Take one PDU from the initiator; what it asks of the shell."""
-        self._check()
+        if self.state is not State.FULL_FEATURE:
+            self._check()
         if isinstance(pdu, SCSICommand):
             return self._on_command(pdu, now)
         if isinstance(pdu, DataOut):
@@ -292,7 +293,7 @@ class TargetConnection:
             else:
                 task.phase = Phase.WAITING
         data: Buffer = cmd.data
-        return [CommandReceived(cmd, task.lun, data, complete, unasked)]
+        return [CommandReceived(cmd.itt, cmd, task.lun, data, complete, unasked)]
 
     def _buffer(self, task: _Task) -> bytearray:
         """The command's buffer, taken when its data first needs it, with the immediate
@@ -404,7 +405,8 @@ class TargetConnection:
         to the expected length); ``written`` what a write's CDB transfers (for its
         residual).  The command is forgotten (its buffer given back: send no PDU that
         refers to it after the next call)."""
-        self._check()
+        if self.state is not State.FULL_FEATURE:
+            self._check()
         task = self._tasks.pop(itt)
         self.window.in_flight -= 1
         if task.buffer is not None:

@@ -43,15 +43,12 @@ class CommandReceived(Event):
     will come.  ``unasked``: data came or will come without an R2T, so its buffer budget
     must be taken at once (or the command refused)."""
 
+    itt: int
     cmd: SCSICommand
     lun: int
     data: Buffer
     complete: bool
     unasked: bool
-
-    @property
-    def itt(self) -> int:
-        return self.cmd.itt
 
 
 @dataclass(slots=True)
