@@ -23,7 +23,6 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -31,7 +30,6 @@ import trio
 
 from blockbridge.buffers import MAX_POOLED, BufferPool
 from blockbridge.iscsi import target_events as E
-from blockbridge.iscsi.constants import TaskFunction, TaskResponse, name_of
 from blockbridge.iscsi.errors import MachineStopped, NegotiationError, PDUFormatError, ProtocolError
 from blockbridge.iscsi.names import printable
 from blockbridge.iscsi.target_connection import TargetConnection
@@ -39,10 +37,11 @@ from blockbridge.scsi.constants import Status
 from blockbridge.transport import LOGIN_RECEIVE_CHUNK, ConnectionClosed, PDUStream
 
 from .budget import SessionBudget
-from .commands import target_result, timed_out
+from .commands import target_result
 from .login_phase import Drop, log_in
 from .lun import IN_FLIGHT, SCSIResult
 from .session import Session
+from .tasks import Job, run_job, task_management, text_answers
 
 if TYPE_CHECKING:
     from .server import TargetServer
@@ -53,18 +52,6 @@ MAX_POSTED_BYTES = 8 << 20  # answered but unsent read data before the reader wa
 LOGOUT_GRACE = 10.0  # how long a logout waits for running commands
 
 __all__ = ["Connection", "Drop"]
-
-
-@dataclass(eq=False)
-class Job:
-    """A command run as a task."""
-
-    ev: E.CommandReceived
-    reserved: int = 0  # bytes of the session's budget it holds
-    ready: trio.Event = field(default_factory=trio.Event)  # its data is in, or timed out
-    data: memoryview | None = None
-    timed_out: bool = False
-    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
 
 
 class Connection:
@@ -85,12 +72,12 @@ class Connection:
         self._timeouts = 0  # commands ended for want of Data-Out or of buffer budget
         self._buffers: BufferPool = server.write_buffers  # recycled after each command
         self.budget: SessionBudget = server.budget.session(server.buffer_limits.session_budget)
-        self._data_out_timeout = server.buffer_limits.data_out_timeout
+        self.data_out_timeout = server.buffer_limits.data_out_timeout
         self.local = local
         self.session: Session | None = None
         self.statsn = 0x1000
         self.machine: TargetConnection | None = None
-        self._jobs: dict[int, Job] = {}
+        self.jobs: dict[int, Job] = {}
         self._nursery: trio.Nursery | None = None
         self._flush_wanted = trio.Event()  # responses were posted for the flusher to send
         self._timer = trio.CancelScope()  # the timer task's sleep, until the next deadline
@@ -142,7 +129,7 @@ class Connection:
     def busy(self) -> bool:
         return self.machine is not None and self.machine.busy
 
-    def _command_ended(self) -> None:
+    def command_ended(self) -> None:
         if self.busy:
             return
         if self._quiet is not None:
@@ -160,7 +147,7 @@ class Connection:
         m = self.machine = TargetConnection(
             s.params, expcmdsn=s.expcmdsn, depth=s.depth, statsn=self.statsn,
             now=trio.current_time(), discovery=s.discovery,
-            data_out_timeout=self._data_out_timeout, nop_interval=interval or 0.0,
+            data_out_timeout=self.data_out_timeout, nop_interval=interval or 0.0,
             nop_timeout=(target.nop_timeout if target is not None else 0) or 0.0,
             take_buffer=self._buffers.take, give_buffer=self._buffers.give,
             max_placed=MAX_POOLED)
@@ -195,7 +182,7 @@ class Connection:
                 if type(ev) is E.CommandReceived:  # most of them: no coroutine for it
                     self._command(m, ev)
                 else:
-                    await self._handle(m, ev)
+                    await self.handle(m, ev)
             if m.state is E.State.LOGGED_OUT:
                 return
             if self.pdus.backlog > MAX_POSTED_BYTES:
@@ -203,13 +190,13 @@ class Connection:
                 # reading its commands until they are written (TCP back-pressure).
                 await self.pdus.flush()
 
-    async def _handle(self, m: TargetConnection, ev: E.Event) -> None:
+    async def handle(self, m: TargetConnection, ev: E.Event) -> None:
         if isinstance(ev, E.CommandReceived):
             self._command(m, ev)
         elif isinstance(ev, E.Send):
             self._post(list(ev.pdus))
         elif isinstance(ev, E.DataReceived | E.DataTimedOut):
-            job = self._jobs.get(ev.itt)
+            job = self.jobs.get(ev.itt)
             if job is not None:
                 job.data = ev.data if isinstance(ev, E.DataReceived) else None
                 job.timed_out = isinstance(ev, E.DataTimedOut)
@@ -222,9 +209,9 @@ class Connection:
                     " (more on this connection are logged at debug level)"
                     if self._dropped == 1 else "")
         elif isinstance(ev, E.TaskManagement):
-            await self._task_management(m, ev)
+            await task_management(self, m, ev)
         elif isinstance(ev, E.TextRequested):
-            self._post(m.text_answer(ev.itt, self._text_answers(ev.pairs)))
+            self._post(m.text_answer(ev.itt, text_answers(self, ev.pairs)))
         elif isinstance(ev, E.LogoutRequested):
             with trio.move_on_after(LOGOUT_GRACE):
                 while m.busy:
@@ -261,9 +248,9 @@ class Connection:
             if m.state is not E.State.FULL_FEATURE:
                 return
             for ev in m.handle_timer(trio.current_time()):
-                await self._handle(m, ev)
+                await self.handle(m, ev)
 
-    def _rearm(self, m: TargetConnection) -> None:
+    def rearm(self, m: TargetConnection) -> None:
         """Wake the timer task sooner if the machine's next deadline came nearer."""
         when = m.get_timer()
         if when is not None and when < self._timer.deadline:
@@ -300,19 +287,19 @@ class Connection:
             if self.budget.try_take(size):
                 job.reserved = size
             else:  # its data comes unasked and has nowhere to go: retried later
-                self._note_timeout("no buffer budget for the unsolicited data of task "
+                self.note_timeout("no buffer budget for the unsolicited data of task "
                                    f"0x{cmd.itt:08x}: answered BUSY")
                 early = SCSIResult(Status.BUSY)
         if early is not None:
             self._answer(m, ev, early)  # any Data-Out that follows is ignored
             return
-        self._jobs[cmd.itt] = job
-        self._nursery.start_soon(self._run, m, job)
+        self.jobs[cmd.itt] = job
+        self._nursery.start_soon(run_job, self, m, job)
 
     def _answer(self, m: TargetConnection, ev: E.CommandReceived, result: SCSIResult) -> None:
-        self._post(self._response(m, ev, result), after=result.release)
+        self._post(self.response(m, ev, result), after=result.release)
 
-    def _response(self, m: TargetConnection, ev: E.CommandReceived,
+    def response(self, m: TargetConnection, ev: E.CommandReceived,
                   result: SCSIResult) -> list[E.Outgoing]:
         assert self.session is not None
         written = None
@@ -328,76 +315,9 @@ class Connection:
         except (ConnectionClosed, MachineStopped):  # the connection is gone
             if result.release is not None:
                 result.release()
-        self._command_ended()
+        self.command_ended()
 
-    async def _run(self, m: TargetConnection, job: Job) -> None:
-        itt = job.ev.itt
-        answered = False
-        try:
-            with job.scope:
-                result = await self._execute(m, job)
-                pdus = self._response(m, job.ev, result)
-                answered = True
-                await self.pdus.send_pdus(pdus)
-                if result.release is not None:  # sent: the buffer may be reused
-                    result.release()
-        except (ConnectionClosed, MachineStopped):
-            pass
-        finally:
-            if self._jobs.get(itt) is job:  # once answered, its tag may be in use again
-                del self._jobs[itt]
-            if not answered:
-                m.discard(itt)
-            if job.reserved:
-                self.budget.give(job.reserved)
-            self._command_ended()
-
-    async def _reserve(self, job: Job, size: int) -> bool:
-        """Reserve ``size`` bytes for the job, waiting for them up to the Data-Out
-        timeout; False if they did not come."""
-        with trio.move_on_after(self._data_out_timeout):
-            await self.budget.take(size)
-            job.reserved += size
-            return True
-        s = self.budget
-        self._note_timeout(
-            f"no buffer budget for task 0x{job.ev.itt:08x} ({size} bytes) within "
-            f"{self._data_out_timeout:g}s: answered BUSY (the session holds {s.used} of "
-            f"{s.limit} bytes, all sessions {s.server.used} of {s.server.limit})")
-        return False
-
-    async def _execute(self, m: TargetConnection, job: Job) -> SCSIResult:
-        s = self.session
-        assert s is not None and s.nexus is not None
-        cmd = job.ev.cmd
-        lu = s.luns.get(job.ev.lun)
-        data = memoryview(b"")
-        if cmd.write and cmd.expected_length:
-            # with what it reads (COMPARE AND WRITE, ORWRITE): all it needs at once
-            size = cmd.expected_length + (lu.buffer_length(cmd.cdb) if lu else 0)
-            if not job.reserved and (not self.budget.fits(size)
-                                     or not await self._reserve(job, size)):
-                return SCSIResult(Status.BUSY)
-            for ev in m.solicit(cmd.itt, trio.current_time()):
-                await self._handle(m, ev)
-            self._rearm(m)
-            await job.ready.wait()
-            if job.timed_out or job.data is None:
-                self._note_timeout(
-                    f"no Data-Out for task 0x{cmd.itt:08x} within "
-                    f"{self._data_out_timeout:g}s: aborted with INITIATOR RESPONSE TIMEOUT")
-                return timed_out(lu)
-            data = job.data
-        answer = target_result(cmd, s.luns, job.ev.lun)
-        if answer is not None or lu is None:
-            return answer or SCSIResult(Status.GOOD)
-        need = lu.buffer_length(cmd.cdb) if not job.reserved else 0  # a write's: taken
-        # a need beyond the budget is a command the unit refuses without reading
-        if need and self.budget.fits(need) and not await self._reserve(job, need):
-            return SCSIResult(Status.BUSY)
-        return await lu.execute(cmd.cdb, data, s.nexus)
-
-    def _note_timeout(self, what: str) -> None:
+    def note_timeout(self, what: str) -> None:
         """Log a command ended for want of data or budget: the first of a connection as a
         warning, the others at debug level (a hostile peer could fill the log)."""
         self._timeouts += 1
@@ -405,42 +325,3 @@ class Connection:
                 self.peer, what, " (more on this connection are logged at debug level)"
                 if self._timeouts == 1 else "")
 
-    # ---------------------------------------------------------------- other requests
-
-    def _text_answers(self, pairs: tuple[tuple[str, str], ...]) -> list[tuple[str, str]]:
-        assert self.session is not None
-        answers: list[tuple[str, str]] = []
-        for key, value in pairs:
-            if key == "SendTargets":
-                answers += self.server.send_targets(
-                    value, self.session, self.peer.rsplit(":", 1)[0].strip("[]"), self.local,
-                    tls=self.tls)
-            else:
-                answers.append((key, "NotUnderstood"))
-        return answers
-
-    async def _task_management(self, m: TargetConnection, ev: E.TaskManagement) -> None:
-        s = self.session
-        assert s is not None
-        fn, response = ev.function, ev.response
-        abort = [itt for itt in ev.abort if itt in self._jobs]  # others answer on their own
-        lu = s.luns.get(ev.lun)
-        if fn == TaskFunction.ABORT_TASK and not abort:
-            response = TaskResponse.TASK_DOES_NOT_EXIST
-        if fn == TaskFunction.LOGICAL_UNIT_RESET and lu is None:
-            response, abort = TaskResponse.LUN_DOES_NOT_EXIST, []
-        m.abort(abort)
-        for itt in abort:
-            self._jobs[itt].scope.cancel()
-        if response == TaskResponse.COMPLETE:
-            if fn == TaskFunction.LOGICAL_UNIT_RESET and lu is not None:
-                lu.logical_unit_reset(s.nexus)
-            elif fn in (TaskFunction.TARGET_WARM_RESET, TaskFunction.TARGET_COLD_RESET):
-                for unit in s.luns.values():
-                    unit.target_reset(s.nexus, cold=fn == TaskFunction.TARGET_COLD_RESET)
-        await trio.lowlevel.checkpoint()
-        await self.pdus.send_pdus([m.tmf_response(ev.itt, response)])
-        log.info("%s: task management %s on LUN %d: %s", self.peer,
-                 name_of(TaskFunction, fn), ev.lun, name_of(TaskResponse, response))
-        if fn == TaskFunction.TARGET_COLD_RESET:
-            self.close()
