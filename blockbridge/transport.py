@@ -183,6 +183,53 @@ class PDUStream:
         if after is not None:
             self._after.append(after)
 
+    def write_now(self) -> bool:
+        """Hand what is queued to the socket without waiting.  True: nothing is left for
+        ``flush`` (all of it was written, or a write in progress takes it); False: the
+        socket took only part, or this stream cannot write without waiting (TLS, a
+        memory stream, file data), so someone must ``flush()``."""
+        if self._broken is not None:
+            raise ConnectionClosed(self._broken)
+        queue = self._queue
+        if not queue or self._writing:
+            return True
+        raw = self._raw
+        if raw is None:
+            return False
+        views = []
+        for part in queue:
+            if isinstance(part, FileRange):
+                return False
+            views.append(memoryview(part).cast("B"))
+        try:
+            n = raw.sendmsg(views[:_IOV_MAX])
+        except BlockingIOError:
+            return False
+        except OSError as exc:
+            self._broken = f"connection lost: {exc}"
+            self._queue.clear()
+            self._after.clear()
+            self.backlog = 0
+            raise ConnectionClosed(self._broken) from exc
+        self.bytes_sent += n
+        self.backlog -= n
+        if n == sum(v.nbytes for v in views):
+            queue.clear()
+            after, self._after = self._after, []
+            for fn in after:
+                fn()
+            return True
+        while n:  # keep what was not written, in order
+            first = views[0]
+            if n >= first.nbytes:
+                n -= first.nbytes
+                views.pop(0)
+            else:
+                views[0] = first[n:]
+                n = 0
+        self._queue = list(views)
+        return False
+
     async def flush(self, gather: bool = True) -> None:
         """Return once everything queued so far is written.
 

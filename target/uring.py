@@ -4,97 +4,111 @@ A read that misses the page cache has to wait for the disk.  Handing it to a wor
 thread costs more than the disk here: each completion has to take the GIL back from the
 event loop, and on a small VM every such hand-over is a pair of context switches
 (about 150-250 µs of CPU per 4 KiB read in all).  With io_uring the event loop queues
-the read, the kernel does it asynchronously, and a completion costs a few microseconds:
-a single Python thread reads 50k random 4 KiB blocks per second from a cold file here.
+the read, the kernel does it asynchronously, and a completion costs a few microseconds.
 
-One ring per logical unit.  Completions are signalled on an eventfd that a trio system
-task waits on; in one pass it reschedules every finished task, or calls the completion
-callback of an operation started with ``start_read`` (which no task waits for).
+One ring per logical unit, driven through the system calls by ``uring_abi``.  An
+operation writes its submission entry into the ring at once; every entry written during
+one pass of the event loop goes to the kernel in a single ``io_uring_enter``, made just
+before trio waits for I/O (a trio instrument's ``before_io_wait``).  Completions are
+signalled on an eventfd that a trio system task waits on; per wake-up it takes every
+completion in the ring, reschedules each finished task, or calls the completion callback
+of an operation started with ``start_read`` (which no task waits for).
 
-The Python binding is the ``liburing`` package.  Where it is missing or the kernel refuses
-io_uring (old kernels, ``kernel.io_uring_disabled``, seccomp filters in containers),
-``open_uring`` says why and the caller keeps using threads.  The binding is compiled code,
-and a wheel built for instructions this processor lacks kills the process that loads it
-(SIGILL): so it is first tried once in a child process.
+A buffer is passed to the kernel by address: the operation holds a ctypes export of the
+``bytearray`` (which also keeps it from being resized) until its completion is reaped,
+then lets go of it.  Where the kernel refuses io_uring (old kernels,
+``kernel.io_uring_disabled``, seccomp filters in containers), ``open_uring`` says why
+once and the caller keeps using threads.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import logging
 import os
-import signal
-import subprocess
-import sys
 from collections.abc import Callable
-from typing import Any
 
 import outcome
 import trio
 
+from . import uring_abi as abi
+
 log = logging.getLogger(__name__)
 
-_lu: Any
-try:
-    import liburing as _lu  # type: ignore[import-untyped,no-redef]
-except ImportError:  # pragma: no cover - liburing is a dependency; this is a safety net
-    _lu = None
-
 ENTRIES = 256  # submission queue size; the completion queue is twice as large
+
+Waiter = trio.lowlevel.Task | Callable[[outcome.Outcome[int]], None]
 
 
 class UringUnavailable(Exception):
     """io_uring cannot be used here; the message says why."""
 
 
-def _wait_forever(_raise_cancel: Any) -> trio.lowlevel.Abort:
+def _wait_forever(_raise_cancel: object) -> trio.lowlevel.Abort:
     # A submitted operation cannot be taken back from the kernel cheaply, and its buffer
     # must stay alive until it completes: the caller waits for it, as it would for a
     # thread.  Operations on local files finish in bounded time.
     return trio.lowlevel.Abort.FAILED
 
 
-def _iovec(buf: bytearray) -> Any:
-    # Only whole bytearrays go to the binding: liburing's Iovec keeps the buffer export
-    # of a memoryview for ever (the view's memory is never freed), which leaked about
-    # 15 MiB/s under load; with a bytearray it does not.
+def _whole(buf: bytearray) -> bytearray:
     if type(buf) is not bytearray:
         raise TypeError(f"io_uring buffers must be bytearrays, not {type(buf).__name__}")
-    return _lu.Iovec([buf])
+    return buf
 
 
-def _result_of(entry: Any) -> int:
-    res: int = entry.res  # a negative result raises the matching OSError
-    return res
+def outcome_of(res: int) -> outcome.Outcome[int]:
+    """A completion's result: the byte count, or the OSError of a negative errno."""
+    if res >= 0:
+        return outcome.Value(res)
+    return outcome.Error(OSError(-res, os.strerror(-res)))
+
+
+class _Submitter(trio.abc.Instrument):
+    """Submits what a pass of the event loop queued, once, before trio waits for I/O."""
+
+    def __init__(self, ring: Uring) -> None:
+        self.ring = ring
+
+    def before_io_wait(self, timeout: float) -> None:
+        if self.ring._queued:
+            try:
+                self.ring._submit()
+            except Exception:  # pragma: no cover - trio would drop the instrument
+                log.exception("io_uring submission failed")
 
 
 class Uring:
     """An io_uring bound to the current trio run (see ``open_uring``)."""
 
     def __init__(self) -> None:
-        if _lu is None:
-            raise UringUnavailable("the liburing Python package is not installed")
-        self._ring = _lu.Ring()
         try:
-            _lu.io_uring_queue_init(ENTRIES, self._ring)
+            self._ring = abi.Ring(ENTRIES)
         except OSError as exc:
             raise UringUnavailable(f"the kernel refused io_uring: {exc.strerror}") from None
-        self._cqe = _lu.Cqe()
+        except ValueError as exc:
+            raise UringUnavailable(str(exc)) from None
         self._efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         try:
-            _lu.io_uring_register_eventfd(self._ring, self._efd)
+            self._ring.register_eventfd(self._efd)
         except OSError as exc:
-            _lu.io_uring_queue_exit(self._ring)
+            self._ring.close()
             self._close_eventfd()
             raise UringUnavailable(f"io_uring eventfd: {exc.strerror}") from None
-        # user_data -> (waiting task or completion callback, objects the kernel reads or
-        # writes until completion)
-        self._pending: dict[int, tuple[trio.lowlevel.Task | Callable[[outcome.Outcome[int]],
-                                                                     None], object]] = {}
+        self._queues = self._ring.queues
+        # user_data -> (waiting task or completion callback, the export of the buffer the
+        # kernel reads or writes until completion)
+        self._pending: dict[int, tuple[Waiter, object]] = {}
+        self._failed: list[tuple[int, int, int]] = []  # taken back unsubmitted: reap them
+        self._queued = 0  # entries written since the last submission
         self._next_key = 1
         self._room = trio.lowlevel.ParkingLot()  # tasks waiting for a free slot
         self.token = trio.lowlevel.current_trio_token()
         self._closed = False
+        self._submitter = _Submitter(self)
+        trio.lowlevel.add_instrument(self._submitter)
         trio.lowlevel.spawn_system_task(self._reap, name="io_uring completions")
 
     # ------------------------------------------------------------------ operations
@@ -102,16 +116,14 @@ class Uring:
     async def read(self, fd: int, buf: bytearray, offset: int) -> int:
         """Read into all of ``buf`` at ``offset``; returns the byte count (short at end
         of file)."""
-        iov = _iovec(buf)
-        return await self._submit(_lu.io_uring_prep_readv, fd, iov, offset, keep=(iov, buf))
+        return await self._wait(abi.IORING_OP_READ, fd, offset, _whole(buf), 0)
 
     async def write(self, fd: int, data: bytearray, offset: int) -> int:
         """Write all of ``data`` at ``offset``; returns the byte count (may be short)."""
-        iov = _iovec(data)
-        return await self._submit(_lu.io_uring_prep_writev, fd, iov, offset, keep=(iov, data))
+        return await self._wait(abi.IORING_OP_WRITE, fd, offset, _whole(data), 0)
 
     async def fdatasync(self, fd: int) -> None:
-        await self._submit(_lu.io_uring_prep_fsync, fd, _lu.IORING_FSYNC_DATASYNC, keep=None)
+        await self._wait(abi.IORING_OP_FSYNC, fd, 0, None, abi.IORING_FSYNC_DATASYNC)
 
     def start_read(self, fd: int, buf: bytearray, offset: int,
                    done: Callable[[outcome.Outcome[int]], None]) -> bool:
@@ -120,68 +132,58 @@ class Uring:
         nothing started, when the ring is full or closed."""
         if self._closed or len(self._pending) >= ENTRIES:
             return False
-        iov = _iovec(buf)
-        self._queue(_lu.io_uring_prep_readv, (fd, iov, offset), done, (iov, buf))
+        self._queue(abi.IORING_OP_READ, fd, offset, _whole(buf), 0, done)
         return True
 
-    async def _submit(self, prep: Any, *args: Any, keep: object) -> int:
+    async def _wait(self, opcode: int, fd: int, offset: int, buf: bytearray | None,
+                    op_flags: int) -> int:
         await trio.lowlevel.checkpoint_if_cancelled()
         if self._closed:
             raise trio.ClosedResourceError("io_uring is closed")
         while len(self._pending) >= ENTRIES:
             await self._room.park()
-        self._queue(prep, args, trio.lowlevel.current_task(), keep)
+            if self._closed:
+                raise trio.ClosedResourceError("io_uring is closed")
+        self._queue(opcode, fd, offset, buf, op_flags, trio.lowlevel.current_task())
         res: int = await trio.lowlevel.wait_task_rescheduled(_wait_forever)
         return res
 
-    def _queue(self, prep: Any, args: tuple[Any, ...],
-               waiter: trio.lowlevel.Task | Callable[[outcome.Outcome[int]], None],
-               keep: object) -> None:
-        sqe = _lu.io_uring_get_sqe(self._ring)
-        if sqe is None:  # cannot happen: every prepared entry is submitted at once
-            raise OSError("io_uring submission queue full")
-        prep(sqe, *args)
+    def _queue(self, opcode: int, fd: int, offset: int, buf: bytearray | None,
+               op_flags: int, waiter: Waiter) -> None:
+        # The export lives in the pending table only (no frame that a traceback could
+        # keep holds it), so the buffer is let go with the completion.
+        held = ctypes.c_char.from_buffer(buf) if buf else None
         key = self._next_key
         self._next_key = key + 1 if key < 1 << 62 else 1
-        sqe.user_data = key
-        self._pending[key] = (waiter, keep)
+        self._queues.push(opcode, fd, offset, ctypes.addressof(held) if held is not None else 0,
+                          len(buf) if buf else 0, op_flags, key)
+        self._pending[key] = (waiter, held)
+        self._queued += 1  # submitted before trio next waits for I/O
+
+    def _submit(self) -> None:
+        """Give the kernel every queued entry; entries it cannot take fail with the
+        reason (they are reaped as completions, by the reaper task)."""
+        self._queued = 0
         try:
-            _lu.io_uring_submit(self._ring)
-        except BaseException:
-            del self._pending[key]
-            raise
+            while self._ring.submit():
+                pass
+            if not self._queues.unsubmitted():
+                return
+            code = errno.EAGAIN
+        except OSError as exc:
+            code = exc.errno or errno.EIO
+        self._failed += [(key, -code, 0) for key in self._queues.take_back()]
+        os.eventfd_write(self._efd, 1)  # the reaper delivers them on a task
 
     # ------------------------------------------------------------------ completions
 
     async def _reap(self) -> None:
-        ring, cqe, pending = self._ring, self._cqe, self._pending
         try:
-            while True:
+            while not (self._closed and not self._pending):
                 await trio.lowlevel.wait_readable(self._efd)
                 with contextlib.suppress(BlockingIOError):
                     os.eventfd_read(self._efd)
-                while True:
-                    try:
-                        _lu.io_uring_peek_cqe(ring, cqe)
-                    except BlockingIOError:
-                        break
-                    entry = cqe[0]
-                    key = entry.user_data
-                    result = outcome.capture(_result_of, entry)
-                    _lu.io_uring_cqe_seen(ring, entry)
-                    waiter = pending.pop(key, None)
-                    if waiter is None:
-                        pass
-                    elif isinstance(waiter[0], trio.lowlevel.Task):
-                        trio.lowlevel.reschedule(waiter[0], result)
-                    else:
-                        try:
-                            waiter[0](result)
-                        except Exception:  # a bug in the callback must not stop reaping
-                            log.exception("io_uring completion callback failed")
-                    del waiter, result  # hold no buffer until the next completion
-                if self._room.statistics().tasks_waiting:
-                    self._room.unpark(count=ENTRIES - len(pending))
+                self._complete()
         except (trio.ClosedResourceError, trio.Cancelled):
             pass  # closed, or the trio run is ending
         finally:
@@ -190,27 +192,79 @@ class Uring:
             # still has the old registration.
             self._release()
 
+    def _complete(self) -> None:
+        """Finish every operation whose completion is in the ring."""
+        pending = self._pending
+        while True:
+            done = self._queues.reap()
+            if self._failed:
+                done += self._failed
+                self._failed = []
+            if not done:
+                break
+            for key, res, _flags in done:
+                entry = pending.pop(key, None)
+                if entry is None:
+                    continue
+                waiter = entry[0]
+                result = outcome_of(res)
+                if isinstance(waiter, trio.lowlevel.Task):
+                    trio.lowlevel.reschedule(waiter, result)
+                else:
+                    try:
+                        waiter(result)
+                    except Exception:  # a bug in the callback must not stop reaping
+                        log.exception("io_uring completion callback failed")
+                del entry, waiter, result  # hold no buffer until the next completion
+        if self._room.statistics().tasks_waiting:
+            self._room.unpark(count=ENTRIES - len(pending))
+
     def close(self) -> None:
-        """Release the ring; nothing may be in flight (the logical unit has drained)."""
+        """Refuse new operations and release the ring once those in flight are done
+        (at once where nothing is: the logical unit has drained)."""
         if self._closed:
             return
         self._closed = True
-        if self._pending:  # pragma: no cover - a bug in the caller
-            log.error("io_uring closed with %d operations in flight", len(self._pending))
-            return  # leak the ring rather than free memory the kernel may still write
+        self._room.unpark_all()
         try:
             same_run = trio.lowlevel.current_trio_token() is self.token
         except RuntimeError:
             same_run = False
-        if same_run:
-            trio.lowlevel.notify_closing(self._efd)  # the reaper wakes up and releases
-        else:
+        if not same_run:
             self._release()  # the run and its reaper task are gone
+        elif not self._pending:
+            trio.lowlevel.notify_closing(self._efd)  # the reaper wakes up and releases
+        # else the reaper releases the ring after the last completion
 
     def _release(self) -> None:
-        if self._efd >= 0:
-            _lu.io_uring_queue_exit(self._ring)
-            self._close_eventfd()
+        """Close the ring.  Operations still in flight (a run that ended under them)
+        are waited for first, so the kernel writes into no buffer that was let go; their
+        waiters are not told."""
+        if self._efd < 0:
+            return
+        self._closed = True
+        queues, pending = self._queues, self._pending
+        self._queued = 0
+        never_submitted = queues.take_back() + [key for key, _res, _fl in self._failed]
+        self._failed.clear()
+        for key in never_submitted:
+            pending.pop(key, None)
+        try:
+            while True:
+                for key, _res, _flags in queues.reap():
+                    pending.pop(key, None)
+                if not pending:
+                    break
+                self._ring.wait(1)
+        except OSError as exc:  # pragma: no cover - the kernel failed the wait
+            log.error("io_uring closed with %d operations in flight: %s", len(pending), exc)
+            return  # leak the ring rather than free memory the kernel may still write
+        with contextlib.suppress(RuntimeError, KeyError):
+            if trio.lowlevel.current_trio_token() is self.token:
+                trio.lowlevel.remove_instrument(self._submitter)
+                trio.lowlevel.notify_closing(self._efd)
+        self._ring.close()
+        self._close_eventfd()
 
     def _close_eventfd(self) -> None:
         os.close(self._efd)
@@ -218,44 +272,14 @@ class Uring:
 
 
 _refused: str | None = None  # why io_uring is unavailable, once known
-_tried = False  # the binding was tried in a child process and did not crash it
-
-# Everything the target does with the binding on its first use, in a child process.
-_PROBE = ("import liburing as lu; r = lu.Ring(); lu.io_uring_queue_init(8, r); "
-          "lu.io_uring_queue_exit(r)")
-
-
-def binding_crash() -> str | None:
-    """Why loading the binding would kill this process, or None.  Some liburing wheels are
-    built for a newer processor (the 2026.3 ones use AVX-512) and die with SIGILL where its
-    instructions are missing; a process of its own takes the blow."""
-    try:
-        child = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True,
-                               timeout=30, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"cannot try the liburing package in a child process: {exc}"
-    if child.returncode >= 0:
-        return None  # it works, or it fails with an error the process survives (said later)
-    try:
-        name = signal.Signals(-child.returncode).name
-    except ValueError:
-        name = f"signal {-child.returncode}"
-    version = getattr(_lu, "__version__", "")
-    return (f"the liburing package{' ' + version if version else ''} crashes on this "
-            f"processor ({name}: it was built for instructions this CPU lacks)")
 
 
 def open_uring() -> Uring | None:
     """A ring for the running trio loop, or None (logged once) if io_uring is unusable."""
-    global _refused, _tried
+    global _refused
     if _refused is not None:
         return None
     try:
-        if not _tried and _lu is not None:
-            crash = binding_crash()
-            if crash is not None:
-                raise UringUnavailable(crash)
-            _tried = True
         return Uring()
     except UringUnavailable as exc:
         _refused = str(exc)

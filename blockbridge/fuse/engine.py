@@ -33,6 +33,10 @@ GRACE = 5.0  # seconds requests in flight get to finish once reading stops
 Reply = list[P.Buffer]
 
 
+def _nothing() -> None:
+    pass
+
+
 class _Buffers:
     """Request buffers: anonymous mappings (pages are touched only as far as requests
     fill them), reused last-in first-out so the warm ones serve; at most ``limit``."""
@@ -68,6 +72,8 @@ class FuseEngine:
         self.negotiated: Negotiated | None = None
         self._buffers = _Buffers(limits.buffer_size, buffers)
         self._inflight: dict[int, trio.CancelScope] = {}
+        # requests started without a task: unique -> how to abandon it, its buffer
+        self._started: dict[int, tuple[Callable[[], None], mmap.mmap | None]] = {}
         self._nursery: trio.Nursery | None = None
         self._reader: trio.CancelScope | None = None
         self._stopped = False
@@ -118,6 +124,7 @@ class FuseEngine:
                     break
                 except BlockingIOError:
                     streak = 0
+                    self.fs.push()  # the commands of this batch go out in one write
                     try:
                         await trio.lowlevel.wait_readable(fd)
                     except BaseException:
@@ -136,6 +143,7 @@ class FuseEngine:
             streak += 1
             if streak >= FAIR_SHARE:
                 streak = 0
+                self.fs.push()
                 await trio.lowlevel.checkpoint()
 
     def _dispatch(self, buf: mmap.mmap, n: int) -> None:
@@ -149,7 +157,15 @@ class FuseEngine:
             if exc.unique is not None:
                 self._send(P.error(exc.unique, exc.errno))
         else:
-            slow = self._slow.get(type(op))
+            kind = type(op)
+            if kind is P.Read:
+                if self._start_read(header, op):  # type: ignore[arg-type]
+                    return  # the buffer is given back in finally
+            elif kind is P.Write:
+                keep = self._start_write(header, op, buf)  # type: ignore[arg-type]
+                if keep:
+                    return
+            slow = self._slow.get(kind)
             if slow is not None:
                 keep = isinstance(op, P.Write)
                 assert self._nursery is not None
@@ -168,6 +184,59 @@ class FuseEngine:
             if not keep:
                 view.release()
                 self._buffers.give(buf)
+
+    # Plain reads and writes start without a task and are answered from the session's
+    # reader task when the target answers; what does not work out that way runs again
+    # as a task (``_run``), which retries, reconnects and maps errors.
+
+    def _start_read(self, header: P.Header, op: P.Read) -> bool:
+        unique = header.unique
+
+        def done(view: memoryview | None) -> None:
+            if self._started.pop(unique, None) is None:
+                return  # interrupted: answered already
+            if view is None:
+                self._spawn(self._read, header, op, None)
+            else:
+                self._send(P.reply_data(unique, view))
+
+        self._started[unique] = (_nothing, None)  # done() may run before start_read returns
+        started = self.fs.start_read(op.fh, op.offset, op.size, done)
+        if started is None:
+            del self._started[unique]
+            return False
+        if unique in self._started:
+            self._started[unique] = (started, None)
+        return True
+
+    def _start_write(self, header: P.Header, op: P.Write, buf: mmap.mmap) -> bool:
+        """True: started, and the buffer (which holds the data) stays taken until done."""
+        unique = header.unique
+        data = op.data
+
+        def done(ok: bool) -> None:
+            if self._started.pop(unique, None) is None:
+                return  # interrupted: answered, and the buffer was let go
+            if ok:
+                self._send(P.reply(unique, P.write_out(len(data))))
+                self._buffers.give(buf)
+            else:
+                self._spawn(self._write, header, op, buf)
+
+        self._started[unique] = (_nothing, buf)  # done() may run before start_write returns
+        started = self.fs.start_write(op.fh, op.offset, data, done)
+        if started is None:
+            del self._started[unique]
+            return False
+        if unique in self._started:
+            self._started[unique] = (started, buf)
+        return True
+
+    def _spawn(self, handler: Callable[[P.Header, Any], Awaitable[Reply]], header: P.Header,
+               op: object, buf: mmap.mmap | None) -> None:
+        if self._nursery is None:  # pragma: no cover - only while serving
+            return
+        self._nursery.start_soon(self._run, handler, header, op, buf)
 
     async def _run(self, handler: Callable[[P.Header, Any], Awaitable[Reply]],
                    header: P.Header, op: object, buf: mmap.mmap | None) -> None:
@@ -248,6 +317,14 @@ class FuseEngine:
         scope = self._inflight.get(op.unique)
         if scope is not None:
             scope.cancel()
+        started = self._started.pop(op.unique, None)
+        if started is not None:  # nobody waits for its answer: its buffer stays out of use
+            abandon, buf = started
+            abandon()
+            if buf is not None:
+                self._buffers.give(buf, reuse=False)
+            log.info("request %d interrupted", op.unique)
+            self._send(P.error(op.unique, errno.EINTR))
         # a request already answered (or never ours to run) needs nothing: no reply
 
     def _lookup(self, h: P.Header, op: P.Lookup) -> Reply:

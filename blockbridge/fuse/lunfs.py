@@ -19,7 +19,7 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from blockbridge.initiator.blockdev import BlockDevice
+from blockbridge.initiator.blockdev import BlockDevice, CommandChannel, ReadDone, Started, WriteDone
 from blockbridge.initiator.errors import InitiatorError
 
 from .errors import to_errno
@@ -79,6 +79,7 @@ class LunFS:
         self.started = time.time_ns()
         self.notifier: Notifier | None = None
         self._next = ROOT_ID + 1
+        self._unpushed: set[CommandChannel] = set()  # sessions with commands not yet sent
         for target, luns in sorted(targets.items()):
             directory = self._directory(target)
             for number, dev in sorted(luns.items()):
@@ -237,6 +238,44 @@ class LunFS:
         except InitiatorError as exc:
             log.error("%s failed: %s", what, exc)
             raise FSError(to_errno(exc)) from None
+
+    # Without a task: an engine starts plain reads and writes here and answers from the
+    # callback; anything else, and anything that does not work out, takes the ordinary
+    # way below (which raises FSError as it should).
+
+    def _plain(self, fh: int) -> BlockDevice | None:
+        node = self.nodes.get(fh)
+        if node is None or node.gone:
+            return None
+        return node.device
+
+    def start_read(self, fh: int, offset: int, size: int, done: ReadDone) -> Started | None:
+        """Start a read without a task (see ``BlockDevice.start_read``), or None."""
+        dev = self._plain(fh)
+        if dev is None or offset >= dev.size:
+            return None
+        started = dev.start_read(offset, min(size, dev.size - offset), done)
+        if started is not None:
+            self._unpushed.add(dev.session)
+        return started
+
+    def start_write(self, fh: int, offset: int, data: memoryview, done: WriteDone
+                    ) -> Started | None:
+        """Start a write without a task (see ``BlockDevice.start_write``), or None."""
+        dev = self._plain(fh)
+        if dev is None or self.read_only:
+            return None
+        started = dev.start_write(offset, data, done)
+        if started is not None:
+            self._unpushed.add(dev.session)
+        return started
+
+    def push(self) -> None:
+        """Send the commands started since the last push (an engine calls it once per
+        batch of requests, so they share a write)."""
+        unpushed = self._unpushed
+        while unpushed:
+            unpushed.pop().push()
 
     async def read(self, fh: int, offset: int, size: int) -> memoryview:
         """The data, as a view valid until the next read of this LUN: reply with it

@@ -10,6 +10,9 @@ the notification code in the error field.  INIT negotiation is in ``negotiation.
 Malformed input raises ``Malformed``, which carries the errno to answer with (and the
 request's unique, when the header could be read).  An opcode this module does not know is
 not an error here: it decodes to ``Unknown``, which the shell answers with ENOSYS.
+
+Requests are values, never changed once decoded; like the iSCSI PDUs they are not
+declared frozen, which would make each of them about five times as costly to build.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from .replies import (  # re-exported: one namespace for the shells
     notify_inval_inode,
     open_out,
     reply,
+    reply_data,
     statfs_out,
     write_out,
 )
@@ -174,6 +178,7 @@ __all__ = [
     "open_out",
     "parse_header",
     "reply",
+    "reply_data",
     "statfs_out",
     "write_out",
 ]
@@ -188,7 +193,7 @@ class Malformed(Exception):
         self.errno = err
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Header:
     length: int
     opcode: int
@@ -217,7 +222,7 @@ def parse_header(buf: memoryview, n: int) -> tuple[Header, memoryview]:
 # ----------------------------------------------------------------------------- requests
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Init:
     major: int
     minor: int
@@ -225,27 +230,27 @@ class Init:
     flags: int  # flags | flags2 << 32
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Destroy:
     pass
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Lookup:
     name: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Forget:
     items: tuple[tuple[int, int], ...]  # (nodeid, nlookup); BATCH_FORGET has many
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class GetAttr:
     fh: int | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SetAttr:
     valid: int
     fh: int | None
@@ -253,19 +258,19 @@ class SetAttr:
     mode: int | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Open:
     flags: int
     directory: bool
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Release:
     fh: int
     directory: bool
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ReadDir:
     fh: int
     offset: int
@@ -273,32 +278,32 @@ class ReadDir:
     plus: bool
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Read:
     fh: int
     offset: int
     size: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Write:
     fh: int
     offset: int
     data: memoryview  # a view of the buffer the request was read into
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Flush:
     fh: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Fsync:
     fh: int
     datasync: bool
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Fallocate:
     fh: int
     offset: int
@@ -306,24 +311,24 @@ class Fallocate:
     mode: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Lseek:
     fh: int
     offset: int
     whence: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StatFs:
     pass
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Interrupt:
     unique: int  # of the request to interrupt
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Unknown:
     opcode: int
 

@@ -57,6 +57,11 @@ def reply(unique: int, *payload: Buffer) -> list[Buffer]:
     return [OUT_HEADER.pack(length, 0, unique), *payload]
 
 
+def reply_data(unique: int, data: memoryview) -> list[Buffer]:
+    """A successful reply carrying ``data`` (a READ's): ``reply`` for the hot path."""
+    return [OUT_HEADER.pack(OUT_HEADER.size + data.nbytes, 0, unique), data]
+
+
 def error(unique: int, err: int) -> list[Buffer]:
     """An error reply (``err`` is a positive errno value)."""
     return [OUT_HEADER.pack(OUT_HEADER.size, -err, unique)]

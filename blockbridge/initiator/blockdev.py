@@ -10,6 +10,7 @@ from typing import Protocol
 import trio
 
 from blockbridge.buffers import BufferPool
+from blockbridge.iscsi.initiator_connection import Response
 from blockbridge.iscsi.params import SessionParams
 from blockbridge.iscsi.pdu import Buffer
 from blockbridge.scsi import cdb
@@ -21,8 +22,7 @@ from blockbridge.scsi.changes import (
 )
 from blockbridge.scsi.constants import SenseKey, Status
 
-from .errors import InitiatorError, LunRemoved, SCSIError
-from .session import Response
+from .errors import ConnectionLost, InitiatorError, LunRemoved, SCSIError
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +52,23 @@ class Counters:
     errors: int = 0
 
 
+Started = Callable[[], None]  # abandons a command started without a task
+ReadDone = Callable[[memoryview | None], None]
+WriteDone = Callable[[bool], None]
+
+
 class CommandChannel(Protocol):
     """What a block device needs from a session (a Session or a RecoveringSession)."""
 
     @property
     def params(self) -> SessionParams: ...
+
+    def submit(self, lun: int, cdb: bytes,
+              done: Callable[[Response | None, str | None], None], *,
+              data_out: Buffer | None = None, read_length: int = 0,
+              read_into: bytearray | None = None) -> Started | None: ...
+
+    def push(self) -> None: ...
 
     async def command(self, lun: int, cdb: bytes, *, data_out: Buffer | None = None,
                       read_length: int = 0, read_into: bytearray | None = None
@@ -223,6 +235,82 @@ class BlockDevice:
         self.counters.bytes_read += length
         return memoryview(out)[skip : skip + length]
 
+    # ---------------------------------------------------------------- without a task
+
+    def start_read(self, offset: int, length: int, done: ReadDone) -> Started | None:
+        """Start a read that one READ covers (whole blocks, within the LUN and ``max_io``)
+        without a task: ``done(view)`` gets the data (valid until it returns), or
+        ``done(None)`` if it did not work out (an error, a unit attention, a lost
+        connection: the caller takes the ordinary way, ``read``, which knows what to do).
+        Returns how to abandon it, or None if it was not started (the ordinary way too).
+        The command goes out with the session's next ``push()``."""
+        bs = self.block_size
+        if (self.removed is not None or offset % bs or length % bs or length <= 0
+                or length > self.max_io or offset + length > self.size):
+            return None
+        buf = self._pool.take(length)
+
+        def completed(r: Response | None, error: str | None) -> None:
+            if r is None or r.status != Status.GOOD or r.received < length:
+                self._pool.give(buf)
+                if r is not None:
+                    self._noted(r)
+                done(None)
+                return
+            self.commands += 1
+            self.counters.reads += 1
+            self.counters.bytes_read += length
+            done(memoryview(buf)[:length])
+            self._pool.give(buf)  # the caller has copied it out by now
+
+        try:
+            return self.session.submit(self.lun, cdb.read(offset // bs, length // bs),
+                                       completed, read_length=length, read_into=buf)
+        except ConnectionLost:
+            return None
+
+    def start_write(self, offset: int, data: memoryview, done: WriteDone) -> Started | None:
+        """Start a write that one WRITE carries without an R2T round trip, without a
+        task: ``done(True)`` once the target has it, ``done(False)`` if it did not work
+        out (take the ordinary way, ``write``).  Returns how to abandon it, or None if
+        it was not started.  ``data`` must stay unchanged until ``done`` is called."""
+        bs = self.block_size
+        n = len(data)
+        if (self.removed is not None or self.read_only or offset % bs or n % bs or n <= 0
+                or n > self.max_io or offset + n > self.size
+                or n > max(self._unsolicited_bytes(), MIN_SPLIT)):
+            return None
+        lba = offset // bs
+        if self._unmappable(lba, data):
+            return None  # an UNMAP instead: the ordinary way
+
+        def completed(r: Response | None, error: str | None) -> None:
+            if r is None or r.status != Status.GOOD:
+                if r is not None:
+                    self._noted(r)
+                done(False)
+                return
+            self.commands += 1
+            self.counters.writes += 1
+            self.counters.bytes_written += n
+            done(True)
+
+        try:
+            return self.session.submit(self.lun, cdb.write(lba, n // bs), completed,
+                                       data_out=data)
+        except ConnectionLost:
+            return None
+
+    def _noted(self, r: Response) -> None:
+        """A command started without a task ended without GOOD status: a unit attention
+        still tells what it reports (the ordinary way retries the command itself)."""
+        self.commands += 1
+        err = SCSIError(r.status, r.sense, "command")
+        if err.unit_attention and self.on_attention is not None:
+            self.on_attention(self.lun, r.sense)
+
+    # ---------------------------------------------------------------- with a task
+
     async def write(self, offset: int, data: bytes | memoryview) -> int:
         if self.read_only:
             raise InitiatorError("the LUN is read-only")
@@ -296,16 +384,9 @@ class BlockDevice:
                             data_out=piece)
 
     def _unsolicited_bytes(self) -> int:
-        """The most data one WRITE can carry without waiting for an R2T (RFC 7143 §13.11,
-        §13.14): FirstBurstLength if InitialR2T=No, else the immediate data that fits in
-        the command PDU; in whole blocks."""
-        p = self.session.params
-        if not p.initial_r2t:
-            n = p.first_burst_length
-        elif p.immediate_data:
-            n = min(p.first_burst_length, p.max_xmit_data_segment_length)
-        else:
-            n = 0
+        """The most data one WRITE of up to ``max_io`` bytes carries without waiting for
+        an R2T, in whole blocks."""
+        n = self.session.params.unsolicited_limit(self.max_io)[1]
         return n // self.block_size * self.block_size
 
     def _unmappable(self, lba: int, piece: memoryview) -> bool:

@@ -16,11 +16,12 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from blockbridge.iscsi.errors import ISCSIError
+from blockbridge.iscsi.initiator_connection import Response
 from blockbridge.iscsi.params import SessionParams
 from blockbridge.iscsi.pdu import Buffer
 
 from .errors import ConnectionLost, InitiatorError
-from .session import Response, Session
+from .session import Session
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,22 @@ class RecoveringSession:
     @property
     def closed(self) -> str | None:
         return None if self.state == "connected" else self.state
+
+    def submit(self, lun: int, cdb: bytes,
+              done: Callable[[Response | None, str | None], None], *,
+              data_out: Buffer | None = None, read_length: int = 0,
+              read_into: bytearray | None = None) -> Callable[[], None] | None:
+        """``Session.submit`` while connected; None otherwise (use ``command``, which
+        waits for the reconnection)."""
+        session = self._session
+        if self.state != "connected" or session is None or session.closed is not None:
+            return None
+        return session.submit(lun, cdb, done, data_out=data_out, read_length=read_length,
+                             read_into=read_into)
+
+    def push(self) -> None:
+        if self._session is not None:
+            self._session.push()
 
     async def command(self, lun: int, cdb: bytes, *, data_out: Buffer | None = None,
                       read_length: int = 0, read_into: bytearray | None = None) -> Response:

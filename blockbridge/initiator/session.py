@@ -1,8 +1,9 @@
 """A trio iSCSI session (one connection, ERL 0): login, then many commands in flight.
 
-``Session.connect()`` logs in; ``run()`` is the reader task, started in the caller's
-nursery; ``command()`` sends one SCSI command and waits for its status, answering R2Ts
-and reassembling Data-In on the way.
+``Session.connect()`` logs in; then the session drives an ``InitiatorConnection`` (the
+sans-IO machine that holds every protocol rule): ``run()`` is the reader task, started in
+the caller's nursery; ``submit()`` sends a command and calls back when it completes (no task
+per command), ``command()`` is the same for a caller that waits.
 """
 
 from __future__ import annotations
@@ -10,20 +11,29 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
 
 import trio
 
 from blockbridge.iscsi import chap
 from blockbridge.iscsi import pdu as P
-from blockbridge.iscsi.constants import RESERVED_TAG, AsyncEvent, LogoutReason, Opcode, name_of
-from blockbridge.iscsi.errors import LoginFailed
+from blockbridge.iscsi.constants import AsyncEvent, LogoutReason, name_of
+from blockbridge.iscsi.errors import ISCSIError, LoginFailed
+from blockbridge.iscsi.initiator_connection import (
+    AsyncEventReceived,
+    CommandDone,
+    ConnectionError_,
+    Event,
+    InitiatorConnection,
+    PeerSilent,
+    Rejected,
+    RequestDone,
+    Response,
+    TextDone,
+)
 from blockbridge.iscsi.login import ChapCredentials, InitiatorLogin
 from blockbridge.iscsi.params import SessionParams
 from blockbridge.iscsi.pdu import Buffer
-from blockbridge.iscsi.serial import sn_add, sn_le, sn_lt
-from blockbridge.iscsi.text import decode_text, encode_text
 from blockbridge.tls import ClientTLS, TLSError
 from blockbridge.transport import ConnectionClosed, PDUStream, open_tcp
 
@@ -65,29 +75,6 @@ def _reason(exc: BaseException) -> str:
 _NOT_FOUND = {socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)}
 
 
-@dataclass
-class Response:
-    status: int
-    sense: bytes = b""
-    data: bytearray = field(default_factory=bytearray)
-    received: int = 0
-    residual: int = 0
-    overflow: bool = False
-    underflow: bool = False
-
-
-@dataclass
-class _Pending:
-    done: trio.Event = field(default_factory=trio.Event)
-    response: Response | None = None
-    buffer: bytearray | None = None
-    received: int = 0
-    data_out: memoryview | None = None
-    lun: int = 0
-    pdu: P.PDU | None = None
-    error: str | None = None
-
-
 class Session:
     def __init__(self, stream: PDUStream, login: InitiatorLogin, portal: str) -> None:
         self.stream = stream
@@ -96,16 +83,23 @@ class Session:
         self.target_name = login.target_name
         self.tsih = login.tsih
         self.isid = login.isid
-        self.cmdsn = login.cmdsn
-        self.expcmdsn = login.expcmdsn
-        self.maxcmdsn = login.maxcmdsn
-        self.expstatsn = sn_add(login.statsn, 1)
-        self._itt = 1
-        self._pending: dict[int, _Pending] = {}
-        stream.placement = self._place_data_in
-        self._window_opened: trio.Event | None = None  # set when MaxCmdSN may have moved
+        self.conn = InitiatorConnection(
+            login.params, cmdsn=login.cmdsn, expcmdsn=login.expcmdsn,
+            maxcmdsn=login.maxcmdsn, statsn=login.statsn, now=trio.current_time())
+        stream.placement = self.conn.placement
+        self._waiting: dict[int, Callable[[Event | None, str | None], None]] = {}
         self._closed: str | None = None
+        self._flush_wanted = trio.Event()  # PDUs are queued that a write must take
+        self._timer_moved = trio.Event()  # the machine's timer may be earlier now
         self.stats = {"commands": 0, "bytes_in": 0, "bytes_out": 0}
+
+    @property
+    def cmdsn(self) -> int:
+        return self.conn.cmdsn
+
+    @property
+    def expstatsn(self) -> int:
+        return self.conn.expstatsn
 
     # ---------------------------------------------------------------- login
 
@@ -188,152 +182,122 @@ class Session:
         stream.max_data_segment_length = max(login.params.max_recv_data_segment_length, 8192)
         return cls(stream, login, portal)
 
-    # ---------------------------------------------------------------- reader
+    # ---------------------------------------------------------------- the driver
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
-        """Receive PDUs until the connection ends; fails every pending command then."""
-        task_status.started()
+        """Receive PDUs until the connection ends, and write what the machine asks for;
+        fails every pending command then."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._flusher)
+            task_status.started()
+            try:
+                await self._reader()
+            finally:
+                nursery.cancel_scope.cancel()
+
+    async def _reader(self) -> None:
+        conn, receive = self.conn, self.stream.receive_pdu
+        now = trio.current_time
         try:
             while True:
-                pdu = await self.stream.receive_pdu()
-                await self._dispatch(pdu)
+                pdu = await receive()
+                event = conn.receive(pdu, now())
+                if event is not None:
+                    self._deliver(event)
+                if conn.has_output:
+                    self._post(conn.data_to_send())
+                    self.push()
         except ConnectionClosed as exc:
             self._fail_all(f"connection to {self.portal} lost: {exc}")
-        except Exception as exc:
+        except (ConnectionError_, ISCSIError) as exc:
             self._fail_all(f"protocol error from {self.portal}: {exc}")
             await self.stream.aclose()
 
-    def _fail_all(self, reason: str) -> None:
-        self._closed = reason
-        for p in self._pending.values():
-            p.error = reason
-            p.done.set()
-        self._wake_window_waiters()
-
-    def _wake_window_waiters(self) -> None:
-        if self._window_opened is not None:
-            self._window_opened.set()
-            self._window_opened = None
-
-    def _update_window(self, expcmdsn: int, maxcmdsn: int) -> None:
-        if sn_le(self.maxcmdsn, maxcmdsn):
-            self.maxcmdsn = maxcmdsn
-        if sn_lt(self.expcmdsn, expcmdsn):
-            self.expcmdsn = expcmdsn
-
-    def _place_data_in(self, bhs: bytes) -> memoryview | None:
-        """Where the data of a large Data-In goes: straight into its command's buffer, at
-        its offset (the reader receives it there, and _dispatch finds it in place)."""
-        if bhs[0] & 0x3F != Opcode.DATA_IN:
-            return None
-        p = self._pending.get(int.from_bytes(bhs[16:20], "big"))
-        if p is None or p.buffer is None:
-            return None
-        offset = int.from_bytes(bhs[40:44], "big")
-        end = offset + int.from_bytes(bhs[5:8], "big")
-        if end > len(p.buffer):
-            return None  # refused by _dispatch
-        return memoryview(p.buffer)[offset:end]
-
-    async def _dispatch(self, pdu: P.PDU) -> None:
-        if hasattr(pdu, "maxcmdsn"):
-            self._update_window(pdu.expcmdsn, pdu.maxcmdsn)  # type: ignore[attr-defined]
-            self._wake_window_waiters()
-        if isinstance(pdu, P.DataIn):
-            p = self._pending.get(pdu.itt)
-            if p is None or p.buffer is None:
-                return
-            data = pdu.data
-            end = pdu.offset + len(data)
-            if end > len(p.buffer):
-                raise ConnectionClosed("Data-In beyond the expected length")
-            if not (type(data) is memoryview and data.obj is p.buffer):  # not placed
-                p.buffer[pdu.offset : end] = data
-            p.received = max(p.received, end)
-            if pdu.has_status:
-                self.expstatsn = sn_add(pdu.statsn, 1)
-                p.response = Response(pdu.status, data=p.buffer, received=p.received,
-                                      residual=pdu.residual_count,
-                                      overflow=pdu.residual_overflow,
-                                      underflow=pdu.residual_underflow)
-                p.done.set()
-        elif isinstance(pdu, P.SCSIResponse):
-            self.expstatsn = sn_add(pdu.statsn, 1)
-            p = self._pending.get(pdu.itt)
-            if p is not None:
-                p.response = Response(pdu.status, sense=pdu.sense,
-                                      data=p.buffer if p.buffer is not None else bytearray(),
-                                      received=p.received, residual=pdu.residual_count,
-                                      overflow=pdu.residual_overflow,
-                                      underflow=pdu.residual_underflow)
-                p.done.set()
-        elif isinstance(pdu, P.R2T):
-            p = self._pending.get(pdu.itt)
-            if p is not None and p.data_out is not None:
-                await self._send_data_out(pdu.itt, p.lun, p.data_out, pdu.offset, pdu.length,
-                                          pdu.ttt)
-        elif isinstance(pdu, P.NopIn):
-            if pdu.itt == RESERVED_TAG:
-                if pdu.ttt != RESERVED_TAG:  # the target pings us
-                    await self.stream.send_pdu(P.NopOut(
-                        itt=RESERVED_TAG, ttt=pdu.ttt, lun=pdu.lun, cmdsn=self.cmdsn,
-                        expstatsn=self.expstatsn, immediate=True))
-                return
-            self.expstatsn = sn_add(pdu.statsn, 1)
-            self._complete(pdu)
-        elif isinstance(pdu, P.TextResponse | P.LogoutResponse | P.TaskManagementResponse):
-            self.expstatsn = sn_add(pdu.statsn, 1)
-            self._complete(pdu)
-        elif isinstance(pdu, P.Reject):
-            itt = pdu.rejected_itt
-            p = self._pending.get(itt) if itt is not None else None
-            if p is not None:
-                p.error = f"the target rejected the request (reason 0x{pdu.reason:02x})"
-                p.done.set()
-        elif isinstance(pdu, P.AsyncMessage):
+    def _deliver(self, event: Event) -> None:
+        if isinstance(event, AsyncEventReceived):
             log.info("%s: asynchronous event %s from the target", self.portal,
-                     name_of(AsyncEvent, pdu.event))
+                     name_of(AsyncEvent, event.pdu.event))
+            return
+        if isinstance(event, PeerSilent):
+            return
+        done = self._waiting.pop(event.itt, None)
+        if done is not None:
+            done(event, None)
 
-    def _complete(self, pdu: P.PDU) -> None:
-        p = self._pending.get(pdu.itt)
-        if p is not None:
-            p.pdu = pdu
-            p.done.set()
+    async def _flusher(self) -> None:
+        """Writes what could not go out at once (a full socket, a large Data-Out)."""
+        while True:
+            await self._flush_wanted.wait()
+            self._flush_wanted = trio.Event()
+            try:
+                await self.stream.flush(gather=False)
+            except ConnectionClosed as exc:
+                self._fail_all(f"connection to {self.portal} lost: {exc}")
+                return
 
-    # ---------------------------------------------------------------- sending
+    def _post(self, pdus: list[P.PDU]) -> None:
+        try:
+            self.stream.post(pdus)
+        except ConnectionClosed as exc:
+            self._fail_all(f"connection to {self.portal} lost: {exc}")
 
-    def _next_itt(self) -> int:
-        itt = self._itt
-        self._itt = (self._itt + 1) & 0x7FFFFFFF or 1
-        return itt
+    def push(self) -> None:
+        """Write the PDUs posted so far, without waiting: what the socket does not take
+        at once is left to the flusher task."""
+        try:
+            if not self.stream.write_now():
+                self._flush_wanted.set()
+        except ConnectionClosed as exc:
+            self._fail_all(f"connection to {self.portal} lost: {exc}")
 
-    async def _take_cmdsn(self) -> int:
-        """The next CmdSN, waiting while the target's command window is full.  Returns
-        without a checkpoint when the window is open, so the caller's send keeps the
-        CmdSN order."""
-        while not sn_le(self.cmdsn, self.maxcmdsn) and self._closed is None:
-            if self._window_opened is None:
-                self._window_opened = trio.Event()
-            await self._window_opened.wait()
+    def _fail_all(self, reason: str) -> None:
+        if self._closed is None:
+            self._closed = reason
+        self.conn.close(reason)
+        waiting, self._waiting = self._waiting, {}
+        for done in waiting.values():
+            done(None, reason)
+        self._timer_moved.set()
+
+    # ---------------------------------------------------------------- commands
+
+    def submit(self, lun: int, cdb: bytes, done: Callable[[Response | None, str | None], None],
+              *, data_out: Buffer | None = None, read_length: int = 0,
+              read_into: bytearray | None = None) -> Callable[[], None]:
+        """Start a SCSI command without waiting: ``done(response, None)`` is called from
+        the reader task when it completes, ``done(None, reason)`` if it cannot.  The PDUs
+        are posted; they go out with the next ``push()`` (the caller's, at the end of a
+        batch) or the command's own.  Returns how to abandon the command (see ``abandon``).
+        Raises ConnectionLost if the session is closed."""
         if self._closed is not None:
             raise ConnectionLost(self._closed)
-        cmdsn = self.cmdsn
-        self.cmdsn = sn_add(self.cmdsn, 1)
-        return cmdsn
+        itt, pdus = self.conn.submit(lun, cdb, data_out=data_out, read_length=read_length,
+                                     read_into=read_into)
+        stats = self.stats
 
-    async def _send_data_out(self, itt: int, lun: int, data: memoryview, offset: int,
-                             length: int, ttt: int) -> None:
-        seg = self.params.max_xmit_data_segment_length
-        pdus: list[P.PDU] = []
-        end = min(offset + length, len(data))
-        for i, off in enumerate(range(offset, end, seg)):
-            piece = data[off : min(off + seg, end)]
-            pdus.append(P.DataOut(itt=itt, lun=lun, ttt=ttt, datasn=i, offset=off,
-                                  data=piece, final=off + len(piece) >= end,
-                                  expstatsn=self.expstatsn))
-        await self.stream.send_pdus(pdus)
-        self.stats["bytes_out"] += end - offset
+        def completed(event: Event | None, error: str | None) -> None:
+            if isinstance(event, CommandDone):
+                stats["commands"] += 1
+                stats["bytes_in"] += event.response.received
+                done(event.response, None)
+            elif isinstance(event, Rejected):
+                done(None, f"the target rejected the request (reason 0x{event.reason:02x})")
+            else:
+                done(None, error or "no answer")
+
+        self._waiting[itt] = completed
+        if data_out is not None:
+            stats["bytes_out"] += len(memoryview(data_out))
+        if pdus:
+            self._post(pdus)
+        return lambda: self.abandon(itt)
+
+    def abandon(self, itt: int) -> None:
+        """Nobody waits for command ``itt`` any more: its answer is dropped, and its
+        buffers are never written again."""
+        self._waiting.pop(itt, None)
+        self.conn.abandon(itt)
 
     async def command(self, lun: int, cdb: bytes, *, data_out: Buffer | None = None,
                       read_length: int = 0, read_into: bytearray | None = None) -> Response:
@@ -341,117 +305,99 @@ class Session:
 
         Read data lands in ``read_into`` when it is exactly ``read_length`` bytes (only
         the first ``Response.received`` bytes are written), else in a new buffer."""
+        finished = trio.Event()
+        outcome: list[Response | str] = []
+
+        def done(response: Response | None, error: str | None) -> None:
+            outcome.append(response if response is not None else error or "no answer")
+            finished.set()
+
+        abandon = self.submit(lun, cdb, done, data_out=data_out, read_length=read_length,
+                             read_into=read_into)
+        self.push()
+        try:
+            await finished.wait()
+        except BaseException:
+            abandon()
+            raise
+        result = outcome[0]
+        if isinstance(result, str):
+            raise ConnectionLost(result)
+        return result
+
+    async def _request(self, itt: int, pdus: list[P.PDU]) -> Event:
+        finished = trio.Event()
+        outcome: list[Event | str] = []
+
+        def done(event: Event | None, error: str | None) -> None:
+            outcome.append(event if event is not None else error or "no answer")
+            finished.set()
+
+        self._waiting[itt] = done
+        self._post(pdus)
+        self.push()
+        try:
+            await finished.wait()
+        except BaseException:
+            self.abandon(itt)
+            raise
+        result = outcome[0]
+        if isinstance(result, str):
+            raise ConnectionLost(result)
+        if isinstance(result, Rejected):
+            raise ConnectionLost(f"the target rejected the request (reason 0x{result.reason:02x})")
+        return result
+
+    def _machine(self) -> InitiatorConnection:
         if self._closed is not None:
             raise ConnectionLost(self._closed)
-        lun_field = P.encode_lun(lun)
-        itt = self._next_itt()
-        out = memoryview(data_out).cast("B") if data_out is not None else None
-        edtl = len(out) if out is not None else read_length
-        pending = _Pending(lun=lun_field)
-        if read_length:
-            exact = read_into is not None and len(read_into) == read_length
-            pending.buffer = read_into if exact else bytearray(read_length)
-        params = self.params
-        immediate: Buffer = b""
-        unsolicited = 0
-        if out is not None and len(out):
-            pending.data_out = out
-            first = min(params.first_burst_length, len(out))
-            if params.immediate_data:
-                immediate = out[: min(first, params.max_xmit_data_segment_length)]
-            if not params.initial_r2t:
-                unsolicited = first
-        self._pending[itt] = pending
-        try:
-            cmdsn = await self._take_cmdsn()
-            cmd = P.SCSICommand(
-                itt=itt, lun=lun_field, cdb=cdb, expected_length=edtl, cmdsn=cmdsn,
-                expstatsn=self.expstatsn, read=bool(read_length), write=out is not None,
-                final=unsolicited <= len(immediate), data=immediate)
-            pdus: list[P.PDU] = [cmd]
-            if unsolicited > len(immediate) and out is not None:
-                seg = params.max_xmit_data_segment_length
-                start = len(immediate)
-                for i, off in enumerate(range(start, unsolicited, seg)):
-                    piece = out[off : min(off + seg, unsolicited)]
-                    pdus.append(P.DataOut(itt=itt, lun=lun_field, datasn=i, offset=off,
-                                          data=piece, final=off + len(piece) >= unsolicited,
-                                          expstatsn=self.expstatsn))
-            await self.stream.send_pdus(pdus)
-            await pending.done.wait()
-            if pending.error is not None:
-                raise ConnectionLost(pending.error)
-            assert pending.response is not None
-            self.stats["commands"] += 1
-            self.stats["bytes_in"] += pending.received
-            return pending.response
-        except ConnectionClosed as exc:
-            raise ConnectionLost(str(exc)) from None
-        finally:
-            self._pending.pop(itt, None)
-
-    async def _request(self, pdu: P.PDU, itt: int) -> P.PDU:
-        pending = _Pending()
-        self._pending[itt] = pending
-        try:
-            await self.stream.send_pdu(pdu)
-            await pending.done.wait()
-            if pending.error is not None:
-                raise ConnectionLost(pending.error)
-            assert pending.pdu is not None
-            return pending.pdu
-        except ConnectionClosed as exc:
-            raise ConnectionLost(str(exc)) from None
-        finally:
-            self._pending.pop(itt, None)
+        return self.conn
 
     async def text(self, pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
-        itt = self._next_itt()
-        req = P.TextRequest(itt=itt, cmdsn=self.cmdsn, expstatsn=self.expstatsn,
-                            data=encode_text(pairs), immediate=True)
-        collected = bytearray()
-        while True:
-            rsp = await self._request(req, itt)
-            assert isinstance(rsp, P.TextResponse)
-            collected += rsp.data
-            if rsp.final:
-                return decode_text(bytes(collected), allow_duplicates=True)
-            req = P.TextRequest(itt=itt, ttt=rsp.ttt, cmdsn=self.cmdsn,
-                                expstatsn=self.expstatsn, immediate=True)
+        event = await self._request(*self._machine().text(pairs))
+        assert isinstance(event, TextDone)
+        return event.pairs
 
     async def nop(self, data: bytes = b"") -> bytes:
-        itt = self._next_itt()
-        rsp = await self._request(P.NopOut(itt=itt, cmdsn=self.cmdsn, expstatsn=self.expstatsn,
-                                           data=data, immediate=True), itt)
-        return bytes(rsp.data)
+        event = await self._request(*self._machine().nop(data))
+        assert isinstance(event, RequestDone)
+        return bytes(event.pdu.data)
 
     async def keepalive(self, interval: float = 5.0, timeout: float = 5.0) -> None:
-        """NOP-Out pings; a target silent for ``timeout`` seconds is treated as gone."""
+        """NOP-Out pings after ``interval`` seconds of silence; a target silent for
+        ``timeout`` more seconds is treated as gone."""
+        conn = self.conn
+        conn.nop_interval, conn.nop_timeout = interval, timeout
         while self._closed is None:
-            await trio.sleep(interval)
-            try:
-                with trio.fail_after(timeout):
-                    await self.nop()
-            except trio.TooSlowError:
+            timer = conn.get_timer()
+            if timer is None:
+                return
+            with trio.move_on_at(timer):
+                await self._timer_moved.wait()
+                self._timer_moved = trio.Event()
+                continue
+            if self._closed is not None:
+                return
+            event = conn.handle_timer(trio.current_time())
+            if isinstance(event, PeerSilent):
                 log.warning("%s: no answer to NOP-Out within %ss; closing the session",
                             self.portal, timeout)
                 self._fail_all(f"{self.portal} stopped answering (NOP-Out timeout)")
                 await self.stream.aclose()
                 return
-            except ConnectionLost:
-                return
+            if conn.has_output:
+                self._post(conn.data_to_send())
+                self.push()
 
     async def logout(self) -> None:
         if self._closed is not None:
             return
-        itt = self._next_itt()
         try:
             with trio.move_on_after(5):
-                await self._request(P.LogoutRequest(
-                    itt=itt, reason=LogoutReason.CLOSE_SESSION, cmdsn=self.cmdsn,
-                    expstatsn=self.expstatsn, immediate=True), itt)
+                await self._request(*self.conn.logout(LogoutReason.CLOSE_SESSION))
         except ConnectionLost:
             pass
+        self._closed = self._closed or "logged out"
         await self.stream.aclose()
 
     @property

@@ -189,6 +189,15 @@ class SessionParams:
     target_alias: str | None = None
     target_portal_group_tag: int | None = None
 
+    def unsolicited_limit(self, length: int) -> tuple[int, int]:
+        """How much of a ``length``-byte write goes without an R2T (RFC 7143 §13.11,
+        §13.14): ``(immediate, unsolicited)``: the bytes in the command PDU itself, and
+        the bytes sent before any R2T in all (immediate data plus unsolicited Data-Out)."""
+        first = min(self.first_burst_length, length)
+        immediate = min(first, self.max_xmit_data_segment_length) if self.immediate_data else 0
+        unsolicited = first if not self.initial_r2t else immediate
+        return immediate, unsolicited
+
     @classmethod
     def from_agreed(
         cls,

@@ -1,9 +1,13 @@
-"""The iSCSI PDU codec: one frozen dataclass per opcode, 48-byte BHS in and out.
+"""The iSCSI PDU codec: one dataclass per opcode, 48-byte BHS in and out.
 
 ``encode_bhs()`` returns the 48-byte Basic Header Segment (the data segment length
 is filled in from ``data``); ``decode(bhs, ahs, data)`` builds the dataclass back and
 raises :class:`PDUFormatError` for anything malformed.  Framing (AHS, padding and
 digests on a byte stream) lives in :mod:`blockbridge.iscsi.framing`.
+
+PDUs are values: nobody changes one after it is made (derive a new one with
+``dataclasses.replace``).  They are not declared frozen because a frozen dataclass costs
+about five times as much to construct, and every command makes two or three of them.
 """
 
 from __future__ import annotations
@@ -59,7 +63,7 @@ def _data_len(data: Buffer) -> int:
     return n
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PDU:
     """Fields shared by every PDU.  ``data`` is the data segment without padding."""
 
@@ -91,6 +95,12 @@ class PDU:
         return b""
 
 
+# Whole headers of the PDUs that arrive most, unpacked in one call.
+_DATA_IN = struct.Struct(">xBxB4xQIIIIIIII")  # flags, status, LUN, ITT, TTT .. residual
+_SCSI_RESPONSE = struct.Struct(">xBBB12xIIIIIIII")  # flags, response, status, ITT ..
+_SCSI_COMMAND = struct.Struct(">BBxxIQIIII16s")  # opcode, flags, length, LUN, ITT .. CDB
+
+
 def _u32(b: Buffer, off: int) -> int:
     return int(_U32.unpack_from(b, off)[0])
 
@@ -111,7 +121,7 @@ def _put_u16(h: bytearray, off: int, v: int) -> None:
 # ---------------------------------------------------------------- initiator PDUs
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class NopOut(PDU):
     opcode: ClassVar[Opcode] = Opcode.NOP_OUT
     ttt: int = RESERVED_TAG
@@ -136,7 +146,7 @@ class NopOut(PDU):
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SCSICommand(PDU):
     opcode: ClassVar[Opcode] = Opcode.SCSI_COMMAND
     lun: int = 0
@@ -152,10 +162,18 @@ class SCSICommand(PDU):
     bidi_read_length: int | None = None
 
     def encode_bhs(self) -> bytearray:
-        if len(self.cdb) > 16 and (len(self.cdb) - 16) > 1020:
-            raise ValueError("CDB too long")
         flags = (0x80 if self.final else 0) | (0x40 if self.read else 0)
         flags |= (0x20 if self.write else 0) | (self.attr & 7)
+        cdb = self.cdb
+        if len(cdb) <= 16 and self.bidi_read_length is None:  # no AHS: one pack
+            h = bytearray(BHS_LENGTH)
+            _SCSI_COMMAND.pack_into(
+                h, 0, int(self.opcode) | (0x40 if self.immediate else 0), flags,
+                _data_len(self.data), self.lun, self.itt, self.expected_length, self.cmdsn,
+                self.expstatsn, cdb)
+            return h
+        if len(cdb) - 16 > 1020:
+            raise ValueError("CDB too long")
         h = self._start(flags, self.immediate)
         ahs = self.ahs
         h[4] = len(ahs) // 4
@@ -169,6 +187,8 @@ class SCSICommand(PDU):
 
     @property
     def ahs(self) -> bytes:
+        if len(self.cdb) <= 16 and self.bidi_read_length is None:
+            return b""
         out = bytearray()
         if len(self.cdb) > 16:
             extra = self.cdb[16:]
@@ -198,7 +218,7 @@ class SCSICommand(PDU):
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TaskManagementRequest(PDU):
     opcode: ClassVar[Opcode] = Opcode.TASK_MGMT_REQUEST
     function: int = 1
@@ -229,7 +249,7 @@ class TaskManagementRequest(PDU):
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class LoginRequest(PDU):
     opcode: ClassVar[Opcode] = Opcode.LOGIN_REQUEST
     transit: bool = False
@@ -269,7 +289,7 @@ class LoginRequest(PDU):
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TextRequest(PDU):
     opcode: ClassVar[Opcode] = Opcode.TEXT_REQUEST
     final: bool = True
@@ -297,7 +317,7 @@ class TextRequest(PDU):
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class DataOut(PDU):
     opcode: ClassVar[Opcode] = Opcode.DATA_OUT
     final: bool = True
@@ -325,7 +345,7 @@ class DataOut(PDU):
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class LogoutRequest(PDU):
     opcode: ClassVar[Opcode] = Opcode.LOGOUT_REQUEST
     reason: int = 0
@@ -349,7 +369,7 @@ class LogoutRequest(PDU):
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SNACKRequest(PDU):
     opcode: ClassVar[Opcode] = Opcode.SNACK_REQUEST
     snack_type: int = 0
@@ -380,7 +400,7 @@ class SNACKRequest(PDU):
 # ---------------------------------------------------------------- target PDUs
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class NopIn(PDU):
     opcode: ClassVar[Opcode] = Opcode.NOP_IN
     ttt: int = RESERVED_TAG
@@ -406,7 +426,7 @@ class NopIn(PDU):
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SCSIResponse(PDU):
     """SCSI Response.  ``data`` holds the raw segment: 2-byte SenseLength + sense data."""
 
@@ -455,21 +475,17 @@ class SCSIResponse(PDU):
 
     @classmethod
     def decode(cls, bhs: Buffer, ahs: Buffer, data: Buffer) -> SCSIResponse:
-        f = bhs[1]
+        (f, response, status, itt, snack_tag, statsn, expcmdsn, maxcmdsn, expdatasn,
+         bidi_residual, residual) = _SCSI_RESPONSE.unpack_from(bhs)
         if (f & 0x06) == 0x06 or (f & 0x18) == 0x18:
             raise PDUFormatError("SCSI Response with both overflow and underflow set",
                                  RejectReason.INVALID_PDU_FIELD)
-        return cls(
-            itt=_u32(bhs, 16), data=data, response=bhs[2], status=bhs[3],
-            snack_tag=_u32(bhs, 20), statsn=_u32(bhs, 24), expcmdsn=_u32(bhs, 28),
-            maxcmdsn=_u32(bhs, 32), expdatasn=_u32(bhs, 36), bidi_residual_count=_u32(bhs, 40),
-            residual_count=_u32(bhs, 44), bidi_overflow=bool(f & 0x10),
-            bidi_underflow=bool(f & 0x08), residual_overflow=bool(f & 0x04),
-            residual_underflow=bool(f & 0x02),
-        )
+        return cls(itt, data, response, status, statsn, expcmdsn, maxcmdsn, expdatasn,
+                   bool(f & 0x04), bool(f & 0x02), residual, bool(f & 0x10), bool(f & 0x08),
+                   bidi_residual, snack_tag)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TaskManagementResponse(PDU):
     opcode: ClassVar[Opcode] = Opcode.TASK_MGMT_RESPONSE
     response: int = TaskResponse.COMPLETE
@@ -493,7 +509,7 @@ class TaskManagementResponse(PDU):
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class LoginResponse(PDU):
     opcode: ClassVar[Opcode] = Opcode.LOGIN_RESPONSE
     transit: bool = False
@@ -538,7 +554,7 @@ class LoginResponse(PDU):
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TextResponse(PDU):
     opcode: ClassVar[Opcode] = Opcode.TEXT_RESPONSE
     final: bool = True
@@ -567,7 +583,7 @@ class TextResponse(PDU):
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class DataIn(PDU):
     opcode: ClassVar[Opcode] = Opcode.DATA_IN
     final: bool = True
@@ -603,20 +619,17 @@ class DataIn(PDU):
 
     @classmethod
     def decode(cls, bhs: Buffer, ahs: Buffer, data: Buffer) -> DataIn:
-        f = bhs[1]
+        f, status, lun, itt, ttt, statsn, expcmdsn, maxcmdsn, datasn, offset, residual = \
+            _DATA_IN.unpack_from(bhs)
         if f & 0x01 and not f & 0x80:
             raise PDUFormatError("Data-In with S bit but without F bit",
                                  RejectReason.INVALID_PDU_FIELD)
-        return cls(
-            itt=_u32(bhs, 16), data=data, final=bool(f & 0x80), ack=bool(f & 0x40),
-            has_status=bool(f & 0x01), status=bhs[3], lun=_u64(bhs, 8), ttt=_u32(bhs, 20),
-            statsn=_u32(bhs, 24), expcmdsn=_u32(bhs, 28), maxcmdsn=_u32(bhs, 32),
-            datasn=_u32(bhs, 36), offset=_u32(bhs, 40), residual_overflow=bool(f & 0x04),
-            residual_underflow=bool(f & 0x02), residual_count=_u32(bhs, 44),
-        )
+        return cls(itt, data, bool(f & 0x80), bool(f & 0x40), bool(f & 0x01), status, lun, ttt,
+                   statsn, expcmdsn, maxcmdsn, datasn, offset, bool(f & 0x04),
+                   bool(f & 0x02), residual)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class LogoutResponse(PDU):
     opcode: ClassVar[Opcode] = Opcode.LOGOUT_RESPONSE
     response: int = LogoutResponseCode.SUCCESS
@@ -645,7 +658,7 @@ class LogoutResponse(PDU):
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class R2T(PDU):
     opcode: ClassVar[Opcode] = Opcode.R2T
     lun: int = 0
@@ -680,7 +693,7 @@ class R2T(PDU):
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class AsyncMessage(PDU):
     opcode: ClassVar[Opcode] = Opcode.ASYNC_MESSAGE
     lun: int = 0
@@ -715,7 +728,7 @@ class AsyncMessage(PDU):
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Reject(PDU):
     """Reject: ``data`` carries the header of the rejected PDU."""
 

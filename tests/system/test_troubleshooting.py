@@ -108,6 +108,8 @@ DOCUMENTED: dict[str, str] = {
     "cannot listen on HOST:PORT: address already in use — is another target running? …":
         "test_port_already_in_use",
     "cannot listen on HOST:PORT: permission denied …": "test_low_port_without_privileges",
+    "file I/O uses worker threads: the kernel refused io_uring: …":
+        "test_io_uring_refused_by_the_kernel",
     "--tls-portal needs --tls-cert and --tls-key …":
         "test_target_refuses_to_start[tls-portal-without-key]",
     "FILE:LINE: the CHAP secret of USER is shorter than 12 characters":
@@ -927,6 +929,34 @@ def test_target_storage_full(home: Home, tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- target
+
+
+@system
+@needs("root", "qemu-img", "qemu-iscsi")
+def test_io_uring_refused_by_the_kernel(tmp_path: Path) -> None:
+    """With io_uring switched off (kernel.io_uring_disabled=2) the target says so once,
+    when it first needs it (a flush), and serves through threads."""
+    knob = Path("/proc/sys/kernel/io_uring_disabled")
+    if not knob.exists():
+        pytest.skip("this kernel has no kernel.io_uring_disabled switch")
+    iqn = "iqn.2026-11.test:trouble-uring"
+    before = knob.read_text().strip()
+    knob.write_text("2")
+    try:
+        with our_target(quick(tmp_path / "u.img", iqn), tmp_path) as t:
+            r = subprocess.run(["qemu-img", "bench", "-w", "-c", "4", "-d", "1", "-s", "4k",
+                                "--flush-interval", "1", "-f", "raw",
+                                f"iscsi://{t.portal}/{iqn}/0"],
+                               capture_output=True, text=True, timeout=60, check=False)
+            assert r.returncode == 0, r.stdout + r.stderr
+            assert wait_for(lambda: "worker threads" in t.log())
+            log = t.log()
+    finally:
+        knob.write_text(before)
+    expect("file I/O uses worker threads: the kernel refused io_uring: …", log)
+    assert log.count("worker threads") == 1 and "Traceback" not in log
+
+
 
 
 def _config_error(work: Path) -> list[str]:

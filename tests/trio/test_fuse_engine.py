@@ -7,7 +7,7 @@ from __future__ import annotations
 import errno
 import socket
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -20,7 +20,7 @@ from blockbridge.fuse.engine import FuseEngine
 from blockbridge.fuse.lunfs import LunFS
 from blockbridge.fuse.negotiation import ASYNC_READ, MAX_PAGES, Limits
 from blockbridge.initiator.blockdev import BlockDevice
-from blockbridge.initiator.session import Response
+from blockbridge.iscsi.initiator_connection import Response
 from blockbridge.iscsi.params import SessionParams
 
 NEXUS = Nexus("iqn.2026-11.test:i", b"\x80\0\0\0\0\1", "iqn.2026-11.test:t")
@@ -37,6 +37,9 @@ class LunChannel:
         self.params = SessionParams()
         self.stall = False
         self.commands: list[int] = []
+        self.submitted = 0  # commands started without a task of the engine's
+        self.lose_next = False
+        self.pushes = 0
 
     async def command(self, lun: int, cdb: bytes, *, data_out: P.Buffer | None = None,
                       read_length: int = 0, read_into: bytearray | None = None) -> Response:
@@ -46,6 +49,36 @@ class LunChannel:
         r = await self.lu.execute(cdb, bytes(data_out) if data_out is not None else b"", NEXUS)
         data = bytearray(bytes(r.data)[:read_length])  # type: ignore[arg-type]
         return Response(r.status, r.sense, data, received=len(data))
+
+    def submit(self, lun: int, cdb: bytes, done: Callable[[Response | None, str | None], None],
+               *, data_out: P.Buffer | None = None, read_length: int = 0,
+               read_into: bytearray | None = None) -> Callable[[], None]:
+        """The same without a task of the caller's: answered from a task of its own."""
+        abandoned = False
+
+        async def run() -> None:
+            if self.lose_next:  # the connection went away before the answer
+                self.lose_next = False
+                done(None, "connection lost")
+                return
+            r = await self.command(lun, cdb, data_out=data_out, read_length=read_length)
+            if abandoned:
+                return
+            if read_into is not None and len(read_into) >= len(r.data):
+                read_into[: len(r.data)] = r.data
+                r.data = read_into
+            done(r, None)
+
+        def abandon() -> None:
+            nonlocal abandoned
+            abandoned = True
+
+        self.submitted += 1
+        trio.lowlevel.spawn_system_task(run)
+        return abandon
+
+    def push(self) -> None:
+        self.pushes += 1
 
 
 class Kernel:
@@ -123,7 +156,7 @@ async def write(kernel: Kernel, ino: int, offset: int, data: bytes) -> None:
 
 async def test_lookup_attributes_read_and_write(mounted: tuple[Kernel, LunFS, LunChannel, Path]
                                                 ) -> None:
-    kernel, _fs, _channel, disk = mounted
+    kernel, _fs, channel, disk = mounted
     ino = await lun_inode(kernel)
     err, attr = await kernel.call(P.Opcode.GETATTR, P.GETATTR_IN.pack(0, 0, 0), nodeid=ino)
     fields = P.ATTR.unpack_from(attr, 16)
@@ -141,6 +174,23 @@ async def test_lookup_attributes_read_and_write(mounted: tuple[Kernel, LunFS, Lu
     assert err == 0 and len(out) == 100  # a short read at the end
     err, _ = await kernel.call(P.Opcode.WRITE, rw_in(fh, SIZE, 1) + b"x", ino)
     assert err == errno.ENOSPC
+    # the plain write and the plain read went without a task of the engine's
+    assert channel.submitted == 2 and channel.pushes >= 2
+
+
+async def test_what_fails_without_a_task_runs_again_as_a_task(
+        mounted: tuple[Kernel, LunFS, LunChannel, Path]) -> None:
+    kernel, _fs, channel, disk = mounted
+    ino = await lun_inode(kernel)
+    data = b"q" * 8192
+    channel.lose_next = True
+    await write(kernel, ino, 0, data)
+    assert disk.read_bytes()[:8192] == data
+    channel.lose_next = True
+    err, back = await kernel.call(P.Opcode.READ, rw_in(ino, 0, 8192), ino)
+    assert (err, back) == (0, data)
+    assert channel.submitted == 2  # both were tried without a task first
+    assert channel.commands.count(0x2A) + channel.commands.count(0x8A) == 1  # one WRITE ran
 
 
 async def test_directory_listing(mounted: tuple[Kernel, LunFS, LunChannel, Path]) -> None:

@@ -17,6 +17,7 @@ from blockbridge.initiator.blockdev import BlockDevice
 from blockbridge.initiator.errors import ConnectionLost
 from blockbridge.initiator.session import Session
 from blockbridge.iscsi.errors import LoginFailed
+from blockbridge.iscsi.initiator_connection import InitiatorConnection
 from blockbridge.iscsi.login import ChapCredentials
 from tests.needs import needs
 
@@ -213,7 +214,8 @@ async def test_commands_wait_for_a_full_command_window(disk_path: Path) -> None:
                 for i in range(40):
                     readers.start_soon(one, i)
             assert statuses == [0] * 40
-            assert s.maxcmdsn - s.expcmdsn < 2 + 1  # the target really kept the window small
+            # the target really kept the window small
+            assert s.conn.maxcmdsn - s.conn.expcmdsn < 2 + 1
             nursery.cancel_scope.cancel()
 
 
@@ -284,7 +286,7 @@ async def test_large_data_in_lands_in_the_commands_buffer(
     content = os.urandom(4 << 20)
     with (disk_path / "d.img").open("r+b") as f:
         f.write(content)
-    placed = record_places(monkeypatch, Session, "_place_data_in")
+    placed = record_places(monkeypatch, InitiatorConnection, "placement")
     with trio.fail_after(20):
         s = await connect(server)
         async with trio.open_nursery() as nursery:

@@ -44,7 +44,7 @@ LAYERS = (
           ("core", "shared", "transport", "initiator", "fuse"),
           frozenset({"trio", "platformdirs"})),
     Layer("target", ("target/",), ("core", "shared", "transport"),
-          frozenset({"trio", "outcome", "liburing"})),
+          frozenset({"trio", "outcome"})),
 )
 BY_NAME = {layer.name: layer for layer in LAYERS}
 # The core computes; it has no sockets, files, processes, clocks or randomness of its own.

@@ -240,3 +240,8 @@ def test_init_of_other_major_versions() -> None:
     assert got is None and out_fields(payload)[:2] == (7, 38)
     with pytest.raises(Unsupported):
         negotiate(P.Init(7, 8, 0, 0), Limits())
+
+
+def test_a_data_reply_is_the_same_as_a_plain_one() -> None:
+    data = memoryview(bytes(range(256)) * 16)
+    assert [bytes(b) for b in P.reply_data(7, data)] == [bytes(b) for b in P.reply(7, data)]
