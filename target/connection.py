@@ -43,6 +43,7 @@ from blockbridge.iscsi.login import TargetLogin
 from blockbridge.iscsi.names import printable
 from blockbridge.iscsi.serial import sn_add
 from blockbridge.iscsi.text import TextAssembler, decode_text, encode_text
+from blockbridge.iscsi.window import Admission, CommandWindow
 from blockbridge.scsi.constants import INITIATOR_RESPONSE_TIMEOUT, Op, SenseKey, Status
 from blockbridge.scsi.sense import build_sense
 from blockbridge.transport import LOGIN_RECEIVE_CHUNK, RECEIVE_CHUNK, ConnectionClosed, PDUStream
@@ -56,7 +57,7 @@ from .lun import (
     not_supported_lun_result,
     report_luns_data,
 )
-from .session import CommandWindow, Session
+from .session import Session
 
 if TYPE_CHECKING:
     from .server import TargetServer
@@ -380,7 +381,7 @@ class Connection:
             self._start(cmd)
             return
         verdict = s.window.classify(cmd.cmdsn)
-        if verdict == "drop":
+        if verdict is Admission.DROP:
             self._dropped += 1
             log.log(logging.INFO if self._dropped == 1 else logging.DEBUG,
                     "%s: dropping command with CmdSN %d outside the window %d..%d%s",
@@ -388,7 +389,7 @@ class Connection:
                     " (more on this connection are logged at debug level)"
                     if self._dropped == 1 else "")
             return
-        if verdict == "later":
+        if verdict is Admission.LATER:
             if len(self.pending) >= MAX_PENDING_COMMANDS:
                 raise Drop("too many out-of-order commands")
             if _placed_buffer(cmd.data, cmd.expected_length) is not None:

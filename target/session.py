@@ -7,50 +7,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from blockbridge.iscsi.params import SessionParams
-from blockbridge.iscsi.serial import sn_add, sn_le, sn_lt
+from blockbridge.iscsi.window import CommandWindow
 
 if TYPE_CHECKING:
     from .connection import Connection
     from .lun import LogicalUnit, Nexus
-
-@dataclass
-class CommandWindow:
-    """ExpCmdSN/MaxCmdSN bookkeeping for one session (RFC 7143 §4.2.2.1).
-
-    At most ``depth`` commands run at once: MaxCmdSN leaves room for ``depth`` minus
-    those in flight, and never goes back on what was offered (``advertised``); when
-    they are all in flight the window is closed (MaxCmdSN = ExpCmdSN - 1).  A command
-    beyond the last MaxCmdSN offered is dropped, so an initiator that ignores the window
-    cannot make the target run more."""
-
-    expcmdsn: int
-    depth: int = 32
-    in_flight: int = 0
-    advertised: int = field(default=-1)  # the highest MaxCmdSN offered so far
-
-    def __post_init__(self) -> None:
-        if self.advertised < 0:
-            self.advertised = sn_add(self.expcmdsn, self.depth - 1)
-
-    @property
-    def maxcmdsn(self) -> int:
-        """MaxCmdSN to send now (asking counts as offering it)."""
-        m = sn_add(self.expcmdsn, self.depth - self.in_flight - 1)
-        if sn_lt(self.advertised, m):
-            self.advertised = m
-        return self.advertised
-
-    def classify(self, cmdsn: int) -> str:
-        """'now' if it is the next command, 'later' if inside the window, 'drop' otherwise."""
-        if cmdsn == self.expcmdsn:
-            return "now" if sn_le(cmdsn, self.maxcmdsn) else "drop"
-        if sn_lt(self.expcmdsn, cmdsn) and sn_le(cmdsn, self.maxcmdsn):
-            return "later"
-        return "drop"
-
-    def advance(self) -> None:
-        self.expcmdsn = sn_add(self.expcmdsn, 1)
-
 
 @dataclass
 class Session:

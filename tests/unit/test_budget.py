@@ -6,7 +6,8 @@ import pytest
 import trio
 import trio.testing
 from blockbridge_target.budget import BufferLimits, ServerBudget, SessionBudget
-from blockbridge_target.session import CommandWindow
+
+from blockbridge.iscsi.window import Admission, CommandWindow
 
 MiB = 1 << 20
 
@@ -133,13 +134,13 @@ def test_the_command_window_never_offers_more_than_its_depth() -> None:
     w = CommandWindow(expcmdsn=10, depth=2)
     assert w.maxcmdsn == 11
     for sn in (10, 11):
-        assert w.classify(sn) == "now"
+        assert w.classify(sn) is Admission.NOW
         w.advance()
         w.in_flight += 1
     assert w.maxcmdsn == 11  # closed: ExpCmdSN 12 - 1
-    assert w.classify(12) == "drop"  # an initiator ignoring MaxCmdSN gets no third task
+    assert w.classify(12) is Admission.DROP  # an initiator ignoring MaxCmdSN gets no third task
     w.in_flight -= 1
-    assert w.maxcmdsn == 12 and w.classify(12) == "now"
+    assert w.maxcmdsn == 12 and w.classify(12) is Admission.NOW
     w.in_flight -= 1
     assert w.maxcmdsn == 13
     w.in_flight += 2  # MaxCmdSN once offered is never taken back
