@@ -219,14 +219,7 @@ class PDUStream:
             for fn in after:
                 fn()
             return True
-        while n:  # keep what was not written, in order
-            first = views[0]
-            if n >= first.nbytes:
-                n -= first.nbytes
-                views.pop(0)
-            else:
-                views[0] = first[n:]
-                n = 0
+        _drop_written(views, n)  # keep what was not written, in order
         self._queue = list(views)
         return False
 
@@ -321,14 +314,7 @@ class PDUStream:
                     await _wait_writable(sock)
                     continue
             self.bytes_sent += n
-            while n:
-                first = views[0]
-                if n >= first.nbytes:
-                    n -= first.nbytes
-                    views.pop(0)
-                else:
-                    views[0] = first[n:]
-                    n = 0
+            _drop_written(views, n)
 
     async def _sendfile(self, sock: trio.socket.SocketType, part: FileRange) -> None:
         """Send a file range from the page cache.  The caller made sure it is cached (a
@@ -366,6 +352,18 @@ async def _wait_writable(sock: trio.socket.SocketType) -> None:
     TCP_NODELAY first pushes them out."""
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     await trio.lowlevel.wait_writable(sock)
+
+
+def _drop_written(views: list[memoryview], n: int) -> None:
+    """Take the first ``n`` bytes, which a send wrote, off the front of ``views``."""
+    while n:
+        first = views[0]
+        if n >= first.nbytes:
+            n -= first.nbytes
+            views.pop(0)
+        else:
+            views[0] = first[n:]
+            n = 0
 
 
 def _coalesce(buffers: Sequence[Buffer]) -> list[Buffer]:
