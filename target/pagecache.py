@@ -49,11 +49,12 @@ _syscall.restype = ctypes.c_long
 available = _CACHESTAT is not None
 
 
-def cached(fd: int, offset: int, length: int) -> bool:
-    """True if every page of ``length`` bytes from ``offset`` is in the page cache."""
+def resident(fd: int, offset: int, length: int) -> int | None:
+    """How many pages of ``length`` bytes from ``offset`` are in the page cache; None
+    where the kernel does not say (no cachestat)."""
     global available
     if not available or length <= 0:
-        return False
+        return None
     rng, st = _Range(offset, length), _Stat()
     if _syscall(_CACHESTAT, fd, ctypes.byref(rng), ctypes.byref(st), 0) != 0:
         err = ctypes.get_errno()
@@ -61,9 +62,16 @@ def cached(fd: int, offset: int, length: int) -> bool:
             available = False
             log.info("the kernel does not answer cachestat (%s): reads are copied "
                      "from the page cache, not sent from it", os.strerror(err))
+        return None
+    return int(st.nr_cache)
+
+
+def cached(fd: int, offset: int, length: int) -> bool:
+    """True if every page of ``length`` bytes from ``offset`` is in the page cache."""
+    pages = resident(fd, offset, length)
+    if pages is None:
         return False
-    pages = (offset + length + PAGE - 1) // PAGE - offset // PAGE
-    return bool(st.nr_cache >= pages)
+    return pages >= (offset + length + PAGE - 1) // PAGE - offset // PAGE
 
 
 _SLOW_INLINE_WRITE = 0.002  # seconds: an inline write slower than this ...

@@ -25,11 +25,15 @@ def nbdkit(where: Path, plugin: str, *args: str) -> Iterator[Export]:
     """Run ``nbdkit PLUGIN ARGS`` serving on a socket in ``where``: its URI and PID."""
     require("nbdkit", "libnbd-python")
     sock = where / f"nbdkit-{plugin}.sock"
-    proc = subprocess.Popen(["nbdkit", "--exit-with-parent", "-f", "-U", str(sock), plugin,
-                             *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # The socket exists from bind(), before nbdkit listens; the PID file is written once
+    # it accepts connections.
+    ready = where / f"nbdkit-{plugin}.pid"
+    proc = subprocess.Popen(["nbdkit", "--exit-with-parent", "-f", "-U", str(sock),
+                             "-P", str(ready), plugin, *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 10
-        while not sock.exists():
+        while not ready.exists() or not ready.read_text().strip():
             if proc.poll() is not None or time.monotonic() > deadline:
                 err = proc.stderr.read().decode() if proc.stderr else ""
                 raise RuntimeError(f"nbdkit {plugin} did not start: {err}")

@@ -7,11 +7,13 @@ import contextlib
 import errno
 import os
 import sys
+import time
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
 import blockbridge_target.io as io_module
+import blockbridge_target.pagecache as pagecache
 import blockbridge_target.uring as uring_module
 import blockbridge_target.uring_abi as uring_abi
 import outcome
@@ -60,11 +62,18 @@ def at_once(lu: LogicalUnit, cdb: bytes, data: bytes | memoryview = b"") -> SCSI
 
 
 def evict(path: Path) -> None:
-    """Drop the (clean) pages of ``path`` from the page cache."""
+    """Drop the (clean) pages of ``path`` from the page cache, and see that they went:
+    under load one ``POSIX_FADV_DONTNEED`` may leave pages behind."""
     fd = os.open(path, os.O_RDONLY)
     try:
-        os.fsync(fd)  # dirty pages stay in the cache
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        for _ in range(100):
+            os.fsync(fd)  # dirty pages stay in the cache
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            left = pagecache.resident(fd, 0, os.fstat(fd).st_size)
+            if not left:  # none left, or no cachestat to ask (then trust the advice)
+                return
+            time.sleep(0.01)
+        pytest.fail(f"{left} pages of {path.name} stay in the page cache")
     finally:
         os.close(fd)
 
