@@ -207,6 +207,7 @@ class TargetServer:
         self._tls: dict[int, ssl.SSLContext] = {}
         self.tls_addresses: set[tuple[str, int]] = set()
         self._draining = False
+        self._quiet: trio.Event | None = None  # set when a connection's commands end
 
     # ---------------------------------------------------------------- policy
 
@@ -562,10 +563,16 @@ class TargetServer:
         self._draining = True
         self._listeners_scope.cancel()
 
+    def connection_quiet(self) -> None:
+        """A connection finished its last command (or closed): a drain may be over."""
+        if self._quiet is not None:
+            self._quiet.set()
+
     async def _drain(self) -> None:
         with trio.move_on_after(SHUTDOWN_GRACE):
             while any(c.busy for c in self.connections):
-                await trio.sleep(0.02)
+                self._quiet = trio.Event()
+                await self._quiet.wait()
         for conn in list(self.connections):
             conn.close()
 

@@ -1,4 +1,4 @@
-"""Sessions and the session table: TSIH allocation, reinstatement, the CmdSN window."""
+"""Sessions and the session table: TSIH allocation, reinstatement."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from blockbridge.iscsi.params import SessionParams
-from blockbridge.iscsi.window import CommandWindow
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -22,7 +21,8 @@ class Session:
     params: SessionParams
     nexus: Nexus | None
     luns: dict[int, LogicalUnit]
-    window: CommandWindow
+    expcmdsn: int  # the first CmdSN of the full-feature phase
+    depth: int  # commands that may run at once (QueuedCommands)
     connections: set[Connection] = field(default_factory=set)
     discovery: bool = False
     # who logged in: part of the session's identity, with the initiator name and ISID

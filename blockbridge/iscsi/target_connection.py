@@ -213,14 +213,13 @@ class TargetConnection:
         while self.window.expcmdsn in self._held:
             cmd = self._held.pop(self.window.expcmdsn)
             self.window.advance()
-            events += self._start(cmd, self._placed(cmd), now)
+            events += self._start(cmd, now)
         return events
 
     def _on_command(self, cmd: SCSICommand, now: float) -> list[Event]:
         params = self.params
-        placed = self._placed(cmd)
         if self.discovery:
-            self._give_placed(placed)
+            self._give_placed(self._placed(cmd))
             return [Send((self.reject(cmd, RejectReason.PROTOCOL_ERROR),))]
         data_len = len(cmd.data)
         if data_len and not (cmd.write and params.immediate_data):
@@ -230,17 +229,18 @@ class TargetConnection:
             raise self._fail("immediate data longer than FirstBurstLength")
         if cmd.immediate:
             if self.window.full:  # immediate commands pass the window, not its task limit
-                self._give_placed(placed)
+                self._give_placed(self._placed(cmd))
                 refused = self._response(_Task(cmd, decode_lun(cmd.lun)), TASK_SET_FULL)
                 return [Send(tuple(refused))]
-            return self._start(cmd, placed, now)
+            return self._start(cmd, now)
         verdict = self.window.classify(cmd.cmdsn)
         if verdict is Admission.DROP:
-            self._give_placed(placed)
+            self._give_placed(self._placed(cmd))
             return [CommandDropped(cmd.cmdsn, self.window.expcmdsn, self.window.maxcmdsn)]
         if verdict is Admission.LATER:
             if len(self._held) >= MAX_PENDING_COMMANDS:
                 raise self._fail("too many out-of-order commands")
+            placed = self._placed(cmd)
             if placed is not None:
                 # keep only the data, not a buffer for all of the command's: a command
                 # that waits holds no more memory than it brought
@@ -249,7 +249,7 @@ class TargetConnection:
             self._held[cmd.cmdsn] = cmd
             return []
         self.window.advance()
-        events = self._start(cmd, placed, now)
+        events = self._start(cmd, now)
         if self._held:
             events += self._release_held(now)
         return events
@@ -267,7 +267,7 @@ class TargetConnection:
         if placed is not None:
             self._give(placed)
 
-    def _start(self, cmd: SCSICommand, placed: bytearray | None, now: float) -> list[Event]:
+    def _start(self, cmd: SCSICommand, now: float) -> list[Event]:
         if cmd.itt in self._tasks:
             raise self._fail(f"initiator task tag 0x{cmd.itt:08x} reused while still active")
         edtl = cmd.expected_length
@@ -284,7 +284,7 @@ class TargetConnection:
             task.reserved = unasked
             # immediate data not placed stays in the command until a buffer is due: none
             # is taken before the shell reserved its budget (or refused the command)
-            task.buffer = placed
+            task.buffer = self._placed(cmd)
             if complete:
                 task.phase = Phase.COMPLETE
             elif unsolicited:
@@ -417,6 +417,14 @@ class TargetConnection:
                   sense: bytes = b"", *, written: int | None = None) -> list[Outgoing]:
         cmd = task.cmd
         edtl = cmd.expected_length
+        if status == GOOD and not sense and cmd.read != cmd.write:
+            # most answers: a whole read in one Data-In with its status, or a whole write
+            if cmd.read:
+                produced = segment_length(data)
+                if produced == edtl and 0 < edtl <= self.params.max_xmit_data_segment_length:
+                    return [self._one_data_in(cmd, data)]
+            elif written is None or written == edtl:
+                return [self._good_response(cmd)]
         data = data if cmd.read else b""
         produced = segment_length(data)
         if cmd.write and not cmd.read:
@@ -452,6 +460,25 @@ class TargetConnection:
                 statsn=statsn, expcmdsn=expcmdsn, maxcmdsn=maxcmdsn))
         self.statsn = sn_add(statsn, 1)
         return pdus
+
+    def _one_data_in(self, cmd: SCSICommand, data: Buffer | FileRange) -> Outgoing:
+        """All of a read's data and its GOOD status in one Data-In."""
+        statsn = self.statsn
+        self.statsn = (statsn + 1) & 0xFFFFFFFF
+        window = self.window
+        pdu = DataIn(itt=cmd.itt, lun=cmd.lun, datasn=0, offset=0,
+                     data=b"" if isinstance(data, FileRange) else data, final=True,
+                     has_status=True, status=GOOD, statsn=statsn,
+                     expcmdsn=window.expcmdsn, maxcmdsn=window.maxcmdsn)
+        return WithFileData(pdu, data) if isinstance(data, FileRange) else pdu
+
+    def _good_response(self, cmd: SCSICommand) -> PDU:
+        """GOOD status for a command that moved all of its expected data (or none)."""
+        statsn = self.statsn
+        self.statsn = (statsn + 1) & 0xFFFFFFFF
+        window = self.window
+        return SCSIResponse(itt=cmd.itt, status=GOOD, statsn=statsn,
+                            expcmdsn=window.expcmdsn, maxcmdsn=window.maxcmdsn)
 
     def discard(self, itt: int) -> None:
         """A command ends without an answer (aborted): forget it, give its buffer back."""

@@ -50,6 +50,8 @@ class CommandWindow:
 
     def classify(self, cmdsn: int) -> Admission:
         if cmdsn == self.expcmdsn:
+            if self.in_flight < self.depth:  # room now: MaxCmdSN is at least ExpCmdSN
+                return Admission.NOW
             return Admission.NOW if sn_le(cmdsn, self.maxcmdsn) else Admission.DROP
         if sn_lt(self.expcmdsn, cmdsn) and sn_le(cmdsn, self.maxcmdsn):
             return Admission.LATER

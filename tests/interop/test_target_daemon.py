@@ -213,3 +213,23 @@ def test_sigterm_flushes_and_exits_cleanly(tmp_path: Path) -> None:
     assert proc.returncode == 0
     assert "shutting down" in t.log()
     assert disk.read_bytes()[: 1 << 20] == b"x" * (1 << 20)
+
+
+def test_send_targets_of_300_targets_reaches_iscsi_ls_whole(tmp_path: Path) -> None:
+    """A SendTargets answer far longer than 8 KiB (about 28 KiB): every target is listed,
+    none cut off (libiscsi lists them in its own order)."""
+    names = [f"iqn.2026-12.local.blockbridge.test:many-targets-{i:03d}" for i in range(300)]
+    lines = []
+    for i, name in enumerate(names):
+        disk = tmp_path / f"lun{i}.img"
+        with disk.open("wb") as f:
+            f.truncate(1 << 20)
+        lines.append(f"Target {name}\n  Lun 0 Path={disk},Type=fileio\n")
+    conf = tmp_path / "ietd.conf"
+    conf.write_text("".join(lines))
+    with our_target(["-c", str(conf), "--portal", "127.0.0.1:0"], tmp_path, timeout=60) as t:
+        ls = run("iscsi-ls", f"iscsi://{t.portal}", timeout=60)
+        listed = [line.split()[0].removeprefix("Target:") for line in ls.stdout.splitlines()
+                  if line.startswith("Target:")]
+        assert sorted(listed) == names, (len(listed), ls.stdout[-500:], ls.stderr[-500:])
+        assert "truncated" not in t.log()

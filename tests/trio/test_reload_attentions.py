@@ -9,7 +9,7 @@ from blockbridge_target.backends.file import FileBackend
 from blockbridge_target.backends.null import NullBackend
 from blockbridge_target.lun import LogicalUnit, Nexus, SCSIResult
 from blockbridge_target.server import TargetServer
-from blockbridge_target.session import CommandWindow, Session
+from blockbridge_target.session import Session
 from blockbridge_target.targets import TargetDef
 
 from blockbridge.iscsi.params import SessionParams
@@ -38,7 +38,7 @@ def server_with_sessions(luns: dict[int, Path]) -> TargetServer:
     t = server.targets[T]
     for tsih, nexus in enumerate((A, B), 1):
         server.sessions.add(Session(tsih, nexus.isid, nexus.initiator_name, T,
-                                    SessionParams(), nexus, t.luns, CommandWindow(1)))
+                                    SessionParams(), nexus, t.luns, 1, 32))
     return server
 
 
@@ -132,6 +132,6 @@ async def test_sessions_of_other_targets_are_not_told(tmp_path: Path) -> None:
     server = server_with_sessions({0: d["l0"]})
     other = Nexus("iqn.2026-11.test:c", b"\x80\0\0\0\0\3", "iqn.2026-11.test:other")
     server.sessions.add(Session(9, other.isid, other.initiator_name, other.target_name,
-                                SessionParams(), other, {}, CommandWindow(1)))
+                                SessionParams(), other, {}, 1, 32))
     server.reload([target({0: d["l0"], 1: d["l1"]})], {}, None)
     assert sense_of(await server.targets[T].luns[0].execute(TUR, b"", other)) is None
