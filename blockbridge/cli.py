@@ -49,7 +49,7 @@ commands:
   discover HOST[:PORT]           list the targets a portal offers (SendTargets)
   mount HOST[:PORT] MOUNTPOINT   log in to the targets and mount their LUNs as files
   umount MOUNTPOINT              flush, log out and unmount
-  status                         show mounts, sessions and per-LUN I/O counters
+  status [MOUNTPOINT]            show mounts, sessions and per-LUN I/O counters
   discard FILE [--offset --length]   trim a region of a LUN file on the target
   rescan MOUNTPOINT              read the LUNs and their sizes from the targets again
   cp IMAGE LUNFILE               copy a disk image onto a LUN file, with progress
@@ -246,9 +246,12 @@ def build_parser() -> argparse.ArgumentParser:
     rs.add_argument("mountpoint", metavar="MOUNTPOINT",
                     help="the mount point of a running mount (see blockbridge status)")
 
-    sub.add_parser("status", help="show mounts, sessions and I/O counters",
-                   description="Show every blockbridge mount of this user with its sessions "
-                               "and per-LUN I/O counters.")
+    st = sub.add_parser("status", help="show mounts, sessions and I/O counters",
+                        description="Show every blockbridge mount of this user (or the one "
+                                    "at MOUNTPOINT) with its sessions and per-LUN I/O "
+                                    "counters.")
+    st.add_argument("mountpoint", metavar="MOUNTPOINT", nargs="?",
+                    help="show only the mount at this mount point")
     return p
 
 
@@ -432,6 +435,11 @@ def cmd_umount(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     recs = records()
+    if args.mountpoint is not None:
+        mnt = os.path.abspath(args.mountpoint)
+        recs = [rec for rec in recs if rec.get("mountpoint") == mnt]
+        if not recs:
+            raise UsageError(f"{mnt} is not a running blockbridge mount")
     if not recs:
         print("no blockbridge mounts")
         return 0

@@ -90,7 +90,7 @@ def test_fstrim_and_blkdiscard_on_a_loop_device_free_the_space_on_our_target(
         tmp_path: Path) -> None:
     with target(tmp_path) as (t, disk), mounted(t.portal, tmp_path / "mnt", *OURS) as mnt:
         trim_round_trip(mnt / IQN / "lun0", disk, tmp_path)
-        status = bb("status").stdout
+        status = bb("status", str(mnt)).stdout
         assert "errors 0" in status, status
 
 
@@ -157,7 +157,7 @@ def test_a_read_stuck_on_a_dead_target_ends_on_sigkill_and_the_mount_recovers(
             back = subprocess.run(["dd", f"if={lun}", "bs=1M", "count=1", "status=none"],
                                   capture_output=True, timeout=60, check=True).stdout
             assert back == disk.read_bytes()[: MiB]
-            assert "connected" in bb("status").stdout
+            assert "connected" in bb("status", str(mnt)).stdout
     finally:
         stop(proc)
         if os.path.ismount(mnt):

@@ -55,7 +55,7 @@ def test_target_killed_twice_under_a_filesystem_workload(tmp_path: Path) -> None
             result = fio_result(fio, tmp_path / "fio.json", timeout=300)
             assert result["errors"] == 0
             assert result["verified"] == result["written"] > 0
-            assert "2 reconnect(s)" in bb("status").stdout
+            assert "2 reconnect(s)" in bb("status", str(mnt)).stdout
         assert kernel_errors(fs.device, log_start) == []
     finally:
         stop(target)

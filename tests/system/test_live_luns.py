@@ -129,7 +129,7 @@ def test_luns_added_to_and_removed_from_the_configuration(tmp_path: Path) -> Non
         with (mnt / IQN / "lun0").open("r+b") as f:
             f.write(b"\x22" * 4096)
         assert disks[0].read_bytes()[:4096] == b"\x22" * 4096
-        assert "reconnect" not in bb("status").stdout
+        assert "reconnect" not in bb("status", str(mnt)).stdout
     text = log.read_text()
     assert f"{IQN}: LUN 1 appeared ({4 * MiB} bytes)" in text
     assert text.count("LUN 1 was removed from the target; its file answers EIO") == 1, text

@@ -70,7 +70,7 @@ def test_three_luns_of_tgtd_as_files(tmp_path: Path, fuse_engine: str) -> None:
                         "conv=notrunc,fsync", "status=none"], check=True)
         assert allocated(b) < before
         assert b.read_bytes()[2 << 20 : 5 << 20] == bytes(3 << 20)
-        status = bb("status")
+        status = bb("status", str(mnt))
         assert f"{T1}/lun2" in status.stdout and "connected" in status.stdout
 
 
@@ -86,7 +86,7 @@ def test_loop_device_and_filesystem_on_our_target(tmp_path: Path, fuse_engine: s
     args = ["--disk", str(disk), "--size", "64M", "--target-name", iqn, "--portal",
             "127.0.0.1:0"]
     with our_target(args, tmp_path) as t, mounted(t.portal, tmp_path / "mnt") as mnt:
-        queue = wait_for_queue_line(lambda: bb("status").stdout)
+        queue = wait_for_queue_line(lambda: bb("status", str(mnt)).stdout)
         if fuse_engine == "blockbridge":  # asked for at INIT
             assert queue == f"FUSE max_background {MAX_BACKGROUND}"
         else:  # with or without fusectl on this machine: the status says which
@@ -107,7 +107,7 @@ def test_the_queue_limit_is_raised_through_fusectl_wherever_it_is_mounted(tmp_pa
     with fusectl_mounted() as connections, our_target(args, tmp_path) as t, \
             mounted(t.portal, tmp_path / "mnt", "--log-file", str(tmp_path / "m.log"),
                     "--fuse-engine", "pyfuse3") as mnt:
-        queue = wait_for_queue_line(lambda: bb("status").stdout)
+        queue = wait_for_queue_line(lambda: bb("status", str(mnt)).stdout)
         conn = connection_dir(mnt.stat().st_dev, connections)
         assert queue == f"FUSE max_background {MAX_BACKGROUND}"
         assert (conn / "max_background").read_text().strip() == str(MAX_BACKGROUND)
@@ -172,7 +172,7 @@ def test_discard_deallocates_on_the_target(tmp_path: Path, fuse_engine: str) -> 
         with lun.open("rb") as f:
             f.seek(4 << 20)
             assert f.read(8 << 20) == bytes(8 << 20)
-        status = bb("status").stdout
+        status = bb("status", str(mnt)).stdout
         assert "writes" in status and "16777216 B" in status
     bad = bb("discard", str(tmp_path / "not-a-lun"))
     assert bad.returncode == 1 and "is not a LUN file" in bad.stderr
@@ -193,7 +193,7 @@ def test_many_requests_at_once_and_an_unmount_from_outside(tmp_path: Path, fuse_
         r = bb("mount", t.portal, str(mnt))
         assert r.returncode == 0, r.stderr
         try:
-            pid = int(re.findall(r"pid (\d+)\)", bb("status").stdout)[0])
+            pid = int(re.findall(r"pid (\d+)\)", bb("status", str(mnt)).stdout)[0])
             fd = os.open(mnt / iqn / "lun0", os.O_RDWR)
             try:
                 with ThreadPoolExecutor(64) as pool:
@@ -207,7 +207,8 @@ def test_many_requests_at_once_and_an_unmount_from_outside(tmp_path: Path, fuse_
             while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
                 time.sleep(0.05)
             assert not os.path.exists(f"/proc/{pid}"), "the mount process is still running"
-            assert "no blockbridge mounts" in bb("status").stdout
+            gone = bb("status", str(mnt))  # its record went with it
+            assert "is not a running blockbridge mount" in gone.stderr, gone.stderr
         finally:
             if mnt.is_mount():
                 bb("umount", str(mnt))
@@ -228,7 +229,7 @@ def test_a_killed_mount_process_leaves_no_dead_mount_point(tmp_path: Path) -> No
         r = bb("mount", "--fuse-engine", "blockbridge", t.portal, str(mnt))
         assert r.returncode == 0, r.stderr
         try:
-            pid = int(re.findall(r"pid (\d+)\)", bb("status").stdout)[0])
+            pid = int(re.findall(r"pid (\d+)\)", bb("status", str(mnt)).stdout)[0])
             assert (mnt / iqn / "lun0").stat().st_size == 8 << 20
             os.kill(pid, 9)
             deadline = time.monotonic() + 10

@@ -31,7 +31,7 @@ def test_background_mount_logs_to_the_state_directory(tmp_path: Path) -> None:
         r = bb("mount", t.portal, str(mnt))
         assert r.returncode == 0, r.stderr
         try:
-            status = bb("status").stdout
+            status = bb("status", str(mnt)).stdout
         finally:
             assert bb("umount", str(mnt)).returncode == 0
     name = str(mnt).strip("/").replace("/", "-")

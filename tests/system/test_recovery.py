@@ -66,7 +66,7 @@ def test_kill_and_restart_the_target_twice_mid_write(tmp_path: Path) -> None:
         with lun.open("rb") as f:
             for i, blob in enumerate(blobs):
                 assert f.read(chunk) == blob, f"chunk {i} differs after recovery"
-        status = bb("status").stdout
+        status = bb("status", str(mnt)).stdout
         assert "reconnect" in status
     finally:
         bb("umount", str(mnt))

@@ -64,6 +64,6 @@ def test_reload_adds_targets_without_dropping_sessions(tmp_path: Path) -> None:
                 f.flush()
                 os.fsync(f.fileno())
             assert disks["a0"].read_bytes()[: 1 << 20] == payload
-            assert "reconnect" not in bb("status").stdout
+            assert "reconnect" not in bb("status", str(mnt)).stdout
         finally:
             bb("umount", str(mnt))
