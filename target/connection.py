@@ -198,8 +198,10 @@ class Connection:
         elif isinstance(ev, E.DataReceived | E.DataTimedOut):
             job = self.jobs.get(ev.itt)
             if job is not None:
-                job.data = ev.data if isinstance(ev, E.DataReceived) else None
-                job.timed_out = isinstance(ev, E.DataTimedOut)
+                if isinstance(ev, E.DataReceived):
+                    job.data = ev.data
+                else:
+                    job.data, job.timed_out = None, (ev.received, ev.expected)
                 job.ready.set()
         elif isinstance(ev, E.CommandDropped):
             self._dropped += 1

@@ -34,7 +34,7 @@ class Job:
     reserved: int = 0  # bytes of the session's budget it holds
     ready: trio.Event = field(default_factory=trio.Event)  # its data is in, or timed out
     data: memoryview | None = None
-    timed_out: bool = False
+    timed_out: tuple[int, int] | None = None  # bytes received and expected, if it did
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
 
 
@@ -91,10 +91,12 @@ async def execute(conn: Connection, m: TargetConnection, job: Job) -> SCSIResult
             await conn.handle(m, ev)
         conn.rearm(m)
         await job.ready.wait()
-        if job.timed_out or job.data is None:
+        if job.timed_out is not None or job.data is None:
+            received, expected = job.timed_out or (0, cmd.expected_length)
             conn.note_timeout(
-                f"no Data-Out for task 0x{cmd.itt:08x} within "
-                f"{conn.data_out_timeout:g}s: aborted with INITIATOR RESPONSE TIMEOUT")
+                f"no Data-Out for task 0x{cmd.itt:08x} within {conn.data_out_timeout:g}s "
+                f"({received} of {expected} bytes received): aborted with INITIATOR "
+                "RESPONSE TIMEOUT")
             return timed_out(lu)
         data = job.data
     answer = target_result(cmd, s.luns, job.ev.lun)
