@@ -394,6 +394,18 @@ def test_the_command_window_classifies_by_enum() -> None:
     assert w.classify(2) is Admission.DROP and w.classify(0xFFFFFFFE) is Admission.DROP
 
 
+
+def test_a_command_past_the_offered_window_is_dropped_even_when_it_is_next() -> None:
+    m = machine(depth=1)  # MaxCmdSN offered: 1
+    assert only(m.receive(read(1, 1, 512), 0.0), E.CommandReceived)
+    # the window is closed (MaxCmdSN 1 < ExpCmdSN 2): CmdSN 2 was never offered
+    dropped = m.receive(read(2, 2, 512), 0.0)
+    assert dropped == [E.CommandDropped(2, 2, 1)]
+    answer = m.respond(1, 0, bytes(512))
+    assert answer[-1].maxcmdsn == 2  # type: ignore[union-attr]  # room again
+    assert only(m.receive(read(2, 2, 512), 0.0), E.CommandReceived)
+
+
 # ------------------------------------------------------------------ random command mixes
 
 
