@@ -38,6 +38,7 @@ RECEIVE_CHUNK = 256 * 1024
 # idle or slow connection costs a few KiB, not a full receive buffer.
 LOGIN_RECEIVE_CHUNK = 4096
 _IOV_MAX = 1024
+FAIR_SHARE = 16  # receives in a row that found data before other tasks get a turn
 
 
 class ConnectionClosed(Exception):
@@ -71,6 +72,11 @@ class PDUStream:
         raw = getattr(self._socket, "_sock", None)
         self._raw: socket.socket | None = raw if isinstance(raw, socket.socket) else None
         self._broken: str | None = None
+        # Receive through the standard socket, waiting before a receive that would find
+        # nothing (see ``_receive_raw``); the initiator's session turns it on.
+        self.wait_first = False
+        self._drained = True
+        self._streak = 0
         self.header_digest = False
         self.data_digest = False
         self.bytes_sent = 0
@@ -132,7 +138,9 @@ class PDUStream:
                 raise ConnectionClosed(self._broken)
             want = max(self._reader.bytes_needed(), self.receive_chunk)
             try:
-                if self._socket is not None:  # straight into the reader's buffer
+                if self.wait_first and self._raw is not None:
+                    n = await self._receive_raw(self._raw, want)
+                elif self._socket is not None:  # straight into the reader's buffer
                     with self._reader.get_buffer(want) as view:
                         n = await self._socket.recv_into(view)
                     self._reader.commit(n)
@@ -150,6 +158,36 @@ class PDUStream:
                     self._broken = "connection closed by peer"
                 raise ConnectionClosed(self._broken)
             self.bytes_received += n
+
+    async def _receive_raw(self, raw: socket.socket, want: int) -> int:
+        """Receive into the reader's buffer through the standard socket.  After a
+        receive that found less than it had room for the socket is empty, so the next
+        one waits first instead of trying a receive that fails; a receive that filled
+        its room tries again at once, and every ``FAIR_SHARE`` such receives in a row
+        give the other tasks a turn."""
+        if self._drained:
+            self._streak = 0
+            await _wait_readable(raw)
+        else:
+            self._streak += 1
+            if self._streak >= FAIR_SHARE:
+                self._streak = 0
+                await trio.lowlevel.checkpoint()
+        reader = self._reader
+        while True:
+            with reader.get_buffer(want) as view:
+                room = view.nbytes
+                try:
+                    n = raw.recv_into(view)
+                except BlockingIOError:
+                    n = -1
+            if n >= 0:
+                break
+            self._streak = 0
+            await _wait_readable(raw)
+        reader.commit(n)
+        self._drained = n < room
+        return n
 
     async def send_pdu(self, pdu: PDU) -> None:
         await self.send_pdus((pdu,))
@@ -343,6 +381,12 @@ class PDUStream:
             scope.shield = True
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 await self.stream.aclose()
+
+
+async def _wait_readable(raw: socket.socket) -> None:
+    if raw.fileno() < 0:  # closed under us (trio's own receive says the same)
+        raise trio.ClosedResourceError("the socket was closed")
+    await trio.lowlevel.wait_readable(raw)
 
 
 async def _wait_writable(sock: trio.socket.SocketType) -> None:

@@ -87,6 +87,7 @@ class Session:
             login.params, cmdsn=login.cmdsn, expcmdsn=login.expcmdsn,
             maxcmdsn=login.maxcmdsn, statsn=login.statsn, now=trio.current_time())
         stream.placement = self.conn.placement
+        stream.wait_first = True
         self._waiting: dict[int, Callable[[Event | None, str | None], None]] = {}
         self._closed: str | None = None
         self._flush_wanted = trio.Event()  # PDUs are queued that a write must take
