@@ -116,10 +116,21 @@ class FuseEngine:
             self._reader.cancel()
 
     async def _read_loop(self) -> None:
-        fd, streak = self.fd, 0
+        fd, streak, started = self.fd, 0, self._started
         while True:
             buf = self._buffers.free.pop() if self._buffers.free else \
                 await self._buffers.take()
+            if len(started) == 1 and not self._inflight:
+                # The one request in flight is the one just started: its caller most
+                # likely waits for it (depth 1), so the device is empty; waiting first
+                # saves a read that would fail.
+                streak = 0
+                self.fs.push()
+                try:
+                    await trio.lowlevel.wait_readable(fd)
+                except BaseException:
+                    self._buffers.give(buf)
+                    raise
             while True:
                 try:
                     n = os.readv(fd, [buf])
