@@ -101,11 +101,16 @@ def notes(opts: Options, ctx: Context, ran: set[str]) -> list[str]:
     if "qsd" in ran:
         out.append("qsd: blockbridge mount and qemu-storage-daemon (libiscsi, cache.direct=on, "
                    "its FUSE export) are logged in to the same tgtd LUN at the same time")
-    if ran & {"fuse", "qsd"}:
-        out.append("fuse, qsd: CPU per request = user + system CPU time (/proc/PID/stat, in "
-                   "clock ticks) of the process serving the FUSE file over a run, divided by "
-                   "the requests of that run (dd: 1 MiB each; fio: total_ios)")
-    if ran & {"fuse", "loop", "initiator", "qsd"}:
+    if "unprivileged" in ran:
+        out.append("unprivileged: the user 'nobody' (through fusermount3) and root (mount(2)) "
+                   "each mount the same blockbridge-target at the same time; fio on the "
+                   "user's file runs as that user")
+    if ran & {"fuse", "qsd", "unprivileged"}:
+        out.append("fuse, qsd, unprivileged: CPU per request = user + system CPU time "
+                   "(/proc/PID/stat, in clock ticks) of the process serving the FUSE file "
+                   "over a run, divided by the requests of that run (dd: 1 MiB each; fio: "
+                   "total_ios)")
+    if ran & {"fuse", "loop", "initiator", "qsd", "unprivileged"}:
         out.append("fio: libaio, direct=1, one job")
     out.append(f"load average (1, 5, 15 min) at start {ctx.load_start}, at end {ctx.load_end}, "
                f"on {ctx.fingerprint['nproc']} CPU(s) shared by the load generator, the "

@@ -33,6 +33,7 @@ from bench.tools import (
     qsd_iscsi_missing,
     warm,
 )
+from bench.unprivileged import section_unprivileged, user_missing
 
 SCALE_SIZES = (1 * GiB, 16 * GiB)
 STRIDE_BLOCKS = 7919  # a prime: 4 KiB writes this many 4 KiB blocks apart cover the LUN
@@ -309,6 +310,10 @@ SECTION_LIST = (
             "(libiscsi + its FUSE export)", "blockbridge", "qemu-storage-daemon",
             ("/dev/fuse", "fusermount3", "tgtd", "tgtadm", "qemu-storage-daemon", "dd", "fio"),
             section_qsd, root_for="tgtd", check=qsd_iscsi_missing),
+    Section("unprivileged", "FUSE file of one blockbridge-target LUN: a normal user's "
+            "blockbridge mount vs root's", "user", "root",
+            ("/dev/fuse", "fusermount3", "setpriv", "fio"), section_unprivileged,
+            root_for="mounting as another user", check=user_missing),
     Section("scaling", "blockbridge-target + blockbridge mount on a sparse LUN: 16 GiB "
             "compared with 1 GiB (must not grow)", "16 GiB", "1 GiB",
             ("/dev/fuse", "fusermount3", "dd"), section_scaling),

@@ -59,10 +59,12 @@ def dd_counted(source: str, dest: str, count: int, flags: Sequence[str]) -> tupl
     return moved / MiB / max(float(m[2]), 1e-6), -(-moved // MiB)
 
 
-def fio(path: str, rw: str, block: int, depth: int, seconds: int, out: Path) -> dict[str, Any]:
-    """One fio job with libaio and O_DIRECT; returns the job's read or write statistics."""
+def fio(path: str, rw: str, block: int, depth: int, seconds: int, out: Path,
+        prefix: Sequence[str] = ()) -> dict[str, Any]:
+    """One fio job with libaio and O_DIRECT; returns the job's read or write statistics.
+    PREFIX runs it through another command (as another user, say)."""
     escaped = path.replace(":", "\\:")  # fio splits file names at colons
-    cmd = ["fio", "--name=bench", f"--filename={escaped}", f"--rw={rw}", f"--bs={block}",
+    cmd = [*prefix, "fio", "--name=bench", f"--filename={escaped}", f"--rw={rw}", f"--bs={block}",
            f"--iodepth={depth}", "--ioengine=libaio", "--direct=1", "--time_based",
            f"--runtime={seconds}", "--randrepeat=0", "--norandommap", "--allow_file_create=0",
            "--output-format=json", f"--output={out}"]
@@ -79,9 +81,9 @@ def fio_iops(path: str, rw: str, block: int, depth: int, seconds: int, out: Path
 
 
 def fio_iops_counted(path: str, rw: str, block: int, depth: int, seconds: int,
-                     out: Path) -> tuple[float, int]:
+                     out: Path, prefix: Sequence[str] = ()) -> tuple[float, int]:
     """IOPS and the number of requests the run completed."""
-    stats = fio(path, rw, block, depth, seconds, out)
+    stats = fio(path, rw, block, depth, seconds, out, prefix)
     return float(stats["iops"]), int(stats["total_ios"])
 
 
