@@ -1,15 +1,18 @@
 """Our FUSE engine: a trio shell over a /dev/fuse descriptor, serving a ``LunFS``.
 
-One reader loop reads requests (non-blocking ``readv`` into buffers of a pool, waiting in
-trio's epoll only when the device is empty) and answers what needs no I/O at once, in the
-loop.  READ, WRITE, FSYNC, FALLOCATE and LSEEK each run as a task, so many are in flight;
-a task answers with one ``writev`` of the header and the data, as soon as its block
-device call returns.  Only a WRITE keeps its buffer (its data is a view of it) until it
-is answered; every other request gives it back once decoded.  INTERRUPT cancels the
-request it names, which then answers EINTR, if it has not finished half a second later.
-Notifications to the kernel (rare: a LUN resized, added or removed) are written from a
-worker thread, because the kernel may make that write wait for a lock a request in our
-own loop holds.
+One reader loop reads requests (non-blocking ``readv`` into buffers of a pool, waiting
+in trio's epoll only when the device is empty) and answers what needs no I/O at once, in
+the loop. Where trio's epoll can be found, the loop is a handler of a ``Poller``
+instead, which serves the device and the sessions' sockets from trio's idle moments.
+Plain READs and WRITEs start without a task and are answered from the session's
+completion callback; FSYNC, FALLOCATE, LSEEK and whatever did not work out that way each
+run as a task, so many are in flight; a task answers with one ``writev`` of the header
+and the data, as soon as its block device call returns. Only a WRITE keeps its buffer
+(its data is a view of it) until it is answered; every other request gives it back once
+decoded. INTERRUPT cancels the request it names, which then answers EINTR, if it has not
+finished half a second later. Notifications to the kernel (rare: a LUN resized, added or
+removed) are written from a worker thread, because the kernel may make that write wait
+for a lock a request in our own loop holds.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
+
+from blockbridge.poller import Poller
 
 from . import protocol as P
 from .lunfs import TIMEOUT, FSError, LunFS
@@ -55,6 +60,9 @@ class _Buffers:
             await self._returned.wait()
         if self.free:
             return self.free.pop()
+        return self.new()
+
+    def new(self) -> mmap.mmap:
         self.count += 1
         return mmap.mmap(-1, self.size)
 
@@ -69,8 +77,10 @@ class _Buffers:
 class FuseEngine:
     """Serve ``fs`` on the /dev/fuse descriptor ``fd`` (owned by the caller)."""
 
-    def __init__(self, fs: LunFS, fd: int, limits: Limits, *, buffers: int = 72) -> None:
+    def __init__(self, fs: LunFS, fd: int, limits: Limits, *, buffers: int = 72,
+                 poll: bool = True) -> None:
         self.fs, self.fd, self.limits = fs, fd, limits
+        self.poll = poll  # serve through a Poller where trio's epoll can be found
         self.negotiated: Negotiated | None = None
         self._buffers = _Buffers(limits.buffer_size, buffers)
         self._inflight: dict[int, trio.CancelScope] = {}
@@ -78,6 +88,7 @@ class FuseEngine:
         self._started: dict[int, tuple[Callable[[], None], mmap.mmap | None]] = {}
         self._nursery: trio.Nursery | None = None
         self._reader: trio.CancelScope | None = None
+        self._poller: Poller | None = None
         self._stopped = False
         self.initialised = trio.Event()
         self._fast: dict[type[Any], Callable[[P.Header, Any], Reply | None]] = {
@@ -105,15 +116,68 @@ class FuseEngine:
             task_status.started()
             with trio.CancelScope() as self._reader:
                 if not self._stopped:
-                    await self._read_loop()
+                    poller = Poller.create() if self.poll else None
+                    if poller is None:
+                        await self._read_loop()
+                    else:
+                        await self._polled(poller)
             self.fs.notifier = None
             nursery.cancel_scope.deadline = trio.current_time() + GRACE
 
     def stop(self) -> None:
         """Stop reading requests (the ones in flight are still answered)."""
         self._stopped = True
+        if self._poller is not None:
+            self._poller.stop()  # it may be this call's caller: no checkpoint comes soon
         if self._reader is not None:
             self._reader.cancel()
+
+    async def _polled(self, poller: Poller) -> None:
+        """The reader loop as a ``Poller``'s handler: the poller also receives the
+        sessions' PDUs, so a request and its answer are each handled without a pass of
+        trio's scheduler.  While every buffer is taken, the device is left alone until
+        one comes back."""
+        fd, buffers, started, push = self.fd, self._buffers, self._started, self.fs.push
+
+        def readable() -> None:
+            for _ in range(FAIR_SHARE):
+                if not buffers.free and buffers.count >= buffers.limit:
+                    poller.remove(fd)
+                    assert self._nursery is not None
+                    self._nursery.start_soon(self._resume, poller, readable)
+                    break
+                buf = buffers.free.pop() if buffers.free else buffers.new()
+                try:
+                    n = os.readv(fd, [buf])
+                except BlockingIOError:
+                    buffers.give(buf)
+                    break
+                except InterruptedError:
+                    buffers.give(buf)
+                    continue
+                except OSError as exc:
+                    buffers.give(buf)
+                    if exc.errno == errno.ENOENT:  # interrupted before we read it
+                        continue
+                    if exc.errno == errno.ENODEV:  # unmounted: the connection is over
+                        poller.stop()
+                        break
+                    raise
+                self._dispatch(buf, n)
+                if len(started) == 1 and not self._inflight:
+                    break  # depth 1: the device is empty (see _read_loop)
+            push()
+
+        poller.add(fd, readable)
+        self._poller = poller
+        try:
+            await poller.run(push)
+        finally:
+            self._poller = None
+
+    async def _resume(self, poller: Poller, readable: Callable[[], None]) -> None:
+        self._buffers.give(await self._buffers.take())
+        poller.add(self.fd, readable)
 
     async def _read_loop(self) -> None:
         fd, streak, started = self.fd, 0, self._started

@@ -1,9 +1,10 @@
 """A trio iSCSI session (one connection, ERL 0): login, then many commands in flight.
 
 ``Session.connect()`` logs in; then the session drives an ``InitiatorConnection`` (the
-sans-IO machine that holds every protocol rule): ``run()`` is the reader task, started in
-the caller's nursery; ``submit()`` sends a command and calls back when it completes (no task
-per command), ``command()`` is the same for a caller that waits.
+sans-IO machine that holds every protocol rule): ``run()`` is the reader task, started
+in the caller's nursery (while a ``Poller`` runs, the poller receives for it);
+``submit()`` sends a command and calls back when it completes (no task per command),
+``command()`` is the same for a caller that waits.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from blockbridge.iscsi.initiator_connection import (
 from blockbridge.iscsi.login import ChapCredentials, InitiatorLogin
 from blockbridge.iscsi.params import SessionParams
 from blockbridge.iscsi.pdu import Buffer
+from blockbridge.poller import Poller
 from blockbridge.tls import ClientTLS, TLSError
 from blockbridge.transport import ConnectionClosed, PDUStream, open_tcp
 
@@ -198,22 +200,57 @@ class Session:
                 nursery.cancel_scope.cancel()
 
     async def _reader(self) -> None:
-        conn, receive = self.conn, self.stream.receive_pdu
-        now = trio.current_time
+        receive, handle = self.stream.receive_pdu, self._handle
+        current = Poller.current.get
         try:
             while True:
-                pdu = await receive()
-                event = conn.receive(pdu, now())
-                if event is not None:
-                    self._deliver(event)
-                if conn.has_output:
-                    self._post(conn.data_to_send())
-                    self.push()
+                poller = current()
+                if poller is not None and self.stream.pollable is not None:
+                    await self._polled(poller)  # until the poller stops
+                handle(await receive())
         except ConnectionClosed as exc:
             self._fail_all(f"connection to {self.portal} lost: {exc}")
         except (ConnectionError_, ISCSIError) as exc:
             self._fail_all(f"protocol error from {self.portal}: {exc}")
             await self.stream.aclose()
+
+    def _handle(self, pdu: P.PDU) -> None:
+        conn = self.conn
+        event = conn.receive(pdu, trio.current_time())
+        if event is not None:
+            self._deliver(event)
+        if conn.has_output:
+            self._post(conn.data_to_send())
+            self.push()
+
+    async def _polled(self, poller: Poller) -> None:
+        """Leave receiving to ``poller`` until it stops: each PDU is handled where it
+        is received, outside any task; raises what ends the connection."""
+        stream, handle = self.stream, self._handle
+        fd = stream.pollable
+        assert fd is not None
+        over = trio.Event()
+        failure: list[Exception] = []
+
+        def readable() -> None:
+            try:
+                stream.receive_now()
+                while (pdu := stream.buffered_pdu()) is not None:
+                    handle(pdu)
+            except (ConnectionClosed, ConnectionError_, ISCSIError) as exc:
+                poller.remove(fd)
+                failure.append(exc)
+                over.set()
+
+        while (pdu := stream.buffered_pdu()) is not None:  # what came with the last receive
+            handle(pdu)
+        poller.add(fd, readable, over.set)
+        try:
+            await over.wait()
+        finally:
+            poller.remove(fd)
+        if failure:
+            raise failure[0]
 
     def _deliver(self, event: Event) -> None:
         if isinstance(event, AsyncEventReceived):
