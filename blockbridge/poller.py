@@ -68,11 +68,15 @@ class Poller(trio.abc.Instrument):
         self._handlers[fd] = handler
         self._detach[fd] = detach
 
-    def remove(self, fd: int) -> None:
-        if self._handlers.pop(fd, None) is not None:
-            del self._detach[fd]
-            with contextlib.suppress(OSError, ValueError):
-                self._epoll.unregister(fd)
+    def remove(self, fd: int, handler: Callable[[], None] | None = None) -> None:
+        """Stop watching ``fd`` (only if its handler is ``handler``, when given: the
+        number may belong to a new descriptor by now)."""
+        current = self._handlers.get(fd)
+        if current is None or (handler is not None and current is not handler):
+            return
+        del self._handlers[fd], self._detach[fd]
+        with contextlib.suppress(OSError, ValueError):
+            self._epoll.unregister(fd)
 
     def stop(self) -> None:
         self._done.set()

@@ -22,6 +22,7 @@ from blockbridge.iscsi.constants import AsyncEvent, LogoutReason, name_of
 from blockbridge.iscsi.errors import ISCSIError, LoginFailed
 from blockbridge.iscsi.initiator_connection import (
     AsyncEventReceived,
+    Closed,
     CommandDone,
     ConnectionError_,
     Event,
@@ -43,6 +44,10 @@ from .errors import ConnectError, ConnectionLost
 
 log = logging.getLogger(__name__)
 LOGIN_TIMEOUT = 15.0
+
+
+def _nothing() -> None:
+    pass
 
 
 class _AlgorithmRefused(Exception):
@@ -94,6 +99,7 @@ class Session:
         self._closed: str | None = None
         self._flush_wanted = trio.Event()  # PDUs are queued that a write must take
         self._timer_moved = trio.Event()  # the machine's timer may be earlier now
+        self._leave_poller: Callable[[], None] = _nothing  # while a Poller receives for us
         self.stats = {"commands": 0, "bytes_in": 0, "bytes_out": 0}
 
     @property
@@ -205,13 +211,16 @@ class Session:
         try:
             while True:
                 poller = current()
-                if poller is not None and self.stream.pollable is not None:
-                    await self._polled(poller)  # until the poller stops
+                if poller is not None and self.stream.pollable is not None \
+                        and self._closed is None:
+                    await self._polled(poller)  # until the poller stops or we leave it
                 handle(await receive())
         except ConnectionClosed as exc:
             self._fail_all(f"connection to {self.portal} lost: {exc}")
         except (ConnectionError_, ISCSIError) as exc:
             self._fail_all(f"protocol error from {self.portal}: {exc}")
+            await self.stream.aclose()
+        except Closed:  # failed already (a send that found the connection gone)
             await self.stream.aclose()
 
     def _handle(self, pdu: P.PDU) -> None:
@@ -232,23 +241,28 @@ class Session:
         over = trio.Event()
         failure: list[Exception] = []
 
+        def leave() -> None:  # before the socket is closed, or when it failed
+            poller.remove(fd, readable)
+            self._leave_poller = _nothing
+            over.set()
+
         def readable() -> None:
             try:
                 stream.receive_now()
-                while (pdu := stream.buffered_pdu()) is not None:
+                while self._closed is None and (pdu := stream.buffered_pdu()) is not None:
                     handle(pdu)
             except (ConnectionClosed, ConnectionError_, ISCSIError) as exc:
-                poller.remove(fd)
                 failure.append(exc)
-                over.set()
+                leave()
 
         while (pdu := stream.buffered_pdu()) is not None:  # what came with the last receive
             handle(pdu)
         poller.add(fd, readable, over.set)
+        self._leave_poller = leave
         try:
             await over.wait()
         finally:
-            poller.remove(fd)
+            leave()
         if failure:
             raise failure[0]
 
@@ -290,6 +304,7 @@ class Session:
             self._fail_all(f"connection to {self.portal} lost: {exc}")
 
     def _fail_all(self, reason: str) -> None:
+        self._leave_poller()  # the socket is about to close: its descriptor number is reused
         if self._closed is None:
             self._closed = reason
         self.conn.close(reason)
@@ -436,6 +451,7 @@ class Session:
         except ConnectionLost:
             pass
         self._closed = self._closed or "logged out"
+        self._leave_poller()
         await self.stream.aclose()
 
     @property
