@@ -7,10 +7,11 @@ only wait, without a task switch.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import select
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 
 import trio
 
@@ -38,8 +39,9 @@ class Poller(trio.abc.Instrument):
     current: trio.lowlevel.RunVar[Poller | None] = trio.lowlevel.RunVar(
         "blockbridge_poller", default=None)
 
-    def __init__(self, trio_fd: int) -> None:
+    def __init__(self, trio_fd: int, runq: Sized | None = None) -> None:
         self._epoll = select.epoll()
+        self._runq = runq  # trio's queue of tasks ready to run, where it is found
         self._trio_fd = trio_fd
         self._epoll.register(trio_fd, select.EPOLLIN)
         self._handlers: dict[int, Callable[[], None]] = {}
@@ -57,7 +59,8 @@ class Poller(trio.abc.Instrument):
         epoll = getattr(getattr(runner, "io_manager", None), "_epoll", None)
         if not isinstance(epoll, select.epoll) or epoll.closed:
             return None
-        return cls(epoll.fileno())
+        runq = getattr(runner, "runq", None)
+        return cls(epoll.fileno(), runq if isinstance(runq, collections.deque) else None)
 
     def add(self, fd: int, handler: Callable[[], None],
             detach: Callable[[], None] = _nothing) -> None:
@@ -117,7 +120,11 @@ class Poller(trio.abc.Instrument):
         """True if trio must not wait: time has passed, or a task is ready."""
         poll, handlers, trio_fd = self._epoll.poll, self._handlers, self._trio_fd
         clock = trio.current_time
-        runnable = trio.lowlevel.current_statistics
+        runq = self._runq
+
+        def runnable() -> int:  # current_statistics() costs about 3 µs
+            return len(runq) if runq is not None else \
+                trio.lowlevel.current_statistics().tasks_runnable
         if timeout <= 0:
             for fd, _ in poll(0):
                 handler = handlers.get(fd)
@@ -136,5 +143,5 @@ class Poller(trio.abc.Instrument):
                 handler = handlers.get(fd)
                 if handler is not None:
                     handler()
-            if self._done.is_set() or runnable().tasks_runnable:
+            if self._done.is_set() or runnable():
                 return True
