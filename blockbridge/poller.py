@@ -34,7 +34,10 @@ class Poller(trio.abc.Instrument):
     pass still serves the descriptors that are ready, without waiting.
 
     trio does not publish its epoll: ``create()`` returns None where it is not found
-    (another trio, another platform), and callers keep to trio's own waiting."""
+    (another trio, another platform), and callers keep to trio's own waiting.  While a
+    poller runs, trio never finds itself idle with nothing ready (the poller wakes its
+    wait when it has waited), so ``trio.testing.wait_all_tasks_blocked`` and an
+    autojumping clock do not work then."""
 
     current: trio.lowlevel.RunVar[Poller | None] = trio.lowlevel.RunVar(
         "blockbridge_poller", default=None)
