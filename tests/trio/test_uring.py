@@ -271,8 +271,16 @@ async def test_submit_answers_a_read_a_miss_from_the_completion(
         done.set()
 
     try:
-        evict(path)
-        assert lu.submit(read10(16, 8), A, done=answer) is IN_FLIGHT
+        for _ in range(20):
+            evict(path)
+            # A RWF_NOWAIT read that misses starts readahead, and may find the page read
+            # by the time it looks again (a fast disk): then it is answered at once.
+            outcome = lu.submit(read10(16, 8), A, done=answer)
+            if outcome is IN_FLIGHT:
+                break
+            assert isinstance(outcome, SCSIResult)
+            assert bytes(outcome.data) == data[8192 : 8192 + 4096]
+        assert outcome is IN_FLIGHT
         with trio.fail_after(5):
             await done.wait()
         assert results[0].status == Status.GOOD
