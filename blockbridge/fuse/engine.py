@@ -236,8 +236,7 @@ class FuseEngine:
 
     def _spawn(self, handler: Callable[[P.Header, Any], Awaitable[Reply]], header: P.Header,
                op: object, buf: mmap.mmap | None) -> None:
-        if self._nursery is None:  # pragma: no cover - only while serving
-            return
+        assert self._nursery is not None, "requests are read only while the engine serves"
         self._nursery.start_soon(self._run, handler, header, op, buf)
 
     async def _run(self, handler: Callable[[P.Header, Any], Awaitable[Reply]],

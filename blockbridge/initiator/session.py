@@ -191,7 +191,7 @@ class Session:
 
         self._waiting[itt] = completed
         if data_out is not None:
-            stats["bytes_out"] += len(memoryview(data_out))
+            stats["bytes_out"] += memoryview(data_out).nbytes
         if pdus:
             self._post(pdus)
         return lambda: self.abandon(itt)
