@@ -271,7 +271,7 @@ class Connection:
             outcome = lu.submit(
                 cmd.cdb, s.nexus, ev.data, files=cmd.read and self.pdus.sends_files,
                 budget=self.budget,
-                done=partial(self._answer_soon, m, ev) if cmd.read else None)
+                done=partial(self._read_completed, m, ev) if cmd.read else None)
             if isinstance(outcome, SCSIResult):
                 self._answer(m, ev, outcome)
                 return
@@ -310,8 +310,10 @@ class Connection:
             written = lu.data_out_length(ev.cmd.cdb) if lu is not None else None
         return m.respond(ev.itt, result.status, result.data, result.sense, written=written)
 
-    def _answer_soon(self, m: TargetConnection, ev: E.CommandReceived,
-                     result: SCSIResult) -> None:
+    def _read_completed(self, m: TargetConnection, ev: E.CommandReceived,
+                        result: SCSIResult) -> None:
+        """A read started without a task (on io_uring) completed: answer it, unless the
+        connection is gone meanwhile (then only its buffer goes back)."""
         try:
             self._answer(m, ev, result)
         except (ConnectionClosed, MachineStopped):  # the connection is gone
