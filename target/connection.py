@@ -4,13 +4,14 @@ After the login (``login_phase``) the full-feature phase is a
 :class:`~blockbridge.iscsi.target_connection.TargetConnection`: the reader loop feeds it
 every PDU (its ``place`` decides where large data segments are received) and does what
 its events ask.  Reads served from the page cache and write-back writes whose data came
-with the command are answered right there in the reader loop; a small read that misses
+with the command are answered right there in the reader loop, which writes its answers,
+many per system call, before it waits for the initiator again; a small read that misses
 is answered from its io_uring completion.  Every other SCSI command runs as its own task
 in the connection's nursery: it reserves its buffer budget, asks the machine for its
 data (R2Ts), runs on the logical unit and sends the machine's numbered answer.  Answers
-given outside a task are posted to the PDU stream and written, many per system call, by
-one flusher task; one timer task sleeps until the machine's next deadline (NOP-In pings,
-Data-Out timeouts).
+given outside the reader loop are posted to the PDU stream and written, many per system
+call, by one flusher task; one timer task sleeps until the machine's next deadline
+(NOP-In pings, Data-Out timeouts).
 
 Memory stays bounded whatever the initiator does: every buffer a command holds while it
 waits for its peer is reserved first in the session's budget and the server's
@@ -80,6 +81,9 @@ class Connection:
         self.jobs: dict[int, Job] = {}
         self._nursery: trio.Nursery | None = None
         self._flush_wanted = trio.Event()  # responses were posted for the flusher to send
+        # The reader loop is answering a command in place: what it posts is written
+        # before it next waits (``_write_posted``), without waking the flusher.
+        self._in_reader = False
         self._timer = trio.CancelScope()  # the timer task's sleep, until the next deadline
         self._quiet: trio.Event | None = None  # set when the last command ends
         self.scope = trio.CancelScope()
@@ -154,6 +158,7 @@ class Connection:
         nursery.start_soon(self._flusher)
         nursery.start_soon(self._timers)
         self.pdus.placement = m.place
+        self.pdus.before_wait = self._write_posted
         if s.discovery:  # it may answer SendTargets for a while, not hold a place for ever
             self._idle = trio.CancelScope(deadline=trio.current_time() + limits.discovery_idle)
             with trio.move_on_after(limits.discovery_lifetime) as lifetime, self._idle:
@@ -180,7 +185,11 @@ class Connection:
                 raise
             for ev in events:
                 if type(ev) is E.CommandReceived:  # most of them: no coroutine for it
-                    self._command(m, ev)
+                    self._in_reader = True
+                    try:
+                        self._command(m, ev)
+                    finally:
+                        self._in_reader = False
                 else:
                     await self.handle(m, ev)
             if m.state is E.State.LOGGED_OUT:
@@ -226,7 +235,14 @@ class Connection:
 
     def _post(self, pdus: Sequence[E.Outgoing], after: Callable[[], None] | None = None) -> None:
         self.pdus.post(pdus, after=after)
-        self._flush_wanted.set()
+        if not self._in_reader:
+            self._flush_wanted.set()
+
+    def _write_posted(self) -> None:
+        """Before the reader waits: write the answers it posted, in one system call
+        without a task switch; what the socket does not take goes to the flusher."""
+        if self.pdus.backlog and not self.pdus.write_now():
+            self._flush_wanted.set()
 
     async def _flusher(self) -> None:
         """Write what was posted, many PDUs per system call."""
