@@ -71,9 +71,9 @@ class PDUStream:
         # ever stops having one, its sendmsg is used.
         raw = getattr(self._socket, "_sock", None)
         self._raw: socket.socket | None = raw if isinstance(raw, socket.socket) else None
-        # Runs before the reader waits for the peer (or yields to other tasks): a
-        # caller that posts PDUs while it handles what it received writes them there.
-        self.before_wait: Callable[[], None] | None = None
+        # Runs before each receive from the socket: a caller that posts PDUs while it
+        # handles what it received writes them there.
+        self.before_receive: Callable[[], None] | None = None
         self._streak = 0  # receives in a row that found data
         self._broken: str | None = None
         self.header_digest = False
@@ -161,25 +161,24 @@ class PDUStream:
     async def _recv_raw(self, raw: socket.socket, want: int) -> int:
         """Receive through the standard socket: a receive that finds data returns without
         a pass of trio's scheduler (trio's ``recv_into`` takes one after every call).
-        ``before_wait`` runs before the reader waits for the socket or lets other tasks
-        run, every ``FAIR_SHARE`` receives in a row."""
+        ``before_receive`` runs first, so what the caller posted while it handled the
+        bytes of the last receive goes out before it reads more or waits."""
         await trio.lowlevel.checkpoint_if_cancelled()
+        hook = self.before_receive
         with self._reader.get_buffer(want) as view:
+            if hook is not None:
+                hook()
             while True:
                 try:
                     n = raw.recv_into(view)
                     break
                 except BlockingIOError:
                     self._streak = 0
-                    if self.before_wait is not None:
-                        self.before_wait()
                     await trio.lowlevel.wait_readable(raw)
         self._reader.commit(n)
         self._streak += 1
-        if self._streak >= FAIR_SHARE:
+        if self._streak >= FAIR_SHARE:  # data all along: let the other tasks run too
             self._streak = 0
-            if self.before_wait is not None:
-                self.before_wait()
             await trio.lowlevel.cancel_shielded_checkpoint()
         return n
 

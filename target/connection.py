@@ -5,7 +5,7 @@ After the login (``login_phase``) the full-feature phase is a
 every PDU (its ``place`` decides where large data segments are received) and does what
 its events ask.  Reads served from the page cache and write-back writes whose data came
 with the command are answered right there in the reader loop, which writes its answers,
-many per system call, before it waits for the initiator again; a small read that misses
+many per system call, before it receives again; a small read that misses
 is answered from its io_uring completion.  Every other SCSI command runs as its own task
 in the connection's nursery: it reserves its buffer budget, asks the machine for its
 data (R2Ts), runs on the logical unit and sends the machine's numbered answer.  Answers
@@ -82,7 +82,7 @@ class Connection:
         self._nursery: trio.Nursery | None = None
         self._flush_wanted = trio.Event()  # responses were posted for the flusher to send
         # The reader loop is answering a command in place: what it posts is written
-        # before it next waits (``_write_posted``), without waking the flusher.
+        # before it receives again (``_write_posted``), without waking the flusher.
         self._in_reader = False
         self._timer = trio.CancelScope()  # the timer task's sleep, until the next deadline
         self._quiet: trio.Event | None = None  # set when the last command ends
@@ -158,7 +158,7 @@ class Connection:
         nursery.start_soon(self._flusher)
         nursery.start_soon(self._timers)
         self.pdus.placement = m.place
-        self.pdus.before_wait = self._write_posted
+        self.pdus.before_receive = self._write_posted
         if s.discovery:  # it may answer SendTargets for a while, not hold a place for ever
             self._idle = trio.CancelScope(deadline=trio.current_time() + limits.discovery_idle)
             with trio.move_on_after(limits.discovery_lifetime) as lifetime, self._idle:
@@ -233,14 +233,17 @@ class Connection:
             log.warning("%s: no answer to NOP-In within %ss, closing", self.peer, ev.timeout)
             self.close()
 
-    def _post(self, pdus: Sequence[E.Outgoing], after: Callable[[], None] | None = None) -> None:
+    def _post(self, pdus: Sequence[E.Outgoing], after: Callable[[], None] | None = None,
+              *, written_later: bool = False) -> None:
+        """Queue PDUs to send; the flusher task writes them unless the caller will
+        (``written_later``, or the reader loop answering in place)."""
         self.pdus.post(pdus, after=after)
-        if not self._in_reader:
+        if not (written_later or self._in_reader):
             self._flush_wanted.set()
 
     def _write_posted(self) -> None:
-        """Before the reader waits: write the answers it posted, in one system call
-        without a task switch; what the socket does not take goes to the flusher."""
+        """Before the reader receives more: write the answers it posted, in one system
+        call without a task switch; what the socket does not take goes to the flusher."""
         if self.pdus.backlog and not self.pdus.write_now():
             self._flush_wanted.set()
 
@@ -314,8 +317,10 @@ class Connection:
         self.jobs[cmd.itt] = job
         self._nursery.start_soon(run_job, self, m, job)
 
-    def _answer(self, m: TargetConnection, ev: E.CommandReceived, result: SCSIResult) -> None:
-        self._post(self.response(m, ev, result), after=result.release)
+    def _answer(self, m: TargetConnection, ev: E.CommandReceived, result: SCSIResult,
+                *, written_later: bool = False) -> None:
+        self._post(self.response(m, ev, result), after=result.release,
+                   written_later=written_later)
 
     def response(self, m: TargetConnection, ev: E.CommandReceived,
                   result: SCSIResult) -> list[E.Outgoing]:
@@ -327,15 +332,25 @@ class Connection:
         return m.respond(ev.itt, result.status, result.data, result.sense, written=written)
 
     def _read_completed(self, m: TargetConnection, ev: E.CommandReceived,
-                        result: SCSIResult) -> None:
+                        result: SCSIResult) -> Callable[[], None] | None:
         """A read started without a task (on io_uring) completed: answer it, unless the
-        connection is gone meanwhile (then only its buffer goes back)."""
+        connection is gone meanwhile (then only its buffer goes back).  The answers of
+        one batch of completions are written together, after the batch."""
         try:
-            self._answer(m, ev, result)
+            self._answer(m, ev, result, written_later=True)
         except (ConnectionClosed, MachineStopped):  # the connection is gone
             if result.release is not None:
                 result.release()
+            self.command_ended()
+            return None
         self.command_ended()
+        return self._write_completed
+
+    def _write_completed(self) -> None:
+        try:
+            self._write_posted()
+        except ConnectionClosed:
+            self.close()
 
     def note_timeout(self, what: str) -> None:
         """Log a command ended for want of data or budget: the first of a connection as a

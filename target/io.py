@@ -22,7 +22,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import outcome
 import trio
 
 from blockbridge.buffers import BufferPool
@@ -31,7 +30,7 @@ from blockbridge.iscsi.pdu import Buffer
 
 from .backends.base import Backend, Calls, Fua
 from .pagecache import PageCacheAccess
-from .uring import Uring, open_uring
+from .uring import Done, Uring, open_uring
 
 IO_THREADS = 32
 # Reads of this size or less that miss the page cache go to io_uring; larger ones to a
@@ -113,7 +112,7 @@ class IOEngine:
         return self._ring_wanted
 
     def start_read(self, offset: int, buf: bytearray,
-                   finished: Callable[[outcome.Outcome[int]], None]) -> bool:
+                   finished: Done) -> bool:
         """Start a read on io_uring; ``finished`` gets the byte count (or the error) on the
         event loop.  False (nothing started) where io_uring is not to be used."""
         ring = self._uring() if len(buf) <= URING_READ else None

@@ -45,12 +45,17 @@ from .command import (
 from .gating import Gate
 from .io import URING_READ, IOEngine
 from .reservations import Conflict
+from .uring import FollowUp
 from .writegate import WriteGate
 
 __all__ = ["IN_FLIGHT", "InFlight", "LogicalUnit", "Nexus", "Pending", "SCSIResult",
            "not_supported_lun_result", "report_luns_data"]
 
 log = logging.getLogger(__name__)
+
+# Gets the result of a read started without a task; what it returns runs after the batch
+# of completions it came with.
+ReadDone = Callable[[SCSIResult], FollowUp | None]
 
 # Reads of this size or more that are in the page cache are sent from it (sendfile) where
 # the connection allows.  A 64 KiB read costs less to copy than the two system calls more.
@@ -186,11 +191,11 @@ class LogicalUnit:
 
     @overload
     def submit(self, cdb: bytes, nexus: Nexus, data: Buffer = b"", *,
-               done: Callable[[SCSIResult], None], files: bool = False,
+               done: ReadDone, files: bool = False,
                budget: SessionBudget | None = None) -> SCSIResult | Pending | InFlight: ...
 
     def submit(self, cdb: bytes, nexus: Nexus, data: Buffer = b"", *,
-               done: Callable[[SCSIResult], None] | None = None, files: bool = False,
+               done: ReadDone | None = None, files: bool = False,
                budget: SessionBudget | None = None) -> SCSIResult | Pending | InFlight:
         """Run a command: the one way in.
 
@@ -198,7 +203,8 @@ class LogicalUnit:
         the page cache, a write-back write of whole pages that came with the command);
         :data:`IN_FLIGHT` when ``done`` was given and the command was started without a
         task (a page-cache miss read on io_uring): ``done(result)`` is then called on the
-        event loop once it completes; otherwise a :class:`Pending` to await, in a task,
+        event loop once it completes (what it returns runs after the batch of
+        completions it came with); otherwise a :class:`Pending` to await, in a task,
         for the result (every other case: errors, unit attentions, reservations, waits
         for the disk).
 
@@ -301,7 +307,7 @@ class LogicalUnit:
         if budget is not None:
             budget.give(len(buf))
 
-    def _start_read(self, cdb: bytes, nexus: Nexus, done: Callable[[SCSIResult], None],
+    def _start_read(self, cdb: bytes, nexus: Nexus, done: ReadDone,
                     budget: SessionBudget | None) -> bool:
         """Start a plain READ that missed the page cache on io_uring; ``done`` gets its
         result on the event loop, from the completion.  False (nothing started) for
@@ -316,16 +322,15 @@ class LogicalUnit:
             return False
         buf = self.io.pool.take(length)
 
-        def finished(got: outcome.Outcome[int]) -> None:
+        def finished(got: outcome.Outcome[int]) -> FollowUp | None:
             try:
                 count = got.unwrap()
             except OSError as exc:
                 self._recycle(buf, budget)
-                done(self._medium_error(cdb, exc))
-                return
+                return done(self._medium_error(cdb, exc))
             if count < length:  # the end of a backing file that shrank: zeros
                 buf[count:] = bytes(length - count)
-            done(SCSIResult(data=buf, release=partial(self._recycle, buf, budget)))
+            return done(SCSIResult(data=buf, release=partial(self._recycle, buf, budget)))
 
         if not self.io.start_read(offset, buf, finished):
             self._recycle(buf, budget)

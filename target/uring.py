@@ -39,7 +39,11 @@ log = logging.getLogger(__name__)
 
 ENTRIES = 256  # submission queue size; the completion queue is twice as large
 
-Waiter = trio.lowlevel.Task | Callable[[outcome.Outcome[int]], None]
+# A completion callback may return a follow-up: each distinct one runs once, after every
+# completion of the batch was delivered (to write many answers in one system call).
+FollowUp = Callable[[], None]
+Done = Callable[[outcome.Outcome[int]], FollowUp | None]
+Waiter = trio.lowlevel.Task | Done
 
 
 class UringUnavailable(Exception):
@@ -126,10 +130,11 @@ class Uring:
         await self._wait(abi.IORING_OP_FSYNC, fd, 0, None, abi.IORING_FSYNC_DATASYNC)
 
     def start_read(self, fd: int, buf: bytearray, offset: int,
-                   done: Callable[[outcome.Outcome[int]], None]) -> bool:
+                   done: Done) -> bool:
         """Start a read into all of ``buf`` and return at once; ``done`` is called on
-        the event loop with its outcome (the byte count, or the OSError).  False, with
-        nothing started, when the ring is full or closed."""
+        the event loop with its outcome (the byte count, or the OSError), and what it
+        returns runs after the batch of completions it came with.  False, with nothing
+        started, when the ring is full or closed."""
         if self._closed or len(self._pending) >= ENTRIES:
             return False
         self._queue(abi.IORING_OP_READ, fd, offset, _whole(buf), 0, done)
@@ -195,6 +200,7 @@ class Uring:
     def _complete(self) -> None:
         """Finish every operation whose completion is in the ring."""
         pending = self._pending
+        follow_ups: dict[FollowUp, None] = {}  # in order, each once
         while True:
             done = self._queues.reap()
             if self._failed:
@@ -212,10 +218,18 @@ class Uring:
                     trio.lowlevel.reschedule(waiter, result)
                 else:
                     try:
-                        waiter(result)
+                        follow_up = waiter(result)
                     except Exception:  # a bug in the callback must not stop reaping
                         log.exception("io_uring completion callback failed")
+                    else:
+                        if follow_up is not None:
+                            follow_ups[follow_up] = None
                 del entry, waiter, result  # hold no buffer until the next completion
+        for follow_up in follow_ups:
+            try:
+                follow_up()
+            except Exception:
+                log.exception("io_uring completion follow-up failed")
         if self._room.statistics().tasks_waiting:
             self._room.unpark(count=ENTRIES - len(pending))
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 
@@ -333,6 +334,35 @@ async def test_one_pass_of_the_event_loop_is_one_submission(
         assert all(bufs[i] == data[i * 4096 : (i + 1) * 4096] for i in range(40))
         assert await ring.read(fd, bytearray(512), 0) == 512  # and the next pass: one more
         assert submitted == [40, 1]
+
+
+async def test_follow_ups_run_once_after_the_batch_of_completions(
+    data_file: tuple[Path, bytes],
+) -> None:
+    path, _data = data_file
+    seen: list[str] = []
+    done = trio.Event()
+
+    def write_answers() -> None:
+        seen.append("write")
+
+    def finished(i: int, result: outcome.Outcome[int]) -> Callable[[], None] | None:
+        assert result.unwrap() == 4096
+        seen.append("done")
+        if seen.count("done") == 40:
+            done.set()
+        return write_answers if i % 4 else None  # the same follow-up from many
+
+    with ring_and_fd(path, os.O_RDONLY) as (ring, fd):
+        bufs = [bytearray(4096) for _ in range(40)]
+        for i, buf in enumerate(bufs):
+            assert ring.start_read(fd, buf, i * 4096, partial(finished, i))
+        with trio.fail_after(5):
+            await done.wait()
+    assert seen.count("done") == 40
+    assert seen[-1] == "write"  # after the last completion of the last batch
+    # once per batch: never twice without a completion in between
+    assert all(not (a == b == "write") for a, b in itertools.pairwise(seen))
 
 
 async def test_a_refused_submission_fails_its_operations(
