@@ -36,6 +36,10 @@ IO_THREADS = 32
 # Reads of this size or less that miss the page cache go to io_uring; larger ones to a
 # thread (one system call reads them whole, and a thread hop is small beside their copy).
 URING_READ = 64 << 10
+# The process's one pool of command buffers, for read data and for write data alike (a
+# buffer of one size serves either): what the reads of a while ago left serves the
+# writes that follow, instead of new memory.  Enough for 8 commands of 1 MiB in flight.
+BUFFERS = BufferPool(keep_per_size=8, max_bytes=16 << 20)
 
 
 def _whole_bytearray(data: Buffer) -> bytearray | None:
@@ -64,8 +68,7 @@ class IOEngine:
         self._fileno = access.fileno if access is not None and access.io_uring else None
         self._ring_wanted = self._fileno is not None  # until io_uring proves unavailable
         self._ring: Uring | None = None
-        # read buffers, recycled once sent: enough for 8 reads of 1 MiB in flight
-        self.pool = BufferPool(keep_per_size=8, max_bytes=8 << 20)
+        self.pool = BUFFERS  # read buffers, recycled once sent
         # Chosen once, called per command on the event loop: fill ``into`` now / write
         # now (write-back, no FUA) if that needs no wait; False (nothing done: use
         # ``read`` / ``write``) otherwise.

@@ -16,7 +16,6 @@ from typing import Protocol
 
 import trio
 
-from blockbridge.buffers import BufferPool
 from blockbridge.iscsi import chap
 from blockbridge.iscsi.constants import LoginStatus
 from blockbridge.iscsi.errors import LoginFailed
@@ -26,6 +25,7 @@ from blockbridge.scsi.constants import CAPACITY_DATA_HAS_CHANGED, REPORTED_LUNS_
 
 from .budget import BufferLimits, ServerBudget
 from .connection import Connection
+from .io import BUFFERS
 from .session import SessionTable
 from .targets import TargetDef
 
@@ -182,10 +182,10 @@ class TargetServer:
         buffer_limits: BufferLimits | None = None,
     ) -> None:
         self.targets = {t.name: t for t in targets}
-        # command buffers: a budget shared by every session, and one pool of write buffers
+        # command buffers: a budget shared by every session, and the process's one pool
         self.buffer_limits = buffer_limits or BufferLimits()
         self.budget = ServerBudget(self.buffer_limits.server_budget)
-        self.write_buffers = BufferPool()
+        self.write_buffers = BUFFERS
         self.discovery_users = discovery_users or {}
         self.discovery_outgoing = discovery_outgoing
         self.acl = acl
