@@ -137,12 +137,8 @@ class PDUStream:
                 raise ConnectionClosed(self._broken)
             want = max(self._reader.bytes_needed(), self.receive_chunk)
             try:
-                if self._raw is not None:  # straight into the reader's buffer
-                    n = await self._recv_raw(self._raw, want)
-                elif self._socket is not None:
-                    with self._reader.get_buffer(want) as view:
-                        n = await self._socket.recv_into(view)
-                    self._reader.commit(n)
+                if self._socket is not None:  # straight into the reader's buffer
+                    n = await self._receive_into_reader(self._socket, want)
                 else:
                     chunk = await self.stream.receive_some(want)
                     n = len(chunk)
@@ -158,23 +154,24 @@ class PDUStream:
                 raise ConnectionClosed(self._broken)
             self.bytes_received += n
 
-    async def _recv_raw(self, raw: socket.socket, want: int) -> int:
-        """Receive through the standard socket: a receive that finds data returns without
-        a pass of trio's scheduler (trio's ``recv_into`` takes one after every call).
+    async def _receive_into_reader(self, sock: trio.socket.SocketType, want: int) -> int:
+        """Read from the socket's descriptor: a read that finds data returns without a
+        pass of trio's scheduler (trio's ``recv_into`` takes one after every call).
         ``before_receive`` runs first, so what the caller posted while it handled the
         bytes of the last receive goes out before it reads more or waits."""
         await trio.lowlevel.checkpoint_if_cancelled()
         hook = self.before_receive
+        fd = sock.fileno()  # -1 once closed: the read fails with EBADF
         with self._reader.get_buffer(want) as view:
             if hook is not None:
                 hook()
             while True:
                 try:
-                    n = raw.recv_into(view)
+                    n = os.readv(fd, [view])
                     break
                 except BlockingIOError:
                     self._streak = 0
-                    await trio.lowlevel.wait_readable(raw)
+                    await trio.lowlevel.wait_readable(sock)
         self._reader.commit(n)
         self._streak += 1
         if self._streak >= FAIR_SHARE:  # data all along: let the other tasks run too

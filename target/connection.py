@@ -39,6 +39,7 @@ from blockbridge.transport import LOGIN_RECEIVE_CHUNK, ConnectionClosed, PDUStre
 
 from .budget import SessionBudget
 from .commands import target_result
+from .io import BUFFERS
 from .login_phase import Drop, log_in
 from .lun import IN_FLIGHT, SCSIResult
 from .session import Session
@@ -71,7 +72,7 @@ class Connection:
         self._idle: trio.CancelScope | None = None  # a discovery session's idle limit
         self._dropped = 0  # commands dropped for a CmdSN outside the window
         self._timeouts = 0  # commands ended for want of Data-Out or of buffer budget
-        self._buffers: BufferPool = server.write_buffers  # recycled after each command
+        self._buffers: BufferPool = BUFFERS  # recycled after each command
         self.budget: SessionBudget = server.budget.session(server.buffer_limits.session_budget)
         self.data_out_timeout = server.buffer_limits.data_out_timeout
         self.local = local
@@ -336,15 +337,15 @@ class Connection:
         """A read started without a task (on io_uring) completed: answer it, unless the
         connection is gone meanwhile (then only its buffer goes back).  The answers of
         one batch of completions are written together, after the batch."""
+        follow_up: Callable[[], None] | None = self._write_completed
         try:
             self._answer(m, ev, result, written_later=True)
         except (ConnectionClosed, MachineStopped):  # the connection is gone
             if result.release is not None:
                 result.release()
-            self.command_ended()
-            return None
+            follow_up = None
         self.command_ended()
-        return self._write_completed
+        return follow_up
 
     def _write_completed(self) -> None:
         try:

@@ -25,7 +25,6 @@ from blockbridge.scsi.constants import CAPACITY_DATA_HAS_CHANGED, REPORTED_LUNS_
 
 from .budget import BufferLimits, ServerBudget
 from .connection import Connection
-from .io import BUFFERS
 from .session import SessionTable
 from .targets import TargetDef
 
@@ -182,10 +181,10 @@ class TargetServer:
         buffer_limits: BufferLimits | None = None,
     ) -> None:
         self.targets = {t.name: t for t in targets}
-        # command buffers: a budget shared by every session, and the process's one pool
+        # command buffers: a budget shared by every session (the process's one pool of
+        # them is io.BUFFERS)
         self.buffer_limits = buffer_limits or BufferLimits()
         self.budget = ServerBudget(self.buffer_limits.server_budget)
-        self.write_buffers = BUFFERS
         self.discovery_users = discovery_users or {}
         self.discovery_outgoing = discovery_outgoing
         self.acl = acl
