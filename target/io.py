@@ -9,7 +9,11 @@ never from its class:
   writes into the page cache;
 - started on io_uring and completed by a callback: reads that missed the page cache, for
   a backend that declares ``FileAccess(io_uring=True)``; io_uring also carries its
-  writes and flushes when a task waits for them;
+  writes and flushes when a task waits for them.  After a run of misses (a cold random
+  load), small reads go to io_uring without first trying the page cache: the kernel
+  starts their disk reads together, one batch per pass of the event loop, instead of
+  one by one in each failed try (a look at the page cache still comes every few reads,
+  and a hit ends the run);
 - awaited on the event loop: every call of an ``ASYNC`` backend (a network client);
 - in worker threads: every other call of a ``BLOCKING`` backend.
 
@@ -36,6 +40,10 @@ IO_THREADS = 32
 # Reads of this size or less that miss the page cache go to io_uring; larger ones to a
 # thread (one system call reads them whole, and a thread hop is small beside their copy).
 URING_READ = 64 << 10
+# After this many page-cache misses in a row, reads of up to URING_READ go to io_uring
+# without trying the page cache first, but for one in every PROBE_EVERY.
+MISS_RUN = 8
+PROBE_EVERY = 32
 # The process's one pool of command buffers, for read data and for write data alike (a
 # buffer of one size serves either): what the reads of a while ago left serves the
 # writes that follow, instead of new memory.  Enough for 8 commands of 1 MiB in flight.
@@ -77,8 +85,11 @@ class IOEngine:
         if self.inline:
             self.read_at_once, self.write_at_once = self._read_inline, self._write_inline
         elif self.page_cache is not None:
-            self.read_at_once = self.page_cache.read
+            self.read_at_once = self._read_cached if self._ring_wanted \
+                else self.page_cache.read
             self.write_at_once = self.page_cache.write
+        self._misses = 0  # page-cache misses in a row
+        self._unprobed = 0  # reads sent to io_uring without a try since the last one
 
     # ------------------------------------------------------------ at once, on the loop
 
@@ -88,6 +99,21 @@ class IOEngine:
         except OSError:
             return False  # the task path reports it
         return True
+
+    def _read_cached(self, offset: int, into: bytearray) -> bool:
+        """The page cache's read, skipped for small reads after a run of misses (they
+        go to io_uring, which reads what is cached at once as well)."""
+        if self._misses >= MISS_RUN and len(into) <= URING_READ and self._ring_wanted:
+            self._unprobed += 1
+            if self._unprobed < PROBE_EVERY:
+                return False
+            self._unprobed = 0
+        assert self.page_cache is not None
+        if self.page_cache.read(offset, into):
+            self._misses = 0
+            return True
+        self._misses += 1
+        return False
 
     @staticmethod
     def _not_at_once(offset: int, data: Any) -> bool:

@@ -472,3 +472,42 @@ async def test_a_kernel_without_submit_all_gets_a_plain_ring(
         buf = bytearray(4096)
         assert await ring.read(fd, buf, 4096) == 4096 and buf == data[4096:8192]
     assert asked == [uring_abi.IORING_SETUP_SUBMIT_ALL, 0]
+
+
+async def test_after_a_run_of_misses_small_reads_skip_the_page_cache(
+    data_file: tuple[Path, bytes],
+) -> None:
+    path, _data = data_file
+    lu = LogicalUnit(0, FileBackend(str(path)), target_name="iqn.2026-11.test:t")
+    engine = lu.io
+    assert engine.page_cache is not None
+    looks: list[int] = []
+    hit = False
+
+    def look(offset: int, into: bytearray) -> bool:
+        looks.append(offset)
+        return hit
+
+    engine.page_cache.read = look  # type: ignore[method-assign]
+    small = bytearray(4096)
+    try:
+        for i in range(io_module.MISS_RUN):  # misses, each one looked at
+            assert not engine.read_at_once(i * 4096, small)
+        assert len(looks) == io_module.MISS_RUN
+        looks.clear()
+        for i in range(2 * io_module.PROBE_EVERY):  # now one in PROBE_EVERY is looked at
+            assert not engine.read_at_once(i * 4096, small)
+        assert len(looks) == 2
+        looks.clear()
+        big = bytearray(io_module.URING_READ + 4096)  # too big for io_uring: always looked at
+        assert not engine.read_at_once(0, big)
+        assert looks == [0]
+        looks.clear()
+        hit = True  # the cache warmed up: the next look hits and ends the run
+        for i in range(io_module.PROBE_EVERY):
+            engine.read_at_once(i * 4096, small)
+        assert len(looks) == 1
+        assert engine.read_at_once(0, small) and engine.read_at_once(4096, small)
+        assert len(looks) == 3
+    finally:
+        lu.close()
