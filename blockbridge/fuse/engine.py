@@ -203,7 +203,8 @@ class FuseEngine:
                 self._send(P.reply_data(unique, view))
 
         self._started[unique] = (_nothing, None)  # done() may run before start_read returns
-        started = self.fs.start_read(op.fh, op.offset, op.size, done)
+        started = self.fs.start_read(op.fh, op.offset, op.size, done,
+                                     ahead=not op.flags & os.O_DIRECT)
         if started is None:
             del self._started[unique]
             return False

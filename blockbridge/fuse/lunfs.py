@@ -33,6 +33,7 @@ from .protocol import (
     Attr,
     FsStat,
 )
+from .readahead import Readahead
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,7 @@ class LunFS:
         self.notifier: Notifier | None = None
         self._next = ROOT_ID + 1
         self._unpushed: set[CommandChannel] = set()  # sessions with commands not yet sent
+        self._streams: dict[int, Readahead] = {}  # LUN inode -> its reads without O_DIRECT
         for target, luns in sorted(targets.items()):
             directory = self._directory(target)
             for number, dev in sorted(luns.items()):
@@ -114,8 +116,10 @@ class LunFS:
         """The size of a LUN changed (its BlockDevice has the new one): the kernel
         forgets the attributes it holds, and asks again."""
         inode = self._lun_inode(target, lun)
-        if inode is not None and self.notifier is not None:
-            self.notifier.inval_inode(inode)
+        if inode is not None:
+            self._changing(inode)
+            if self.notifier is not None:
+                self.notifier.inval_inode(inode)
 
     def luns_changed(self, target: str, luns: dict[int, BlockDevice]) -> None:
         """The LUNs of a target are now ``luns``: new ones appear as files, removed ones
@@ -127,6 +131,7 @@ class LunFS:
             node = self.nodes[inode]
             if node.lun not in luns or luns[node.lun] is not node.device:
                 node.gone = True
+                self._changing(inode)
                 del entries[name]
                 self._forget_entry(directory, name)
         for number, dev in sorted(luns.items()):
@@ -249,12 +254,22 @@ class LunFS:
             return None
         return node.device
 
-    def start_read(self, fh: int, offset: int, size: int, done: ReadDone) -> Started | None:
-        """Start a read without a task (see ``BlockDevice.start_read``), or None."""
+    def start_read(self, fh: int, offset: int, size: int, done: ReadDone, *,
+                   ahead: bool = False) -> Started | None:
+        """Start a read without a task (see ``BlockDevice.start_read``), or None.  With
+        ``ahead`` (a reader without O_DIRECT) a sequential reader's next read is asked
+        for before it comes (see ``readahead.py``)."""
         dev = self._plain(fh)
         if dev is None or offset >= dev.size:
             return None
-        started = dev.start_read(offset, min(size, dev.size - offset), done)
+        length = min(size, dev.size - offset)
+        if ahead:
+            stream = self._streams.get(fh)
+            if stream is None:
+                stream = self._streams[fh] = Readahead(dev)
+            started = stream.start_read(offset, length, done)
+        else:
+            started = dev.start_read(offset, length, done)
         if started is not None:
             self._unpushed.add(dev.session)
         return started
@@ -265,6 +280,7 @@ class LunFS:
         dev = self._plain(fh)
         if dev is None or self.read_only:
             return None
+        self._changing(fh)
         started = dev.start_write(offset, data, done)
         if started is not None:
             self._unpushed.add(dev.session)
@@ -284,8 +300,15 @@ class LunFS:
         return await self._call(f"read of {size} bytes at {offset}",
                                 dev.read(offset, size))
 
+    def _changing(self, fh: int) -> None:
+        """The data of LUN file ``fh`` changes: what was read ahead is not to be served."""
+        stream = self._streams.get(fh)
+        if stream is not None:
+            stream.drop()
+
     async def write(self, fh: int, offset: int, data: memoryview) -> int:
         dev = self._device(fh)
+        self._changing(fh)
         if offset >= dev.size:
             raise FSError(errno.ENOSPC)
         view = data[: dev.size - offset]
@@ -302,6 +325,7 @@ class LunFS:
         dev = self._device(fh)
         if self.read_only or dev.read_only:
             raise FSError(errno.EROFS)
+        self._changing(fh)
         if offset < 0 or length <= 0:
             raise FSError(errno.EINVAL)
         if mode & ~FALLOC_FL_KEEP_SIZE == FALLOC_FL_ZERO_RANGE:

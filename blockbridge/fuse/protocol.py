@@ -283,6 +283,7 @@ class Read:
     fh: int
     offset: int
     size: int
+    flags: int = 0  # the open flags of the file read (O_DIRECT, ...)
 
 
 @dataclass(slots=True)
@@ -394,8 +395,8 @@ def _setattr(b: memoryview, h: Header) -> SetAttr:
 
 
 def _read(b: memoryview, h: Header) -> Read:
-    fh, offset, size, *_ = _args(READ_IN, b, h)
-    return Read(fh, offset, size)
+    fh, offset, size, _read_flags, _lock_owner, flags, _ = _args(READ_IN, b, h)
+    return Read(fh, offset, size, flags)
 
 
 def _write(b: memoryview, h: Header) -> Write:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Protocol
 
 import trio
@@ -54,7 +55,13 @@ class Counters:
 
 Started = Callable[[], None]  # abandons a command started without a task
 ReadDone = Callable[[memoryview | None], None]
+# a read whose buffer the caller keeps: the data (or None) and how to give the buffer back
+HeldDone = Callable[[memoryview | None, Callable[[], None]], None]
 WriteDone = Callable[[bool], None]
+
+
+def _nothing() -> None:
+    pass
 
 
 class CommandChannel(Protocol):
@@ -244,29 +251,63 @@ class BlockDevice:
         connection: the caller takes the ordinary way, ``read``, which knows what to do).
         Returns how to abandon it, or None if it was not started (the ordinary way too).
         The command goes out with the session's next ``push()``."""
-        bs = self.block_size
-        if (self.removed is not None or offset % bs or length % bs or length <= 0
-                or length > self.max_io or offset + length > self.size):
+        if not self._plain_read(offset, length):
             return None
-        buf = self._pool.take(length)
+        pool = self._pool
+        buf = pool.take(length)
 
         def completed(r: Response | None, error: str | None) -> None:
-            if r is None or r.status != Status.GOOD or r.received < length:
-                self._pool.give(buf)
-                if r is not None:
-                    self._noted(r)
+            if not self._read_done(r, length):
+                pool.give(buf)
                 done(None)
                 return
-            self.commands += 1
-            self.counters.reads += 1
-            self.counters.bytes_read += length
             done(memoryview(buf)[:length])
-            self._pool.give(buf)  # the caller has copied it out by now
+            pool.give(buf)  # the caller has copied it out by now
 
+        return self._submit_read(offset, length, buf, completed)
+
+    def start_read_held(self, offset: int, length: int, done: HeldDone) -> Started | None:
+        """``start_read`` whose data stays valid until the caller calls the release
+        function that ``done`` gets with it (with None too: then it does nothing)."""
+        if not self._plain_read(offset, length):
+            return None
+        pool = self._pool
+        buf = pool.take(length)
+
+        def completed(r: Response | None, error: str | None) -> None:
+            if not self._read_done(r, length):
+                pool.give(buf)
+                done(None, _nothing)
+                return
+            done(memoryview(buf)[:length], partial(pool.give, buf))
+
+        return self._submit_read(offset, length, buf, completed)
+
+    def _plain_read(self, offset: int, length: int) -> bool:
+        bs = self.block_size
+        return not (self.removed is not None or offset % bs or length % bs or length <= 0
+                    or length > self.max_io or offset + length > self.size)
+
+    def _read_done(self, r: Response | None, length: int) -> bool:
+        """Whether a read started without a task brought all its data (counted then)."""
+        if r is None or r.status != Status.GOOD or r.received < length:
+            if r is not None:
+                self._noted(r)
+            return False
+        self.commands += 1
+        self.counters.reads += 1
+        self.counters.bytes_read += length
+        return True
+
+    def _submit_read(self, offset: int, length: int, buf: bytearray,
+                     completed: Callable[[Response | None, str | None], None]
+                     ) -> Started | None:
+        bs = self.block_size
         try:
             return self.session.submit(self.lun, cdb.read(offset // bs, length // bs),
                                        completed, read_length=length, read_into=buf)
         except ConnectionLost:
+            self._pool.give(buf)
             return None
 
     def start_write(self, offset: int, data: memoryview, done: WriteDone) -> Started | None:

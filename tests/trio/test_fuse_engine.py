@@ -5,6 +5,7 @@ emulation in memory."""
 from __future__ import annotations
 
 import errno
+import os
 import socket
 import struct
 from collections.abc import AsyncIterator, Callable
@@ -16,6 +17,7 @@ from blockbridge_target.backends.file import FileBackend
 from blockbridge_target.lun import LogicalUnit, Nexus
 
 from blockbridge.fuse import protocol as P
+from blockbridge.fuse import readahead
 from blockbridge.fuse.engine import FuseEngine
 from blockbridge.fuse.lunfs import LunFS
 from blockbridge.fuse.negotiation import ASYNC_READ, MAX_PAGES, Limits
@@ -311,3 +313,63 @@ async def test_live_changes_are_notified(mounted: tuple[Kernel, LunFS, LunChanne
     err, entry = await kernel.call(P.Opcode.LOOKUP, b"lun1\0", parent)
     assert err == 0 and struct.unpack_from("<Q", entry)[0] != ino
     assert (await kernel.call(P.Opcode.LOOKUP, b"lun0\0", parent))[0] == errno.ENOENT
+
+
+def read_in(fh: int, offset: int, size: int, flags: int = 0) -> bytes:
+    return P.READ_IN.pack(fh, offset, size, 0, 0, flags, 0)
+
+
+async def test_a_sequential_reader_gets_its_next_read_ahead(
+        mounted: tuple[Kernel, LunFS, LunChannel, Path]) -> None:
+    kernel, _fs, channel, disk = mounted
+    ino = await lun_inode(kernel)
+    data = disk.read_bytes()
+    chunk = 128 << 10
+    for i in range(4):  # the second read on starts the next one: 4 asked, 3 ahead
+        err, back = await kernel.call(P.Opcode.READ, read_in(ino, i * chunk, chunk), ino)
+        assert err == 0 and back == data[i * chunk : (i + 1) * chunk]
+    with trio.fail_after(5):
+        while channel.commands.count(0x28) < 5:  # the last read ahead is on its way
+            await trio.sleep(0.01)
+    assert channel.commands.count(0x28) == 5  # READ(10): 2 asked, 3 read ahead
+    # a write drops what was read ahead: the next read sees the new data
+    new = bytes([7]) * chunk
+    await write(kernel, ino, 4 * chunk, new)
+    err, back = await kernel.call(P.Opcode.READ, read_in(ino, 4 * chunk, chunk), ino)
+    assert (err, back) == (0, new)
+
+
+async def test_o_direct_readers_and_small_reads_get_no_read_ahead(
+        mounted: tuple[Kernel, LunFS, LunChannel, Path]) -> None:
+    kernel, _fs, channel, disk = mounted
+    ino = await lun_inode(kernel)
+    data = disk.read_bytes()
+    for size, flags in ((128 << 10, os.O_DIRECT), (4096, 0)):
+        channel.commands.clear()
+        for i in range(4):
+            err, back = await kernel.call(P.Opcode.READ, read_in(ino, i * size, size, flags),
+                                          ino)
+            assert err == 0 and back == data[i * size : (i + 1) * size]
+        await trio.sleep(0.05)
+        assert channel.commands.count(0x28) == 4
+
+
+async def test_data_read_ahead_and_not_asked_for_soon_is_not_served(
+        mounted: tuple[Kernel, LunFS, LunChannel, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kernel, _fs, channel, disk = mounted
+    monkeypatch.setattr(readahead, "KEEP", 0.05)
+    ino = await lun_inode(kernel)
+    chunk = 64 << 10
+    for i in range(2):
+        assert (await kernel.call(P.Opcode.READ, read_in(ino, i * chunk, chunk), ino))[0] == 0
+    with trio.fail_after(5):
+        while channel.commands.count(0x28) < 3:  # the third chunk was read ahead
+            await trio.sleep(0.01)
+    await trio.sleep(0.2)  # meanwhile another initiator writes it
+    new = bytes([9]) * chunk
+    with disk.open("r+b") as f:
+        f.seek(2 * chunk)
+        f.write(new)
+    err, back = await kernel.call(P.Opcode.READ, read_in(ino, 2 * chunk, chunk), ino)
+    assert (err, back) == (0, new)
