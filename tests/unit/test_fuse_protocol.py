@@ -51,7 +51,7 @@ def test_header_and_read() -> None:
                                      (0, 4)), unique=0x1122334455, nodeid=9)
     header, op = parse(raw)
     assert header == P.Header(80, 15, 0x1122334455, 9, 1000, 1000, 4242)
-    assert op == P.Read(fh=5, offset=4096, size=65536)
+    assert op == P.Read(fh=5, offset=4096, size=65536, flags=2)  # O_RDWR
 
 
 def test_write_carries_a_view_of_the_buffer() -> None:
