@@ -359,6 +359,8 @@ class FuseEngine:
         return P.reply(h.unique, P.open_out(fh, flags))
 
     def _release(self, h: P.Header, op: P.Release) -> Reply:
+        if not op.directory:
+            self.fs.release(op.fh)
         return P.reply(h.unique)
 
     def _readdir(self, h: P.Header, op: P.ReadDir) -> Reply:

@@ -117,7 +117,7 @@ class LunFS:
         forgets the attributes it holds, and asks again."""
         inode = self._lun_inode(target, lun)
         if inode is not None:
-            self._changing(inode)
+            self._drop_read_ahead(inode)
             if self.notifier is not None:
                 self.notifier.inval_inode(inode)
 
@@ -131,7 +131,7 @@ class LunFS:
             node = self.nodes[inode]
             if node.lun not in luns or luns[node.lun] is not node.device:
                 node.gone = True
-                self._changing(inode)
+                self._drop_read_ahead(inode)
                 del entries[name]
                 self._forget_entry(directory, name)
         for number, dev in sorted(luns.items()):
@@ -215,6 +215,10 @@ class LunFS:
         # O_TRUNC is ignored, as for a block device: the LUN keeps its size and data.
         return inode
 
+    def release(self, fh: int) -> None:
+        """A LUN file was closed."""
+        self._drop_read_ahead(fh)
+
     def statfs(self, inode: int = ROOT_ID) -> FsStat:
         """The block size of a LUN file's statfs is the LUN's discard granule: the loop
         driver takes it as the discard granularity of a loop device over the file."""
@@ -280,7 +284,7 @@ class LunFS:
         dev = self._plain(fh)
         if dev is None or self.read_only:
             return None
-        self._changing(fh)
+        self._drop_read_ahead(fh)
         started = dev.start_write(offset, data, done)
         if started is not None:
             self._unpushed.add(dev.session)
@@ -300,15 +304,16 @@ class LunFS:
         return await self._call(f"read of {size} bytes at {offset}",
                                 dev.read(offset, size))
 
-    def _changing(self, fh: int) -> None:
-        """The data of LUN file ``fh`` changes: what was read ahead is not to be served."""
+    def _drop_read_ahead(self, fh: int) -> None:
+        """What was read ahead for LUN file ``fh`` is not to be served (its data changes,
+        or its reader closed it)."""
         stream = self._streams.get(fh)
         if stream is not None:
             stream.drop()
 
     async def write(self, fh: int, offset: int, data: memoryview) -> int:
         dev = self._device(fh)
-        self._changing(fh)
+        self._drop_read_ahead(fh)
         if offset >= dev.size:
             raise FSError(errno.ENOSPC)
         view = data[: dev.size - offset]
@@ -325,7 +330,7 @@ class LunFS:
         dev = self._device(fh)
         if self.read_only or dev.read_only:
             raise FSError(errno.EROFS)
-        self._changing(fh)
+        self._drop_read_ahead(fh)
         if offset < 0 or length <= 0:
             raise FSError(errno.EINVAL)
         if mode & ~FALLOC_FL_KEEP_SIZE == FALLOC_FL_ZERO_RANGE:

@@ -9,7 +9,8 @@ program asks for it, so its wait overlaps the program's own work.
 One read is kept ahead per LUN file, for at most ``KEEP`` seconds, and only for readers
 without O_DIRECT (a loop device with direct I/O, qemu with ``cache=none`` and fio's
 ``direct=1`` get exactly what they ask for).  Any write, discard or resize through the
-mount drops what was read ahead and not yet asked for; so does a read elsewhere.
+mount drops what was read ahead and not yet asked for; so do a read elsewhere and the
+closing of the file.
 """
 
 from __future__ import annotations

@@ -251,63 +251,40 @@ class BlockDevice:
         connection: the caller takes the ordinary way, ``read``, which knows what to do).
         Returns how to abandon it, or None if it was not started (the ordinary way too).
         The command goes out with the session's next ``push()``."""
-        if not self._plain_read(offset, length):
-            return None
-        pool = self._pool
-        buf = pool.take(length)
 
-        def completed(r: Response | None, error: str | None) -> None:
-            if not self._read_done(r, length):
-                pool.give(buf)
-                done(None)
-                return
-            done(memoryview(buf)[:length])
-            pool.give(buf)  # the caller has copied it out by now
+        def deliver(view: memoryview | None, release: Callable[[], None]) -> None:
+            done(view)
+            release()  # the caller has copied it out by now
 
-        return self._submit_read(offset, length, buf, completed)
+        return self.start_read_held(offset, length, deliver)
 
     def start_read_held(self, offset: int, length: int, done: HeldDone) -> Started | None:
         """``start_read`` whose data stays valid until the caller calls the release
         function that ``done`` gets with it (with None too: then it does nothing)."""
-        if not self._plain_read(offset, length):
+        bs = self.block_size
+        if (self.removed is not None or offset % bs or length % bs or length <= 0
+                or length > self.max_io or offset + length > self.size):
             return None
         pool = self._pool
         buf = pool.take(length)
 
         def completed(r: Response | None, error: str | None) -> None:
-            if not self._read_done(r, length):
+            if r is None or r.status != Status.GOOD or r.received < length:
                 pool.give(buf)
+                if r is not None:
+                    self._noted(r)
                 done(None, _nothing)
                 return
+            self.commands += 1
+            self.counters.reads += 1
+            self.counters.bytes_read += length
             done(memoryview(buf)[:length], partial(pool.give, buf))
 
-        return self._submit_read(offset, length, buf, completed)
-
-    def _plain_read(self, offset: int, length: int) -> bool:
-        bs = self.block_size
-        return not (self.removed is not None or offset % bs or length % bs or length <= 0
-                    or length > self.max_io or offset + length > self.size)
-
-    def _read_done(self, r: Response | None, length: int) -> bool:
-        """Whether a read started without a task brought all its data (counted then)."""
-        if r is None or r.status != Status.GOOD or r.received < length:
-            if r is not None:
-                self._noted(r)
-            return False
-        self.commands += 1
-        self.counters.reads += 1
-        self.counters.bytes_read += length
-        return True
-
-    def _submit_read(self, offset: int, length: int, buf: bytearray,
-                     completed: Callable[[Response | None, str | None], None]
-                     ) -> Started | None:
-        bs = self.block_size
         try:
             return self.session.submit(self.lun, cdb.read(offset // bs, length // bs),
                                        completed, read_length=length, read_into=buf)
         except ConnectionLost:
-            self._pool.give(buf)
+            pool.give(buf)
             return None
 
     def start_write(self, offset: int, data: memoryview, done: WriteDone) -> Started | None:

@@ -373,3 +373,23 @@ async def test_data_read_ahead_and_not_asked_for_soon_is_not_served(
         f.write(new)
     err, back = await kernel.call(P.Opcode.READ, read_in(ino, 2 * chunk, chunk), ino)
     assert (err, back) == (0, new)
+
+
+async def test_closing_the_file_lets_go_of_what_was_read_ahead(
+        mounted: tuple[Kernel, LunFS, LunChannel, Path]) -> None:
+    kernel, _fs, channel, disk = mounted
+    ino = await lun_inode(kernel)
+    data = disk.read_bytes()
+    chunk = 64 << 10
+    for i in range(2):
+        assert (await kernel.call(P.Opcode.READ, read_in(ino, i * chunk, chunk), ino))[0] == 0
+    with trio.fail_after(5):
+        while channel.commands.count(0x28) < 3:  # the third chunk was read ahead
+            await trio.sleep(0.01)
+    err, _ = await kernel.call(P.Opcode.RELEASE, P.RELEASE_IN.pack(ino, 0, 0, 0), ino)
+    assert err == 0
+    err, back = await kernel.call(P.Opcode.READ, read_in(ino, 2 * chunk, chunk), ino)
+    assert (err, back) == (0, data[2 * chunk : 3 * chunk])
+    with trio.fail_after(5):
+        while channel.commands.count(0x28) < 5:  # read again, and the fourth read ahead
+            await trio.sleep(0.01)
