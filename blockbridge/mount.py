@@ -51,6 +51,17 @@ class MountRequest:
     fuse_engine: str = DEFAULT
 
 
+def read_size_option(tree: dict[str, dict[int, BlockDevice]], options: list[str]) -> list[str]:
+    """``max_read=`` the largest read that every LUN serves with one READ (targets
+    limit it, tgtd and LIO to 256 KiB by default): the kernel then sends reads no larger,
+    and each is one command, started without a task and followed by the mount's
+    readahead.  Nothing if the user chose a size, or there is no LUN."""
+    if any(o.startswith("max_read=") for o in options):
+        return []
+    sizes = [dev.max_io for luns in tree.values() for dev in luns.values()]
+    return [f"max_read={max(min(sizes), 4096)}"] if sizes else []
+
+
 def check_mountpoint(path: str, engine: str = DEFAULT) -> None:
     if not os.path.exists(path):
         raise MountError(f"mount point {path} does not exist (create it with mkdir -p {path})")
@@ -151,6 +162,7 @@ async def serve(req: MountRequest, ready: Callable[[], None]) -> None:
         if req.allow_other:
             options.append("allow_other")
         options += [o for o in req.fuse_options if o not in options]
+        options += read_size_option(tree, options)
         engine = open_engine(req.fuse_engine, fs)
         try:
             await engine.mount(req.mountpoint, options,
