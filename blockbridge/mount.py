@@ -162,7 +162,8 @@ async def serve(req: MountRequest, ready: Callable[[], None]) -> None:
         if req.allow_other:
             options.append("allow_other")
         options += [o for o in req.fuse_options if o not in options]
-        options += read_size_option(tree, options)
+        if req.fuse_engine == DEFAULT:  # libfuse keeps a max_read of its own
+            options += read_size_option(tree, options)
         engine = open_engine(req.fuse_engine, fs)
         try:
             await engine.mount(req.mountpoint, options,
