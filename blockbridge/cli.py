@@ -170,7 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("-t", "--target", action="append", default=[], metavar="IQN",
                    help="mount only this target (repeatable)")
     m.add_argument("-o", dest="options", action="append", default=[], metavar="OPTIONS",
-                   help="comma-separated mount options: ro, allow_other, and FUSE options")
+                   help="comma-separated mount options: ro, allow_other, and FUSE options "
+                   "(max_read=N: the largest read; by default what one READ of every LUN "
+                   "carries)")
     m.add_argument("-f", "--foreground", action="store_true",
                    help="stay in the foreground; unmount on Ctrl-C")
     m.add_argument("--initiator-name", metavar="IQN", help="our iSCSI name")

@@ -39,7 +39,6 @@ class _Ahead:
         self.failed = False
         self.waiter: ReadDone | None = None  # a read asked for meanwhile, answered on arrival
         self.dropped = False  # nobody will ask for it: let it go on arrival
-        self.abandon: Started = _nothing
 
     def done(self, view: memoryview | None, release: Callable[[], None]) -> None:
         waiter = self.waiter
@@ -108,9 +107,7 @@ class Readahead:
         if length <= 0:
             return
         ahead = _Ahead(offset, length)
-        started = self.dev.start_read_held(offset, length, ahead.done)
-        if started is not None:
-            ahead.abandon = started
+        if self.dev.start_read_held(offset, length, ahead.done) is not None:
             self._ahead = ahead
 
     def drop(self) -> None:

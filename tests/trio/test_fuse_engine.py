@@ -319,6 +319,20 @@ def read_in(fh: int, offset: int, size: int, flags: int = 0) -> bytes:
     return P.READ_IN.pack(fh, offset, size, 0, 0, flags, 0)
 
 
+async def reads_ran(channel: LunChannel, n: int) -> None:
+    """Until the target has run ``n`` READ(10)s (reads ahead run after their answer)."""
+    with trio.fail_after(5):
+        while channel.commands.count(0x28) < n:
+            await trio.sleep(0.01)
+
+
+async def read_two_chunks(kernel: Kernel, channel: LunChannel, ino: int, chunk: int) -> None:
+    """Two reads in a row from the start: the third chunk is read ahead."""
+    for i in range(2):
+        assert (await kernel.call(P.Opcode.READ, read_in(ino, i * chunk, chunk), ino))[0] == 0
+    await reads_ran(channel, 3)
+
+
 async def test_a_sequential_reader_gets_its_next_read_ahead(
         mounted: tuple[Kernel, LunFS, LunChannel, Path]) -> None:
     kernel, _fs, channel, disk = mounted
@@ -328,9 +342,7 @@ async def test_a_sequential_reader_gets_its_next_read_ahead(
     for i in range(4):  # the second read on starts the next one: 4 asked, 3 ahead
         err, back = await kernel.call(P.Opcode.READ, read_in(ino, i * chunk, chunk), ino)
         assert err == 0 and back == data[i * chunk : (i + 1) * chunk]
-    with trio.fail_after(5):
-        while channel.commands.count(0x28) < 5:  # the last read ahead is on its way
-            await trio.sleep(0.01)
+    await reads_ran(channel, 5)  # the last read ahead is on its way
     assert channel.commands.count(0x28) == 5  # READ(10): 2 asked, 3 read ahead
     # a write drops what was read ahead: the next read sees the new data
     new = bytes([7]) * chunk
@@ -361,11 +373,7 @@ async def test_data_read_ahead_and_not_asked_for_soon_is_not_served(
     monkeypatch.setattr(readahead, "KEEP", 0.05)
     ino = await lun_inode(kernel)
     chunk = 64 << 10
-    for i in range(2):
-        assert (await kernel.call(P.Opcode.READ, read_in(ino, i * chunk, chunk), ino))[0] == 0
-    with trio.fail_after(5):
-        while channel.commands.count(0x28) < 3:  # the third chunk was read ahead
-            await trio.sleep(0.01)
+    await read_two_chunks(kernel, channel, ino, chunk)
     await trio.sleep(0.2)  # meanwhile another initiator writes it
     new = bytes([9]) * chunk
     with disk.open("r+b") as f:
@@ -381,15 +389,9 @@ async def test_closing_the_file_lets_go_of_what_was_read_ahead(
     ino = await lun_inode(kernel)
     data = disk.read_bytes()
     chunk = 64 << 10
-    for i in range(2):
-        assert (await kernel.call(P.Opcode.READ, read_in(ino, i * chunk, chunk), ino))[0] == 0
-    with trio.fail_after(5):
-        while channel.commands.count(0x28) < 3:  # the third chunk was read ahead
-            await trio.sleep(0.01)
+    await read_two_chunks(kernel, channel, ino, chunk)
     err, _ = await kernel.call(P.Opcode.RELEASE, P.RELEASE_IN.pack(ino, 0, 0, 0), ino)
     assert err == 0
     err, back = await kernel.call(P.Opcode.READ, read_in(ino, 2 * chunk, chunk), ino)
     assert (err, back) == (0, data[2 * chunk : 3 * chunk])
-    with trio.fail_after(5):
-        while channel.commands.count(0x28) < 5:  # read again, and the fourth read ahead
-            await trio.sleep(0.01)
+    await reads_ran(channel, 5)  # read again, and the fourth read ahead
