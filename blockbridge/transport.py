@@ -179,6 +179,39 @@ class PDUStream:
             await trio.lowlevel.cancel_shielded_checkpoint()
         return n
 
+    @property
+    def pollable(self) -> int | None:
+        """The descriptor a ``Poller`` may watch for this stream (plain TCP), or None."""
+        return self._raw.fileno() if self._raw is not None else None
+
+    def buffered_pdu(self) -> PDU | None:
+        """The next PDU among the bytes received so far, without receiving (raises
+        PDUFormatError on bad input)."""
+        return self._reader.next_pdu()
+
+    def receive_now(self) -> None:
+        """One receive of what the socket holds, without waiting (for a ``Poller``'s
+        handler); raises ConnectionClosed at EOF."""
+        if self._broken is not None:
+            raise ConnectionClosed(self._broken)
+        raw = self._raw
+        assert raw is not None
+        reader = self._reader
+        try:
+            with reader.get_buffer(max(reader.bytes_needed(), self.receive_chunk)) as view:
+                n = raw.recv_into(view)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self._broken = f"connection lost: {exc}"
+            raise ConnectionClosed(self._broken) from exc
+        if not n:
+            self._broken = "connection closed in the middle of a PDU" if reader.buffered \
+                else "connection closed by peer"
+            raise ConnectionClosed(self._broken)
+        reader.commit(n)
+        self.bytes_received += n
+
     async def send_pdu(self, pdu: PDU) -> None:
         await self.send_pdus((pdu,))
 

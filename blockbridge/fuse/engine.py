@@ -2,14 +2,17 @@
 
 One reader loop reads requests (non-blocking ``readv`` into buffers of a pool, waiting in
 trio's epoll only when the device is empty) and answers what needs no I/O at once, in the
-loop.  READ, WRITE, FSYNC, FALLOCATE and LSEEK each run as a task, so many are in flight;
-a task answers with one ``writev`` of the header and the data, as soon as its block
-device call returns.  Only a WRITE keeps its buffer (its data is a view of it) until it
-is answered; every other request gives it back once decoded.  INTERRUPT cancels the
-request it names, which then answers EINTR, if it has not finished half a second later.
-Notifications to the kernel (rare: a LUN resized, added or removed) are written from a
-worker thread, because the kernel may make that write wait for a lock a request in our
-own loop holds.
+loop.  With ``poll`` (the mount's choice) the loop is the handler of a ``Poller``
+instead, which serves the device and the sessions' sockets between trio's passes.
+Plain READs and WRITEs start without a task and are answered from the session's
+completion callback; FSYNC, FALLOCATE, LSEEK and whatever did not work out that way each
+run as a task, so many are in flight; a task answers with one ``writev`` of the header
+and the data, as soon as its block device call returns.  Only a WRITE keeps its buffer
+(its data is a view of it) until it is answered; every other request gives it back once
+decoded.  INTERRUPT cancels the request it names, which then answers EINTR, if it has
+not finished half a second later.  Notifications to the kernel (rare: a LUN resized,
+added or removed) are written from a worker thread, because the kernel may make that
+write wait for a lock a request in our own loop holds.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
+
+from blockbridge.poller import Poller
 
 from . import protocol as P
 from .lunfs import TIMEOUT, FSError, LunFS
@@ -55,6 +60,9 @@ class _Buffers:
             await self._returned.wait()
         if self.free:
             return self.free.pop()
+        return self.new()
+
+    def new(self) -> mmap.mmap:
         self.count += 1
         return mmap.mmap(-1, self.size)
 
@@ -69,8 +77,11 @@ class _Buffers:
 class FuseEngine:
     """Serve ``fs`` on the /dev/fuse descriptor ``fd`` (owned by the caller)."""
 
-    def __init__(self, fs: LunFS, fd: int, limits: Limits, *, buffers: int = 72) -> None:
+    def __init__(self, fs: LunFS, fd: int, limits: Limits, *, buffers: int = 72,
+                 poll: bool = False) -> None:
         self.fs, self.fd, self.limits = fs, fd, limits
+        self.poll = poll  # serve the device (and the sessions' sockets) through a Poller
+        self._poller: Poller | None = None
         self.negotiated: Negotiated | None = None
         self._buffers = _Buffers(limits.buffer_size, buffers)
         self._inflight: dict[int, trio.CancelScope] = {}
@@ -104,7 +115,11 @@ class FuseEngine:
             self.fs.notifier = self
             task_status.started()
             with trio.CancelScope() as self._reader:
-                if not self._stopped:
+                if self._stopped:
+                    pass
+                elif self.poll:
+                    await self._polled()
+                else:
                     await self._read_loop()
             self.fs.notifier = None
             nursery.cancel_scope.deadline = trio.current_time() + GRACE
@@ -112,8 +127,53 @@ class FuseEngine:
     def stop(self) -> None:
         """Stop reading requests (the ones in flight are still answered)."""
         self._stopped = True
+        if self._poller is not None:
+            self._poller.stop()  # it may be this call's caller: no checkpoint comes soon
         if self._reader is not None:
             self._reader.cancel()
+
+    async def _polled(self) -> None:
+        """The reader loop as a ``Poller``'s handler; the poller also receives the
+        sessions' PDUs, so that a request and its answer are each handled without a
+        pass of trio's scheduler.  While every buffer is taken, the device is left
+        alone until one comes back."""
+        poller = Poller()
+        fd, buffers, push = self.fd, self._buffers, self.fs.push
+
+        def readable() -> None:
+            for _ in range(FAIR_SHARE):
+                if not buffers.free and buffers.count >= buffers.limit:
+                    poller.remove(fd, readable)
+                    assert self._nursery is not None
+                    self._nursery.start_soon(self._resume, poller, readable)
+                    break
+                buf = buffers.free.pop() if buffers.free else buffers.new()
+                try:
+                    n = os.readv(fd, [buf])
+                except OSError as exc:
+                    buffers.give(buf)
+                    if isinstance(exc, BlockingIOError):
+                        break
+                    if exc.errno in (errno.EINTR, errno.ENOENT):  # ENOENT: interrupted
+                        continue  # before we read it
+                    if exc.errno == errno.ENODEV:  # unmounted: the connection is over
+                        poller.stop()
+                        break
+                    raise
+                self._dispatch(buf, n)
+            push()  # the commands of this batch go out in one write
+
+        poller.add(fd, readable)
+        self._poller = poller
+        try:
+            await poller.run(push)
+        finally:
+            self._poller = None
+
+    async def _resume(self, poller: Poller, readable: Callable[[], None]) -> None:
+        self._buffers.give(await self._buffers.take())
+        if poller.running:
+            poller.add(self.fd, readable)
 
     async def _read_loop(self) -> None:
         fd, streak = self.fd, 0

@@ -1,9 +1,10 @@
 """A trio iSCSI session (one connection, ERL 0): login, then many commands in flight.
 
 ``Session.connect()`` logs in; then the session drives an ``InitiatorConnection`` (the
-sans-IO machine that holds every protocol rule): ``run()`` is the reader task, started in
-the caller's nursery; ``submit()`` sends a command and calls back when it completes (no task
-per command), ``command()`` is the same for a caller that waits.
+sans-IO machine that holds every protocol rule): ``run()`` is the reader task, started
+in the caller's nursery (while a ``Poller`` runs, the poller receives for it);
+``submit()`` sends a command and calls back when it completes (no task per command),
+``command()`` is the same for a caller that waits.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from blockbridge.iscsi.constants import AsyncEvent, LogoutReason, name_of
 from blockbridge.iscsi.errors import ISCSIError
 from blockbridge.iscsi.initiator_connection import (
     AsyncEventReceived,
+    Closed,
     CommandDone,
     ConnectionError_,
     Event,
@@ -32,6 +34,7 @@ from blockbridge.iscsi.initiator_connection import (
 from blockbridge.iscsi.login import ChapCredentials, InitiatorLogin
 from blockbridge.iscsi.params import SessionParams
 from blockbridge.iscsi.pdu import Buffer
+from blockbridge.poller import Poller
 from blockbridge.tls import ClientTLS
 from blockbridge.transport import ConnectionClosed, PDUStream
 
@@ -39,6 +42,10 @@ from .errors import ConnectionLost
 from .login_phase import log_in
 
 log = logging.getLogger(__name__)
+
+
+def _nothing() -> None:
+    pass
 
 
 class Session:
@@ -57,6 +64,7 @@ class Session:
         self._closed: str | None = None
         self._flush_wanted = trio.Event()  # PDUs are queued that a write must take
         self._timer_moved = trio.Event()  # the machine's timer may be earlier now
+        self._leave_poller: Callable[[], None] = _nothing  # while a Poller receives for us
         self.stats = {"commands": 0, "bytes_in": 0, "bytes_out": 0}
 
     @property
@@ -100,22 +108,65 @@ class Session:
                 nursery.cancel_scope.cancel()
 
     async def _reader(self) -> None:
-        conn, receive = self.conn, self.stream.receive_pdu
-        now = trio.current_time
+        receive, handle = self.stream.receive_pdu, self._handle
+        current = Poller.current.get
         try:
             while True:
-                pdu = await receive()
-                event = conn.receive(pdu, now())
-                if event is not None:
-                    self._deliver(event)
-                if conn.has_output:
-                    self._post(conn.data_to_send())
-                    self.push()
+                poller = current()
+                if poller is not None and poller.running and self._closed is None \
+                        and self.stream.pollable is not None:
+                    await self._polled(poller)  # until the poller stops or we leave it
+                handle(await receive())
         except ConnectionClosed as exc:
             self._fail_all(f"connection to {self.portal} lost: {exc}")
         except (ConnectionError_, ISCSIError) as exc:
             self._fail_all(f"protocol error from {self.portal}: {exc}")
             await self.stream.aclose()
+        except Closed:  # failed already (a send that found the connection gone)
+            await self.stream.aclose()
+
+    def _handle(self, pdu: P.PDU) -> None:
+        conn = self.conn
+        event = conn.receive(pdu, trio.current_time())
+        if event is not None:
+            self._deliver(event)
+        if conn.has_output:
+            self._post(conn.data_to_send())
+            self.push()
+
+    async def _polled(self, poller: Poller) -> None:
+        """Leave receiving to ``poller`` until it stops or the connection ends: each PDU
+        is handled where it is received, outside any task; raises what ended it."""
+        stream, handle = self.stream, self._handle
+        fd = stream.pollable
+        assert fd is not None
+        over = trio.Event()
+        failure: list[Exception] = []
+
+        def leave() -> None:  # before the socket is closed, or when it failed
+            poller.remove(fd, readable)
+            self._leave_poller = _nothing
+            over.set()
+
+        def readable() -> None:
+            try:
+                stream.receive_now()
+                while self._closed is None and (pdu := stream.buffered_pdu()) is not None:
+                    handle(pdu)
+            except (ConnectionClosed, ConnectionError_, ISCSIError, Closed) as exc:
+                failure.append(exc)
+                leave()
+
+        while (pdu := stream.buffered_pdu()) is not None:  # what came with the last receive
+            handle(pdu)
+        poller.add(fd, readable, over.set)
+        self._leave_poller = leave
+        try:
+            await over.wait()
+        finally:
+            leave()
+        if failure:
+            raise failure[0]
 
     def _deliver(self, event: Event) -> None:
         if isinstance(event, AsyncEventReceived):
@@ -155,6 +206,7 @@ class Session:
             self._fail_all(f"connection to {self.portal} lost: {exc}")
 
     def _fail_all(self, reason: str) -> None:
+        self._leave_poller()  # the socket is about to close: its number may be reused
         if self._closed is None:
             self._closed = reason
         self.conn.close(reason)
@@ -301,6 +353,7 @@ class Session:
         except ConnectionLost:
             pass
         self._closed = self._closed or "logged out"
+        self._leave_poller()
         await self.stream.aclose()
 
     @property
