@@ -74,8 +74,12 @@ def cached(fd: int, offset: int, length: int) -> bool:
     return pages >= (offset + length + PAGE - 1) // PAGE - offset // PAGE
 
 
-_SLOW_INLINE_WRITE = 0.002  # seconds: an inline write slower than this ...
-_INLINE_WRITE_PAUSE = 5.0  # ... sends writes to threads for this long
+_SLOW_INLINE_WRITE = 0.002  # seconds: an inline write slower than this is slow ...
+_SLOW_WRITES = 3  # ... and this many slow ones within ...
+_SLOW_WINDOW = 1.0  # ... this many seconds (or one write this slow: ...
+_STALLED_WRITE = 0.02  # ... the disk is throttling) ...
+_INLINE_WRITE_PAUSE = 1.0  # ... send writes to threads for this long, twice as long ...
+_MAX_PAUSE = 30.0  # ... each time it comes again within 10 pauses, up to this
 
 
 class PageCacheAccess:
@@ -85,6 +89,8 @@ class PageCacheAccess:
         self._fileno = fileno
         self._nowait = hasattr(os, "RWF_NOWAIT")
         self._inline_writes_after = 0.0
+        self._slow_writes: list[float] = []  # when the recent slow inline writes ended
+        self._pause = _INLINE_WRITE_PAUSE
 
     def fileno(self) -> int:
         """The descriptor (-1 once closed): what a FileRange asks for when it is sent."""
@@ -113,9 +119,12 @@ class PageCacheAccess:
         should use a worker thread instead.
 
         The kernel copies whole pages in without reading anything first, usually in
-        microseconds.  A write that still takes long (dirty-page throttling, a journal
-        commit) sends the next ones to threads for a while, so the event loop is never
-        held up twice in a row."""
+        microseconds.  Writes that keep taking long (three slower than 2 ms within a
+        second, or one slower than 20 ms: dirty-page throttling, journal commits) send
+        the next ones to threads for a second, twice as long each time it comes again
+        soon, so the event loop is not held up again and again.  One write of a few
+        milliseconds alone does not: on a shared machine the process is often paused
+        that long, and the thread path costs several times the inline one."""
         if offset % 4096 or data.nbytes % 4096:
             return False
         now = time.monotonic()
@@ -128,6 +137,19 @@ class PageCacheAccess:
                 done += os.pwritev(fd, [data[done:]], offset + done)
         except OSError:
             return False  # the write is done again the slow way, which reports the error
-        if time.monotonic() - now > _SLOW_INLINE_WRITE:
-            self._inline_writes_after = time.monotonic() + _INLINE_WRITE_PAUSE
+        end = time.monotonic()
+        if end - now > _SLOW_INLINE_WRITE:
+            self._slow_write(end, end - now)
         return True
+
+    def _slow_write(self, end: float, took: float) -> None:
+        slow = self._slow_writes
+        slow.append(end)
+        while slow[0] < end - _SLOW_WINDOW:
+            del slow[0]
+        if len(slow) < _SLOW_WRITES and took < _STALLED_WRITE:
+            return
+        slow.clear()
+        again = end < self._inline_writes_after + 10 * self._pause
+        self._pause = min(2 * self._pause, _MAX_PAUSE) if again else _INLINE_WRITE_PAUSE
+        self._inline_writes_after = end + self._pause

@@ -79,15 +79,44 @@ def test_reads_that_would_wait_are_refused(disk_path: Path) -> None:
         b.close()
 
 
-def test_a_slow_inline_write_sends_the_next_ones_to_threads(
+def test_inline_writes_that_keep_being_slow_send_the_next_ones_to_threads(
         disk_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(pagecache, "_SLOW_INLINE_WRITE", -1.0)  # every write is slow
     b = FileBackend(str(disk_path / "d.img"), create_size=1 << 20)
     cache = PageCacheAccess(b.fileno)
     try:
-        assert cache.write(0, memoryview(bytes(4096)))  # this one is done inline ...
-        assert not cache.write(0, memoryview(bytes(4096)))  # ... the next ones are not
+        for _ in range(pagecache._SLOW_WRITES):  # a slow write alone changes nothing
+            assert cache.write(0, memoryview(bytes(4096)))
+        assert not cache.write(0, memoryview(bytes(4096)))  # then the next ones wait
         cache._inline_writes_after = time.monotonic() - 1
         assert cache.write(0, memoryview(bytes(4096)))  # after the pause, inline again
+    finally:
+        b.close()
+
+
+def test_slow_inline_writes_far_apart_keep_writes_inline(
+        disk_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pagecache, "_SLOW_INLINE_WRITE", -1.0)
+    monkeypatch.setattr(pagecache, "_SLOW_WINDOW", 0.0)  # none is recent enough to count
+    b = FileBackend(str(disk_path / "d.img"), create_size=1 << 20)
+    cache = PageCacheAccess(b.fileno)
+    try:
+        for _ in range(3 * pagecache._SLOW_WRITES):
+            assert cache.write(0, memoryview(bytes(4096)))
+    finally:
+        b.close()
+
+
+def test_one_stalled_inline_write_is_enough_and_pauses_grow_when_it_comes_again(
+        disk_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    b = FileBackend(str(disk_path / "d.img"), create_size=1 << 20)
+    cache = PageCacheAccess(b.fileno)
+    try:
+        cache._slow_write(time.monotonic(), 1.0)  # the disk held one write for a second
+        first = cache._inline_writes_after - time.monotonic()
+        assert 0 < first <= pagecache._INLINE_WRITE_PAUSE
+        assert not cache.write(0, memoryview(bytes(4096)))
+        cache._slow_write(cache._inline_writes_after + 0.1, 1.0)  # soon after the pause
+        assert cache._pause == 2 * pagecache._INLINE_WRITE_PAUSE
     finally:
         b.close()
