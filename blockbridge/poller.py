@@ -1,16 +1,17 @@
 """Serving hot descriptors between trio's passes: ``Poller``.
 
-The mount hands it /dev/fuse and its sessions' sockets.  At low queue depth each FUSE
-request and each answer of the target otherwise costs a wake-up of trio's loop, a pass
-of its scheduler and a task switch; the poller handles them where trio would only have
-waited, synchronously, and trio's loop turns only when a task has something to do.
+The mount hands it /dev/fuse and its sessions' sockets, the target its connections'
+sockets and the eventfds of its io_uring rings.  At low queue depth each request and
+each answer otherwise costs a wake-up of trio's loop, a pass of its scheduler and a task
+switch; the poller handles them where trio would only have waited, synchronously, and
+trio's loop turns only when a task has something to do.
 """
 
 from __future__ import annotations
 
 import contextlib
 import select
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import trio
 
@@ -50,6 +51,8 @@ class Poller(trio.abc.Instrument):
         self._handlers: dict[int, Callable[[], None]] = {}
         self._detach: dict[int, Callable[[], None]] = {}
         self._idle: Callable[[], None] = _nothing
+        self._idle_hooks: list[Callable[[], None]] = []
+        self._elsewhere = 0  # waits in progress that only trio sees (threads, other fds)
         self._scope = trio.CancelScope()
         self._stopped = False
         self._failure: BaseException | None = None
@@ -73,6 +76,31 @@ class Poller(trio.abc.Instrument):
         with contextlib.suppress(OSError, ValueError):
             self._epoll.unregister(fd)
 
+    def add_idle(self, hook: Callable[[], None]) -> None:
+        """Call ``hook()`` before every wait too (to submit what was queued meanwhile,
+        as trio's other ``before_io_wait`` instruments would)."""
+        self._idle_hooks.append(hook)
+
+    def remove_idle(self, hook: Callable[[], None]) -> None:
+        with contextlib.suppress(ValueError):
+            self._idle_hooks.remove(hook)
+
+    @contextlib.contextmanager
+    def elsewhere(self) -> Iterator[None]:
+        """Around a wait that only trio sees (a worker thread, a descriptor of its own):
+        meanwhile the poller does not wait before trio does, so that the wait's end is
+        not held up by ``WINDOW``."""
+        self._elsewhere += 1
+        try:
+            yield
+        finally:
+            self._elsewhere -= 1
+
+    def _before_wait(self) -> None:
+        self._idle()
+        for hook in self._idle_hooks:
+            hook()
+
     def stop(self) -> None:
         self._stopped = True
         self._scope.cancel()
@@ -93,7 +121,7 @@ class Poller(trio.abc.Instrument):
         try:
             with self._scope:
                 while not self._stopped:
-                    idle()
+                    self._before_wait()
                     await trio.lowlevel.wait_readable(self._epoll.fileno())
                     self._serve_ready()
         finally:
@@ -119,7 +147,7 @@ class Poller(trio.abc.Instrument):
 
     # trio calls this just before it waits for I/O; ``timeout`` 0: tasks are ready
     def before_io_wait(self, timeout: float) -> None:
-        if self._stopped or timeout <= 0 or not self._handlers:
+        if self._stopped or timeout <= 0 or not self._handlers or self._elsewhere:
             return
         try:
             wake = self._serve(min(timeout, BUSY_LIMIT))
@@ -139,7 +167,7 @@ class Poller(trio.abc.Instrument):
         deadline = clock() + limit
         served = False
         while True:
-            self._idle()
+            self._before_wait()
             left = deadline - clock()
             if left <= 0:
                 return True
@@ -151,5 +179,11 @@ class Poller(trio.abc.Instrument):
                 if handler is not None:
                     handler()
             served = True
-            if self._stopped or statistics().tasks_runnable:
+            if self._stopped or self._elsewhere or statistics().tasks_runnable:
                 return True
+
+
+def elsewhere() -> contextlib.AbstractContextManager[None]:
+    """``Poller.elsewhere()`` of the running poller; nothing where none runs."""
+    poller = Poller.current.get()
+    return poller.elsewhere() if poller is not None else contextlib.nullcontext()

@@ -31,6 +31,7 @@ from .iscsi.framing import (
     segment_length,
 )
 from .iscsi.pdu import PDU, Buffer
+from .poller import elsewhere
 from .tls import ClientTLS, TLSError
 
 RECEIVE_CHUNK = 256 * 1024
@@ -140,7 +141,8 @@ class PDUStream:
                 if self._socket is not None:  # straight into the reader's buffer
                     n = await self._receive_into_reader(self._socket, want)
                 else:
-                    chunk = await self.stream.receive_some(want)
+                    with elsewhere():  # a poller must not hold up what only trio sees
+                        chunk = await self.stream.receive_some(want)
                     n = len(chunk)
                     self._reader.feed(chunk)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
@@ -171,7 +173,8 @@ class PDUStream:
                     break
                 except BlockingIOError:
                     self._streak = 0
-                    await trio.lowlevel.wait_readable(sock)
+                    with elsewhere():  # a poller must not hold up what only trio sees
+                        await trio.lowlevel.wait_readable(sock)
         self._reader.commit(n)
         self._streak += 1
         if self._streak >= FAIR_SHARE:  # data all along: let the other tasks run too
@@ -189,9 +192,10 @@ class PDUStream:
         PDUFormatError on bad input)."""
         return self._reader.next_pdu()
 
-    def receive_now(self) -> None:
+    def receive_now(self) -> bool:
         """One receive of what the socket holds, without waiting (for a ``Poller``'s
-        handler); raises ConnectionClosed at EOF."""
+        handler); True if it filled the room it had (more may be waiting).  Raises
+        ConnectionClosed at EOF."""
         if self._broken is not None:
             raise ConnectionClosed(self._broken)
         raw = self._raw
@@ -199,9 +203,10 @@ class PDUStream:
         reader = self._reader
         try:
             with reader.get_buffer(max(reader.bytes_needed(), self.receive_chunk)) as view:
+                room = view.nbytes
                 n = raw.recv_into(view)
         except BlockingIOError:
-            return
+            return False
         except OSError as exc:
             self._broken = f"connection lost: {exc}"
             raise ConnectionClosed(self._broken) from exc
@@ -211,6 +216,7 @@ class PDUStream:
             raise ConnectionClosed(self._broken)
         reader.commit(n)
         self.bytes_received += n
+        return n == room
 
     async def send_pdu(self, pdu: PDU) -> None:
         await self.send_pdus((pdu,))
@@ -347,7 +353,8 @@ class PDUStream:
                     raise AssertionError("file data on a stream without a socket")
                 buffers.append(part)
             for buf in _coalesce(buffers):
-                await self.stream.send_all(buf)
+                with elsewhere():
+                    await self.stream.send_all(buf)
                 self.bytes_sent += len(buf)
             return
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -367,7 +374,8 @@ class PDUStream:
         raw = self._raw
         while views:
             if raw is None:
-                n = await sock.sendmsg(views[:_IOV_MAX], (), flags)
+                with elsewhere():
+                    n = await sock.sendmsg(views[:_IOV_MAX], (), flags)
             else:
                 try:
                     n = raw.sendmsg(views[:_IOV_MAX], (), flags)
@@ -412,7 +420,8 @@ async def _wait_writable(sock: trio.socket.SocketType) -> None:
     they fill the send buffer, no acknowledgement will ever make room.  Setting
     TCP_NODELAY first pushes them out."""
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    await trio.lowlevel.wait_writable(sock)
+    with elsewhere():  # a poller must not hold up what only trio sees
+        await trio.lowlevel.wait_writable(sock)
 
 
 def _drop_written(views: list[memoryview], n: int) -> None:

@@ -36,7 +36,7 @@ from blockbridge.iscsi.params import SessionParams
 from blockbridge.iscsi.pdu import Buffer
 from blockbridge.poller import Poller
 from blockbridge.tls import ClientTLS
-from blockbridge.transport import ConnectionClosed, PDUStream
+from blockbridge.transport import FAIR_SHARE, ConnectionClosed, PDUStream
 
 from .errors import ConnectionLost
 from .login_phase import log_in
@@ -150,9 +150,12 @@ class Session:
 
         def readable() -> None:
             try:
-                stream.receive_now()
-                while self._closed is None and (pdu := stream.buffered_pdu()) is not None:
-                    handle(pdu)
+                for _ in range(FAIR_SHARE):  # while receives fill their room (large data)
+                    more = stream.receive_now()
+                    while self._closed is None and (pdu := stream.buffered_pdu()) is not None:
+                        handle(pdu)
+                    if not more or self._closed is not None:
+                        break
             except (ConnectionClosed, ConnectionError_, ISCSIError, Closed) as exc:
                 failure.append(exc)
                 leave()
