@@ -139,6 +139,7 @@ class FuseEngine:
         alone until one comes back."""
         poller = Poller()
         fd, buffers, push = self.fd, self._buffers, self.fs.push
+        started, inflight = self._started, self._inflight
 
         def readable() -> None:
             for _ in range(FAIR_SHARE):
@@ -161,6 +162,8 @@ class FuseEngine:
                         break
                     raise
                 self._dispatch(buf, n)
+                if len(started) == 1 and not inflight:
+                    break  # depth 1: the kernel has no other request (epoll says if so)
             push()  # the commands of this batch go out in one write
 
         poller.add(fd, readable)
