@@ -318,6 +318,7 @@ async def run(server: TargetServer, portals: list[tuple[str, int]],
     listeners = await server.open_listeners(portals) if portals else []
     if tls_portals:
         listeners += await server.open_listeners(tls_portals, tls)
+    server.poll = True
     async with trio.open_nursery() as nursery:
         addresses = await nursery.start(server.serve_listeners, listeners)
         # Signals are caught before anyone can learn that we listen (READY, the log

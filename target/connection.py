@@ -33,9 +33,11 @@ from blockbridge.buffers import MAX_POOLED, BufferPool
 from blockbridge.iscsi import target_events as E
 from blockbridge.iscsi.errors import MachineStopped, NegotiationError, PDUFormatError, ProtocolError
 from blockbridge.iscsi.names import printable
+from blockbridge.iscsi.pdu import PDU
 from blockbridge.iscsi.target_connection import TargetConnection
+from blockbridge.poller import Poller
 from blockbridge.scsi.constants import Status
-from blockbridge.transport import LOGIN_RECEIVE_CHUNK, ConnectionClosed, PDUStream
+from blockbridge.transport import FAIR_SHARE, LOGIN_RECEIVE_CHUNK, ConnectionClosed, PDUStream
 
 from .budget import SessionBudget
 from .commands import target_result
@@ -49,6 +51,10 @@ if TYPE_CHECKING:
     from .server import TargetServer
 
 log = logging.getLogger(__name__)
+
+
+def _nothing() -> None:
+    pass
 
 MAX_POSTED_BYTES = 8 << 20  # answered but unsent read data before the reader waits
 LOGOUT_GRACE = 10.0  # how long a logout waits for running commands
@@ -87,6 +93,7 @@ class Connection:
         self._in_reader = False
         self._timer = trio.CancelScope()  # the timer task's sleep, until the next deadline
         self._quiet: trio.Event | None = None  # set when the last command ends
+        self._leave_poller: Callable[[], None] = _nothing  # while a Poller receives for us
         self.scope = trio.CancelScope()
 
     # ---------------------------------------------------------------- lifecycle
@@ -109,6 +116,7 @@ class Connection:
                     finally:
                         nursery.cancel_scope.cancel()
             finally:
+                self._leave_poller()  # before the socket closes: its number is reused
                 self._cleanup()
                 self.budget.close()  # answers queued but unsent are dropped with the stream
                 await self.pdus.aclose()
@@ -174,33 +182,122 @@ class Connection:
             await self._reader(m)
 
     async def _reader(self, m: TargetConnection) -> None:
+        pdus, current = self.pdus, Poller.current.get
         while True:
-            pdu = await self.pdus.receive_pdu()
-            if self._idle is not None:
-                self._idle.deadline = trio.current_time() + self.server.limits.discovery_idle
+            pdu = pdus.buffered_pdu()
+            if pdu is None:
+                poller = current()
+                if poller is not None and poller.running and pdus.pollable is not None:
+                    for ev in await self._polled(poller, m):  # what needs this task
+                        await self.handle(m, ev)
+                    if m.state is E.State.LOGGED_OUT:
+                        return
+                    await self._relieve()
+                    continue
+                pdu = await pdus.receive_pdu()
             try:
-                events = m.receive(pdu, trio.current_time())
+                rest = self._process(m, pdu)
             except ProtocolError as exc:
                 if exc.reject:
-                    await self.pdus.send_pdu(m.error_reject(pdu, exc))
+                    await pdus.send_pdu(m.error_reject(pdu, exc))
                 raise
-            for ev in events:
-                if type(ev) is E.CommandReceived:  # most of them: no coroutine for it
-                    self._in_reader = True
-                    try:
-                        self._command(m, ev)
-                    finally:
-                        self._in_reader = False
-                else:
-                    await self.handle(m, ev)
+            for ev in rest:
+                await self.handle(m, ev)
             if m.state is E.State.LOGGED_OUT:
                 return
-            if self.pdus.backlog > MAX_POSTED_BYTES:
-                # Answers to reads piling up unsent: the initiator is not reading.  Stop
-                # reading its commands until they are written (TCP back-pressure).
-                await self.pdus.flush()
+            await self._relieve()
+
+    async def _relieve(self) -> None:
+        if self.pdus.backlog > MAX_POSTED_BYTES:
+            # Answers to reads piling up unsent: the initiator is not reading.  Stop
+            # reading its commands until they are written (TCP back-pressure).
+            await self.pdus.flush()
+
+    def _process(self, m: TargetConnection, pdu: PDU) -> list[E.Event]:
+        """Feed one PDU to the machine and do what its events ask that needs no waiting;
+        returns the events that do (from the first of them on, in order)."""
+        if self._idle is not None:
+            self._idle.deadline = trio.current_time() + self.server.limits.discovery_idle
+        events = m.receive(pdu, trio.current_time())
+        for i, ev in enumerate(events):
+            if type(ev) is E.CommandReceived:  # most of them: no coroutine for it
+                self._in_reader = True
+                try:
+                    self._command(m, ev)
+                finally:
+                    self._in_reader = False
+            elif not self.handle_now(m, ev):
+                return events[i:]
+        return []
+
+    async def _polled(self, poller: Poller, m: TargetConnection) -> list[E.Event]:
+        """Leave receiving to ``poller``: each PDU is handled where it is received,
+        outside any task, until one brings an event that needs this task (returned), the
+        answers pile up, the session logs out or the poller stops; raises what ended
+        the connection (after sending the Reject a protocol error asks for)."""
+        pdus = self.pdus
+        fd = pdus.pollable
+        assert fd is not None
+        over = trio.Event()
+        rest: list[E.Event] = []
+        failure: list[Exception] = []
+        rejected: list[PDU] = []
+
+        def leave() -> None:  # before the socket is closed, or when this task must act
+            poller.remove(fd, readable)
+            self._leave_poller = _nothing
+            over.set()
+
+        def readable() -> None:
+            try:
+                for _ in range(FAIR_SHARE):  # while receives fill their room (large data)
+                    more = pdus.receive_now()
+                    while (pdu := pdus.buffered_pdu()) is not None:
+                        try:
+                            rest.extend(self._process(m, pdu))
+                        except ProtocolError:
+                            rejected.append(pdu)
+                            raise
+                        if rest or m.state is E.State.LOGGED_OUT \
+                                or pdus.backlog > MAX_POSTED_BYTES:
+                            leave()
+                            more = False
+                            break
+                    if not more:
+                        break
+                self._write_posted()
+            except (ConnectionClosed, PDUFormatError, ProtocolError) as exc:
+                failure.append(exc)
+                leave()
+
+        self._write_posted()  # what the task answered in place goes out first
+        poller.add(fd, readable, over.set)
+        self._leave_poller = leave
+        try:
+            await over.wait()
+        finally:
+            leave()
+        if failure:
+            exc = failure[0]
+            if isinstance(exc, ProtocolError) and exc.reject and rejected:
+                await pdus.send_pdu(m.error_reject(rejected[0], exc))
+            raise exc
+        return rest
 
     async def handle(self, m: TargetConnection, ev: E.Event) -> None:
+        if self.handle_now(m, ev):
+            return
+        if isinstance(ev, E.TaskManagement):
+            await task_management(self, m, ev)
+        elif isinstance(ev, E.LogoutRequested):
+            with trio.move_on_after(LOGOUT_GRACE):
+                while m.busy:
+                    self._quiet = trio.Event()
+                    await self._quiet.wait()
+            await self.pdus.send_pdus([m.logout_response(ev.itt, ev.reason)])
+
+    def handle_now(self, m: TargetConnection, ev: E.Event) -> bool:
+        """Do what ``ev`` asks if that needs no waiting; False if it does."""
         if isinstance(ev, E.CommandReceived):
             self._command(m, ev)
         elif isinstance(ev, E.Send):
@@ -220,19 +317,14 @@ class Connection:
                     self.peer, ev.cmdsn, ev.expcmdsn, ev.maxcmdsn,
                     " (more on this connection are logged at debug level)"
                     if self._dropped == 1 else "")
-        elif isinstance(ev, E.TaskManagement):
-            await task_management(self, m, ev)
         elif isinstance(ev, E.TextRequested):
             self._post(m.text_answer(ev.itt, text_answers(self, ev.pairs)))
-        elif isinstance(ev, E.LogoutRequested):
-            with trio.move_on_after(LOGOUT_GRACE):
-                while m.busy:
-                    self._quiet = trio.Event()
-                    await self._quiet.wait()
-            await self.pdus.send_pdus([m.logout_response(ev.itt, ev.reason)])
         elif isinstance(ev, E.PeerSilent):
             log.warning("%s: no answer to NOP-In within %ss, closing", self.peer, ev.timeout)
             self.close()
+        else:
+            return False
+        return True
 
     def _post(self, pdus: Sequence[E.Outgoing], after: Callable[[], None] | None = None,
               *, written_later: bool = False) -> None:

@@ -31,6 +31,7 @@ import trio
 from blockbridge.buffers import BufferPool
 from blockbridge.iscsi.framing import FileRange
 from blockbridge.iscsi.pdu import Buffer
+from blockbridge.poller import elsewhere
 
 from .backends.base import Backend, Calls, Fua
 from .pagecache import PageCacheAccess
@@ -152,11 +153,12 @@ class IOEngine:
 
     async def _call(self, name: str, *args: Any) -> Any:
         fn = getattr(self.backend, name)
-        if self._async:
-            return await fn(*args)
         if self.inline:
             return fn(*args)
-        return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+        with elsewhere():  # a poller must not hold up the end of a thread's work
+            if self._async:
+                return await fn(*args)
+            return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
 
     async def read(self, offset: int, into: bytearray) -> None:
         """Fill ``into`` from the backing store; zeros past its end (a file that shrank)."""

@@ -21,6 +21,7 @@ from blockbridge.iscsi.constants import LoginStatus
 from blockbridge.iscsi.errors import LoginFailed
 from blockbridge.iscsi.login import ChapCredentials, TargetLogin, TargetLoginConfig
 from blockbridge.iscsi.names import printable
+from blockbridge.poller import Poller
 from blockbridge.scsi.constants import CAPACITY_DATA_HAS_CHANGED, REPORTED_LUNS_DATA_HAS_CHANGED
 
 from .budget import BufferLimits, ServerBudget
@@ -181,6 +182,9 @@ class TargetServer:
         buffer_limits: BufferLimits | None = None,
     ) -> None:
         self.targets = {t.name: t for t in targets}
+        # Serve the connections' sockets through a Poller (the daemon's choice; tests
+        # that rely on trio's idle detection run without one).
+        self.poll = False
         # command buffers: a budget shared by every session (the process's one pool of
         # them is io.BUFFERS)
         self.buffer_limits = buffer_limits or BufferLimits()
@@ -470,6 +474,8 @@ class TargetServer:
         task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         async with trio.open_nursery() as handlers:
+            if self.poll:
+                await handlers.start(Poller().run)
             with self._listeners_scope:
                 async with trio.open_nursery() as accept:
                     for listener in listeners:

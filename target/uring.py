@@ -33,6 +33,8 @@ from collections.abc import Callable
 import outcome
 import trio
 
+from blockbridge.poller import Poller
+
 from . import uring_abi as abi
 
 log = logging.getLogger(__name__)
@@ -111,8 +113,13 @@ class Uring:
         self._room = trio.lowlevel.ParkingLot()  # tasks waiting for a free slot
         self.token = trio.lowlevel.current_trio_token()
         self._closed = False
+        self._over: trio.Event | None = None  # while a poller serves the eventfd
         self._submitter = _Submitter(self)
         trio.lowlevel.add_instrument(self._submitter)
+        # A poller that waits before trio does must submit first, as the instrument does.
+        self._poller = Poller.current.get()
+        if self._poller is not None:
+            self._poller.add_idle(self._submit_queued)
         trio.lowlevel.spawn_system_task(self._reap, name="io_uring completions")
 
     # ------------------------------------------------------------------ operations
@@ -165,6 +172,10 @@ class Uring:
         self._pending[key] = (waiter, held)
         self._queued += 1  # submitted before trio next waits for I/O
 
+    def _submit_queued(self) -> None:
+        if self._queued:
+            self._submit()
+
     def _submit(self) -> None:
         """Give the kernel every queued entry; entries it cannot take fail with the
         reason (they are reaped as completions, by the reaper task)."""
@@ -185,10 +196,12 @@ class Uring:
     async def _reap(self) -> None:
         try:
             while not (self._closed and not self._pending):
+                poller = Poller.current.get()
+                if poller is not None and poller.running and not self._closed:
+                    await self._polled(poller)
+                    continue
                 await trio.lowlevel.wait_readable(self._efd)
-                with contextlib.suppress(BlockingIOError):
-                    os.eventfd_read(self._efd)
-                self._complete()
+                self._reap_now()
         except (trio.ClosedResourceError, trio.Cancelled):
             pass  # closed, or the trio run is ending
         finally:
@@ -196,6 +209,30 @@ class Uring:
             # fd: closing it earlier could hand its number to a new ring while trio
             # still has the old registration.
             self._release()
+
+    def _reap_now(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            os.eventfd_read(self._efd)
+        self._complete()
+
+    async def _polled(self, poller: Poller) -> None:
+        """Leave the eventfd to ``poller`` (which also serves the sockets, so a
+        completion is answered without a pass of trio's loop) until it stops or the ring
+        closes."""
+        self._over = over = trio.Event()
+        efd = self._efd
+
+        def readable() -> None:
+            self._reap_now()
+            if self._closed and not self._pending:
+                over.set()
+
+        poller.add(efd, readable, over.set)
+        try:
+            await over.wait()
+        finally:
+            poller.remove(efd, readable)
+            self._over = None
 
     def _complete(self) -> None:
         """Finish every operation whose completion is in the ring."""
@@ -248,6 +285,8 @@ class Uring:
             self._release()  # the run and its reaper task are gone
         elif not self._pending:
             trio.lowlevel.notify_closing(self._efd)  # the reaper wakes up and releases
+            if self._over is not None:
+                self._over.set()
         # else the reaper releases the ring after the last completion
 
     def _release(self) -> None:
@@ -276,6 +315,8 @@ class Uring:
         with contextlib.suppress(RuntimeError, KeyError):
             if trio.lowlevel.current_trio_token() is self.token:
                 trio.lowlevel.remove_instrument(self._submitter)
+                if self._poller is not None:
+                    self._poller.remove_idle(self._submit_queued)
                 trio.lowlevel.notify_closing(self._efd)
         self._ring.close()
         self._close_eventfd()
