@@ -136,3 +136,38 @@ async def test_answers_that_come_quickly_are_handled_without_a_pass_of_trio(
             poller.stop()
     assert len(seen) == 50
     assert len(woken) < 10
+
+
+async def test_it_does_not_wait_first_while_something_waits_for_what_only_trio_sees(
+        pair: tuple[socket.socket, socket.socket], monkeypatch: pytest.MonkeyPatch) -> None:
+    ours, _theirs = pair
+    monkeypatch.setattr("blockbridge.poller.BUSY_LIMIT", 1.0)
+    poller = Poller(window=1.0)
+    poller.add(ours.fileno(), lambda: None)
+    before = trio.current_time()
+    with poller.elsewhere():
+        poller.before_io_wait(1.0)  # a worker thread is busy: trio must wait for it
+    assert trio.current_time() - before < 0.5
+    poller.before_io_wait(0.05)  # nothing elsewhere: it waits (for its own descriptors)
+    assert trio.current_time() - before >= 0.05
+    poller._epoll.close()
+
+
+async def test_idle_hooks_run_before_it_waits(
+        pair: tuple[socket.socket, socket.socket]) -> None:
+    ours, _theirs = pair
+    poller = Poller(window=0.01)
+    poller.add(ours.fileno(), lambda: None)
+    calls: list[int] = []
+
+    def hook() -> None:
+        calls.append(1)
+
+    poller.add_idle(hook)
+    poller.before_io_wait(0.05)
+    assert calls
+    poller.remove_idle(hook)
+    calls.clear()
+    poller.before_io_wait(0.05)
+    assert not calls
+    poller._epoll.close()
