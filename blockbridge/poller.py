@@ -183,6 +183,36 @@ class Poller(trio.abc.Instrument):
                 return True
 
 
+class Lease:
+    """A descriptor lent to a poller by the task that otherwise reads it: the poller
+    calls ``handler`` when it is readable until ``leave()`` (which the handler may call
+    itself), or until the poller stops; ``wait()`` returns then, and the task takes the
+    descriptor back."""
+
+    def __init__(self, poller: Poller, fd: int) -> None:
+        self.poller, self.fd = poller, fd
+        self.over = trio.Event()
+        self._handler: Callable[[], None] | None = None
+
+    def start(self, handler: Callable[[], None]) -> None:
+        self._handler = handler
+        self.poller.add(self.fd, handler, self.over.set)
+
+    def leave(self) -> None:
+        """Take the descriptor back: before it is closed, or when the task must act."""
+        if self._handler is not None:
+            self.poller.remove(self.fd, self._handler)
+        self.over.set()
+
+    async def run(self, handler: Callable[[], None]) -> None:
+        """``start(handler)``, then wait until the descriptor is taken back."""
+        self.start(handler)
+        try:
+            await self.over.wait()
+        finally:
+            self.leave()
+
+
 def elsewhere() -> contextlib.AbstractContextManager[None]:
     """``Poller.elsewhere()`` of the running poller; nothing where none runs."""
     poller = Poller.current.get()

@@ -35,7 +35,7 @@ from blockbridge.iscsi.errors import MachineStopped, NegotiationError, PDUFormat
 from blockbridge.iscsi.names import printable
 from blockbridge.iscsi.pdu import PDU
 from blockbridge.iscsi.target_connection import TargetConnection
-from blockbridge.poller import Poller
+from blockbridge.poller import Lease, Poller
 from blockbridge.scsi.constants import Status
 from blockbridge.transport import FAIR_SHARE, LOGIN_RECEIVE_CHUNK, ConnectionClosed, PDUStream
 
@@ -51,10 +51,6 @@ if TYPE_CHECKING:
     from .server import TargetServer
 
 log = logging.getLogger(__name__)
-
-
-def _nothing() -> None:
-    pass
 
 MAX_POSTED_BYTES = 8 << 20  # answered but unsent read data before the reader waits
 LOGOUT_GRACE = 10.0  # how long a logout waits for running commands
@@ -93,7 +89,7 @@ class Connection:
         self._in_reader = False
         self._timer = trio.CancelScope()  # the timer task's sleep, until the next deadline
         self._quiet: trio.Event | None = None  # set when the last command ends
-        self._leave_poller: Callable[[], None] = _nothing  # while a Poller receives for us
+        self._lease: Lease | None = None  # while a Poller receives for us
         self.scope = trio.CancelScope()
 
     # ---------------------------------------------------------------- lifecycle
@@ -121,6 +117,10 @@ class Connection:
                 self.budget.close()  # answers queued but unsent are dropped with the stream
                 await self.pdus.aclose()
                 self.server.connection_quiet()
+
+    def _leave_poller(self) -> None:
+        if self._lease is not None:
+            self._lease.leave()
 
     def _cleanup(self) -> None:
         s = self.session
@@ -238,15 +238,10 @@ class Connection:
         pdus = self.pdus
         fd = pdus.pollable
         assert fd is not None
-        over = trio.Event()
+        self._lease = lease = Lease(poller, fd)  # taken back before the socket closes
         rest: list[E.Event] = []
         failure: list[Exception] = []
         rejected: list[PDU] = []
-
-        def leave() -> None:  # before the socket is closed, or when this task must act
-            poller.remove(fd, readable)
-            self._leave_poller = _nothing
-            over.set()
 
         def readable() -> None:
             try:
@@ -260,7 +255,7 @@ class Connection:
                             raise
                         if rest or m.state is E.State.LOGGED_OUT \
                                 or pdus.backlog > MAX_POSTED_BYTES:
-                            leave()
+                            lease.leave()  # this task must act
                             more = False
                             break
                     if not more:
@@ -268,15 +263,10 @@ class Connection:
                 self._write_posted()
             except (ConnectionClosed, PDUFormatError, ProtocolError) as exc:
                 failure.append(exc)
-                leave()
+                lease.leave()
 
         self._write_posted()  # what the task answered in place goes out first
-        poller.add(fd, readable, over.set)
-        self._leave_poller = leave
-        try:
-            await over.wait()
-        finally:
-            leave()
+        await lease.run(readable)
         if failure:
             exc = failure[0]
             if isinstance(exc, ProtocolError) and exc.reject and rejected:

@@ -33,7 +33,7 @@ from collections.abc import Callable
 import outcome
 import trio
 
-from blockbridge.poller import Poller
+from blockbridge.poller import Lease, Poller
 
 from . import uring_abi as abi
 
@@ -113,7 +113,7 @@ class Uring:
         self._room = trio.lowlevel.ParkingLot()  # tasks waiting for a free slot
         self.token = trio.lowlevel.current_trio_token()
         self._closed = False
-        self._over: trio.Event | None = None  # while a poller serves the eventfd
+        self._lease: Lease | None = None  # while a poller serves the eventfd
         self._submitter = _Submitter(self)
         trio.lowlevel.add_instrument(self._submitter)
         # A poller that waits before trio does must submit first, as the instrument does.
@@ -219,20 +219,17 @@ class Uring:
         """Leave the eventfd to ``poller`` (which also serves the sockets, so a
         completion is answered without a pass of trio's loop) until it stops or the ring
         closes."""
-        self._over = over = trio.Event()
-        efd = self._efd
+        self._lease = lease = Lease(poller, self._efd)
 
         def readable() -> None:
             self._reap_now()
             if self._closed and not self._pending:
-                over.set()
+                lease.leave()
 
-        poller.add(efd, readable, over.set)
         try:
-            await over.wait()
+            await lease.run(readable)
         finally:
-            poller.remove(efd, readable)
-            self._over = None
+            self._lease = None
 
     def _complete(self) -> None:
         """Finish every operation whose completion is in the ring."""
@@ -285,8 +282,8 @@ class Uring:
             self._release()  # the run and its reaper task are gone
         elif not self._pending:
             trio.lowlevel.notify_closing(self._efd)  # the reaper wakes up and releases
-            if self._over is not None:
-                self._over.set()
+            if self._lease is not None:
+                self._lease.leave()
         # else the reaper releases the ring after the last completion
 
     def _release(self) -> None:

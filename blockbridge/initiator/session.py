@@ -34,7 +34,7 @@ from blockbridge.iscsi.initiator_connection import (
 from blockbridge.iscsi.login import ChapCredentials, InitiatorLogin
 from blockbridge.iscsi.params import SessionParams
 from blockbridge.iscsi.pdu import Buffer
-from blockbridge.poller import Poller
+from blockbridge.poller import Lease, Poller
 from blockbridge.tls import ClientTLS
 from blockbridge.transport import FAIR_SHARE, ConnectionClosed, PDUStream
 
@@ -42,10 +42,6 @@ from .errors import ConnectionLost
 from .login_phase import log_in
 
 log = logging.getLogger(__name__)
-
-
-def _nothing() -> None:
-    pass
 
 
 class Session:
@@ -64,7 +60,7 @@ class Session:
         self._closed: str | None = None
         self._flush_wanted = trio.Event()  # PDUs are queued that a write must take
         self._timer_moved = trio.Event()  # the machine's timer may be earlier now
-        self._leave_poller: Callable[[], None] = _nothing  # while a Poller receives for us
+        self._lease: Lease | None = None  # while a Poller receives for us
         self.stats = {"commands": 0, "bytes_in": 0, "bytes_out": 0}
 
     @property
@@ -140,13 +136,8 @@ class Session:
         stream, handle = self.stream, self._handle
         fd = stream.pollable
         assert fd is not None
-        over = trio.Event()
+        self._lease = lease = Lease(poller, fd)  # taken back before the socket closes
         failure: list[Exception] = []
-
-        def leave() -> None:  # before the socket is closed, or when it failed
-            poller.remove(fd, readable)
-            self._leave_poller = _nothing
-            over.set()
 
         def readable() -> None:
             try:
@@ -158,16 +149,11 @@ class Session:
                         break
             except (ConnectionClosed, ConnectionError_, ISCSIError, Closed) as exc:
                 failure.append(exc)
-                leave()
+                lease.leave()
 
         while (pdu := stream.buffered_pdu()) is not None:  # what came with the last receive
             handle(pdu)
-        poller.add(fd, readable, over.set)
-        self._leave_poller = leave
-        try:
-            await over.wait()
-        finally:
-            leave()
+        await lease.run(readable)
         if failure:
             raise failure[0]
 
@@ -207,6 +193,10 @@ class Session:
                 self._flush_wanted.set()
         except ConnectionClosed as exc:
             self._fail_all(f"connection to {self.portal} lost: {exc}")
+
+    def _leave_poller(self) -> None:
+        if self._lease is not None:
+            self._lease.leave()
 
     def _fail_all(self, reason: str) -> None:
         self._leave_poller()  # the socket is about to close: its number may be reused

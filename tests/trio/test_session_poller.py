@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import trio
 
@@ -14,7 +12,7 @@ from tests.trio.test_session_target import (  # noqa: F401 - server is a fixture
     connect,
     read10,
     server,
-    write10,
+    write_read_in_flight,
 )
 
 
@@ -43,17 +41,7 @@ async def test_commands_through_the_poller_then_logout_ends_the_reader(
                 ended.set()
 
             nursery.start_soon(run)
-            blobs = {i: os.urandom(64 * BS) for i in range(16)}
-
-            async def one(i: int) -> None:
-                r = await s.command(0, write10(i * 64, 64), data_out=blobs[i])
-                assert r.status == 0
-                r = await s.command(0, read10(i * 64, 64), read_length=64 * BS)
-                assert r.status == 0 and bytes(r.data) == blobs[i]
-
-            async with trio.open_nursery() as inner:
-                for i in blobs:
-                    inner.start_soon(one, i)
+            await write_read_in_flight(s, 16)
             await until_polled(poller, fd)  # the reader moved to the poller
             assert await s.nop(b"ping") == b"ping"
             await s.logout()

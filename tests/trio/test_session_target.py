@@ -65,6 +65,21 @@ async def server(disk_path: Path, request: pytest.FixtureRequest) -> AsyncIterat
         srv.shutdown()
 
 
+async def write_read_in_flight(s: Session, count: int) -> None:
+    """COUNT writes of 32 KiB in flight together, each read back and compared."""
+    blobs = {i: os.urandom(64 * BS) for i in range(count)}
+
+    async def one(i: int) -> None:
+        r = await s.command(0, write10(i * 64, 64), data_out=blobs[i])
+        assert r.status == 0
+        r = await s.command(0, read10(i * 64, 64), read_length=64 * BS)
+        assert r.status == 0 and bytes(r.data) == blobs[i]
+
+    async with trio.open_nursery() as inner:
+        for i in blobs:
+            inner.start_soon(one, i)
+
+
 async def connect(addr: tuple[str, int], **kw: object) -> Session:
     return await Session.connect(addr[0], addr[1], initiator_name=INI, target_name=IQN,
                                  **kw)  # type: ignore[arg-type]
@@ -83,17 +98,7 @@ async def test_write_read_many_in_flight(server: tuple[str, int]) -> None:
         s = await connect(server, proposals=proposals)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(s.run)
-            blobs = {i: os.urandom(64 * BS) for i in range(24)}
-
-            async def one(i: int) -> None:
-                r = await s.command(0, write10(i * 64, 64), data_out=blobs[i])
-                assert r.status == 0
-                r = await s.command(0, read10(i * 64, 64), read_length=64 * BS)
-                assert r.status == 0 and bytes(r.data) == blobs[i]
-
-            async with trio.open_nursery() as inner:
-                for i in blobs:
-                    inner.start_soon(one, i)
+            await write_read_in_flight(s, 24)
             assert await s.nop(b"ping") == b"ping"
             await s.logout()
             nursery.cancel_scope.cancel()
