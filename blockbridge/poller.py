@@ -186,7 +186,7 @@ class Poller(trio.abc.Instrument):
 class Lease:
     """A descriptor lent to a poller by the task that otherwise reads it: the poller
     calls ``handler`` when it is readable until ``leave()`` (which the handler may call
-    itself), or until the poller stops; ``wait()`` returns then, and the task takes the
+    itself), or until the poller stops; ``run()`` returns then, and the task takes the
     descriptor back."""
 
     def __init__(self, poller: Poller, fd: int) -> None:
