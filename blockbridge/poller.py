@@ -50,7 +50,6 @@ class Poller(trio.abc.Instrument):
         self._epoll = select.epoll()
         self._handlers: dict[int, Callable[[], None]] = {}
         self._detach: dict[int, Callable[[], None]] = {}
-        self._idle: Callable[[], None] = _nothing
         self._idle_hooks: list[Callable[[], None]] = []
         self._elsewhere = 0  # waits in progress that only trio sees (threads, other fds)
         self._scope = trio.CancelScope()
@@ -77,8 +76,8 @@ class Poller(trio.abc.Instrument):
             self._epoll.unregister(fd)
 
     def add_idle(self, hook: Callable[[], None]) -> None:
-        """Call ``hook()`` before every wait too (to submit what was queued meanwhile,
-        as trio's other ``before_io_wait`` instruments would)."""
+        """Call ``hook()`` before every wait: to send or submit what the handlers queued
+        (as trio's other ``before_io_wait`` instruments would)."""
         self._idle_hooks.append(hook)
 
     def remove_idle(self, hook: Callable[[], None]) -> None:
@@ -97,7 +96,6 @@ class Poller(trio.abc.Instrument):
             self._elsewhere -= 1
 
     def _before_wait(self) -> None:
-        self._idle()
         for hook in self._idle_hooks:
             hook()
 
@@ -109,12 +107,10 @@ class Poller(trio.abc.Instrument):
     def running(self) -> bool:
         return not self._stopped
 
-    async def run(self, idle: Callable[[], None] = _nothing, *,
-                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Serve until ``stop()`` or until a handler raises (raised here); ``idle()``
-        runs before every wait, to send what the handlers queued.  Sessions hand their
-        sockets over once started (at their next PDU)."""
-        self._idle = idle
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """Serve until ``stop()`` or until a handler raises (raised here).  Sessions hand
+        their sockets over once started (at their next PDU)."""
         token = Poller.current.set(self)
         trio.lowlevel.add_instrument(self)
         task_status.started()

@@ -185,33 +185,29 @@ class Connection:
         pdus, current = self.pdus, Poller.current.get
         while True:
             pdu = pdus.buffered_pdu()
-            if pdu is None:
-                poller = current()
-                if poller is not None and poller.running and pdus.pollable is not None:
-                    for ev in await self._polled(poller, m):  # what needs this task
-                        await self.handle(m, ev)
-                    if m.state is E.State.LOGGED_OUT:
-                        return
-                    await self._relieve()
-                    continue
-                pdu = await pdus.receive_pdu()
-            try:
-                rest = self._process(m, pdu)
-            except ProtocolError as exc:
-                if exc.reject:
-                    await pdus.send_pdu(m.error_reject(pdu, exc))
-                raise
+            poller = current() if pdu is None else None
+            if poller is not None and poller.running and pdus.pollable is not None:
+                rest = await self._polled(poller, m)  # what needs this task
+            else:
+                if pdu is None:
+                    pdu = await pdus.receive_pdu()
+                try:
+                    rest = self._process(m, pdu)
+                except ProtocolError as exc:
+                    await self._refuse(m, pdu, exc)
+                    raise
             for ev in rest:
                 await self.handle(m, ev)
             if m.state is E.State.LOGGED_OUT:
                 return
-            await self._relieve()
+            if pdus.backlog > MAX_POSTED_BYTES:
+                # Answers to reads piling up unsent: the initiator is not reading.  Stop
+                # reading its commands until they are written (TCP back-pressure).
+                await pdus.flush()
 
-    async def _relieve(self) -> None:
-        if self.pdus.backlog > MAX_POSTED_BYTES:
-            # Answers to reads piling up unsent: the initiator is not reading.  Stop
-            # reading its commands until they are written (TCP back-pressure).
-            await self.pdus.flush()
+    async def _refuse(self, m: TargetConnection, pdu: PDU, exc: ProtocolError) -> None:
+        if exc.reject:
+            await self.pdus.send_pdu(m.error_reject(pdu, exc))
 
     def _process(self, m: TargetConnection, pdu: PDU) -> list[E.Event]:
         """Feed one PDU to the machine and do what its events ask that needs no waiting;
@@ -269,8 +265,8 @@ class Connection:
         await lease.run(readable)
         if failure:
             exc = failure[0]
-            if isinstance(exc, ProtocolError) and exc.reject and rejected:
-                await pdus.send_pdu(m.error_reject(rejected[0], exc))
+            if isinstance(exc, ProtocolError) and rejected:
+                await self._refuse(m, rejected[0], exc)
             raise exc
         return rest
 

@@ -1,9 +1,9 @@
 """Our FUSE engine: a trio shell over a /dev/fuse descriptor, serving a ``LunFS``.
 
-One reader loop reads requests (non-blocking ``readv`` into buffers of a pool, waiting in
-trio's epoll only when the device is empty) and answers what needs no I/O at once, in the
-loop.  With ``poll`` (the mount's choice) the loop is the handler of a ``Poller``
-instead, which serves the device and the sessions' sockets between trio's passes.
+One reader reads requests (non-blocking ``readv`` into buffers of a pool) and answers
+what needs no I/O at once.  It is the handler of a ``Poller``, which serves the device
+and the sessions' sockets between trio's passes, so that a request and the target's
+answer each cost no pass of trio's scheduler.
 Plain READs and WRITEs start without a task and are answered from the session's
 completion callback; FSYNC, FALLOCATE, LSEEK and whatever did not work out that way each
 run as a task, so many are in flight; a task answers with one ``writev`` of the header
@@ -77,10 +77,8 @@ class _Buffers:
 class FuseEngine:
     """Serve ``fs`` on the /dev/fuse descriptor ``fd`` (owned by the caller)."""
 
-    def __init__(self, fs: LunFS, fd: int, limits: Limits, *, buffers: int = 72,
-                 poll: bool = False) -> None:
+    def __init__(self, fs: LunFS, fd: int, limits: Limits, *, buffers: int = 72) -> None:
         self.fs, self.fd, self.limits = fs, fd, limits
-        self.poll = poll  # serve the device (and the sessions' sockets) through a Poller
         self._poller: Poller | None = None
         self.negotiated: Negotiated | None = None
         self._buffers = _Buffers(limits.buffer_size, buffers)
@@ -115,12 +113,8 @@ class FuseEngine:
             self.fs.notifier = self
             task_status.started()
             with trio.CancelScope() as self._reader:
-                if self._stopped:
-                    pass
-                elif self.poll:
+                if not self._stopped:
                     await self._polled()
-                else:
-                    await self._read_loop()
             self.fs.notifier = None
             nursery.cancel_scope.deadline = trio.current_time() + GRACE
 
@@ -133,10 +127,9 @@ class FuseEngine:
             self._reader.cancel()
 
     async def _polled(self) -> None:
-        """The reader loop as a ``Poller``'s handler; the poller also receives the
-        sessions' PDUs, so that a request and its answer are each handled without a
-        pass of trio's scheduler.  While every buffer is taken, the device is left
-        alone until one comes back."""
+        """Serve the device through a ``Poller`` (which the sessions' readers find and
+        join).  While every buffer is taken, the device is left alone until one comes
+        back."""
         poller = Poller()
         fd, buffers, push = self.fd, self._buffers, self.fs.push
         started, inflight = self._started, self._inflight
@@ -167,9 +160,10 @@ class FuseEngine:
             push()  # the commands of this batch go out in one write
 
         poller.add(fd, readable)
+        poller.add_idle(push)  # before it waits: the commands of the last batch go out
         self._poller = poller
         try:
-            await poller.run(push)
+            await poller.run()
         finally:
             self._poller = None
 
@@ -177,39 +171,6 @@ class FuseEngine:
         self._buffers.give(await self._buffers.take())
         if poller.running:
             poller.add(self.fd, readable)
-
-    async def _read_loop(self) -> None:
-        fd, streak = self.fd, 0
-        while True:
-            buf = self._buffers.free.pop() if self._buffers.free else \
-                await self._buffers.take()
-            while True:
-                try:
-                    n = os.readv(fd, [buf])
-                    break
-                except BlockingIOError:
-                    streak = 0
-                    self.fs.push()  # the commands of this batch go out in one write
-                    try:
-                        await trio.lowlevel.wait_readable(fd)
-                    except BaseException:
-                        self._buffers.give(buf)
-                        raise
-                except InterruptedError:
-                    continue
-                except OSError as exc:
-                    if exc.errno == errno.ENOENT:  # interrupted before we read it
-                        continue
-                    self._buffers.give(buf)
-                    if exc.errno == errno.ENODEV:  # unmounted: the connection is over
-                        return
-                    raise
-            self._dispatch(buf, n)
-            streak += 1
-            if streak >= FAIR_SHARE:
-                streak = 0
-                self.fs.push()
-                await trio.lowlevel.checkpoint()
 
     def _dispatch(self, buf: mmap.mmap, n: int) -> None:
         view = memoryview(buf)

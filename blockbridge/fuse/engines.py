@@ -78,7 +78,7 @@ class BlockbridgeMount:
     async def mount(self, mountpoint: str, options: list[str], fsname: str) -> None:
         self.mounted = await trio.to_thread.run_sync(mounting.mount, mountpoint, options,
                                                      fsname)
-        self.engine = FuseEngine(self.fs, self.mounted.fd, kernel_limits(), poll=True)
+        self.engine = FuseEngine(self.fs, self.mounted.fd, kernel_limits())
 
     async def serve(self, changed: Callable[[], None] = lambda: None) -> None:
         assert self.engine is not None

@@ -116,15 +116,14 @@ class Kernel:
             return await self.reply(await self.send(opcode, body, nodeid))
 
 
-@pytest.fixture(params=[False, True], ids=["reader-task", "poller"])
-async def mounted(tmp_path: Path, request: pytest.FixtureRequest
-                  ) -> AsyncIterator[tuple[Kernel, LunFS, LunChannel, Path]]:
+@pytest.fixture
+async def mounted(tmp_path: Path) -> AsyncIterator[tuple[Kernel, LunFS, LunChannel, Path]]:
     backend = FileBackend(str(tmp_path / "d.img"), create_size=SIZE)
     channel = LunChannel(LogicalUnit(0, backend, target_name=TARGET))
     dev = await BlockDevice.open(channel, 0)
     fs = LunFS({TARGET: {0: dev}})
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    engine = FuseEngine(fs, ours.fileno(), Limits(max_write=256 << 10), poll=request.param)
+    engine = FuseEngine(fs, ours.fileno(), Limits(max_write=256 << 10))
     kernel = Kernel(trio.socket.from_stdlib_socket(theirs))
     async with trio.open_nursery() as nursery:
         await nursery.start(engine.serve)
