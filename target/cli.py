@@ -35,6 +35,7 @@ from .config import MAX_NAME_BYTES, ConfigError, LunConfig, default_config_path,
 from .configured import StartupError, open_backend, reload_config, server_from_config
 from .lun import LogicalUnit
 from .server import Limits, ListenError, TargetServer, format_address
+from .status import status_lines
 from .targets import TargetDef
 
 log = logging.getLogger("blockbridge_target")
@@ -59,7 +60,9 @@ examples:
 Once every portal listens, one line per portal is printed on standard output:
   listening on HOST:PORT
 SIGTERM or SIGINT stop the target: new logins are refused, commands in flight finish
-and are synced to disk, then sessions close.
+and are synced to disk, then sessions close. SIGHUP re-reads the configuration file.
+SIGUSR1 logs the status: targets, LUNs, sessions with their initiators and connections,
+commands in flight and command-buffer memory in use.
 
 exit status: 0 after a clean shutdown, 2 for a configuration or startup error.
 """
@@ -323,7 +326,8 @@ async def run(server: TargetServer, portals: list[tuple[str, int]],
         addresses = await nursery.start(server.serve_listeners, listeners)
         # Signals are caught before anyone can learn that we listen (READY, the log
         # line): a SIGTERM right after READY must drain, not kill.
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP,
+                                        signal.SIGUSR1) as signals:
             for host, port in addresses:
                 kind = " (TLS)" if (host, port) in server.tls_addresses else ""
                 print(f"listening on {format_address(host, port)}{kind}", flush=True)
@@ -340,6 +344,10 @@ async def run(server: TargetServer, portals: list[tuple[str, int]],
                              lu.backend.description, lu.size_bytes,
                              " (read-only)" if lu.read_only else "")
             async for sig in signals:
+                if sig == signal.SIGUSR1:
+                    for line in status_lines(server):
+                        log.info("%s", line)
+                    continue
                 if sig == signal.SIGHUP:
                     if config is None:
                         log.info("SIGHUP: nothing to reload in --disk mode")
