@@ -13,7 +13,8 @@ import trio
 from blockbridge.iscsi import chap
 from blockbridge.iscsi import pdu as P
 from blockbridge.iscsi.errors import LoginFailed
-from blockbridge.iscsi.login import ChapCredentials, InitiatorLogin
+from blockbridge.iscsi.initiator_login import InitiatorLogin
+from blockbridge.iscsi.login import ChapCredentials
 from blockbridge.tls import ClientTLS, TLSError
 from blockbridge.transport import ConnectionClosed, PDUStream, open_tcp
 

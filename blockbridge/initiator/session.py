@@ -31,7 +31,8 @@ from blockbridge.iscsi.initiator_connection import (
     Response,
     TextDone,
 )
-from blockbridge.iscsi.login import ChapCredentials, InitiatorLogin
+from blockbridge.iscsi.initiator_login import InitiatorLogin
+from blockbridge.iscsi.login import ChapCredentials
 from blockbridge.iscsi.params import SessionParams
 from blockbridge.iscsi.pdu import Buffer
 from blockbridge.poller import Lease, Poller

@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from .answers import command_answer
 from .constants import (
     RESERVED_TAG,
     LogoutReason,
@@ -28,7 +29,7 @@ from .constants import (
     TaskResponse,
 )
 from .errors import MachineStopped, NegotiationError, ProtocolError
-from .framing import FileRange, WithFileData, segment_length
+from .framing import FileRange
 from .params import SessionParams
 from .pdu import (
     PDU,
@@ -43,7 +44,6 @@ from .pdu import (
     NopOut,
     Reject,
     SCSICommand,
-    SCSIResponse,
     TaskManagementRequest,
     TaskManagementResponse,
     TextRequest,
@@ -72,7 +72,6 @@ from .window import Admission, CommandWindow
 
 MAX_PENDING_COMMANDS = 256  # commands held ahead of their turn before the peer is cut off
 NOP_DATA_ECHOED = 8192  # the most of a NOP-Out's data a NOP-In echoes
-GOOD = 0x00
 TASK_SET_FULL = 0x28
 
 
@@ -415,70 +414,12 @@ class TargetConnection:
 
     def _response(self, task: _Task, status: int, data: Buffer | FileRange = b"",
                   sense: bytes = b"", *, written: int | None = None) -> list[Outgoing]:
-        cmd = task.cmd
-        edtl = cmd.expected_length
-        if status == GOOD and not sense and cmd.read != cmd.write:
-            # most answers: a whole read in one Data-In with its status, or a whole write
-            if cmd.read:
-                produced = segment_length(data)
-                if produced == edtl and 0 < edtl <= self.params.max_xmit_data_segment_length:
-                    return [self._one_data_in(cmd, data)]
-            elif written is None or written == edtl:
-                return [self._good_response(cmd)]
-        data = data if cmd.read else b""
-        produced = segment_length(data)
-        if cmd.write and not cmd.read:
-            produced = written if written is not None else edtl
-        overflow, underflow = produced > edtl, produced < edtl
-        residual = min(abs(produced - edtl), 0xFFFFFFFF)  # a CDB may ask for > 4 GiB
-        sent = min(produced, edtl) if cmd.read else 0
-        view = memoryview(data) if not isinstance(data, FileRange) else None
-        collapse = status == GOOD and not sense
-        expcmdsn, maxcmdsn = self.window.expcmdsn, self.window.maxcmdsn
-        statsn = self.statsn
-        pdus: list[Outgoing] = []
-        for datasn, (off, n, last) in enumerate(
-                segments(0, sent, self.params.max_xmit_data_segment_length)):
-            with_status = last and collapse
-            pdu = DataIn(
-                itt=cmd.itt, lun=cmd.lun, datasn=datasn, offset=off,
-                data=view[off : off + n] if view is not None else b"",
-                final=last, has_status=with_status, status=status,
-                residual_overflow=with_status and overflow,
-                residual_underflow=with_status and underflow,
-                residual_count=residual if with_status else 0,
-                statsn=statsn if with_status else 0, expcmdsn=expcmdsn, maxcmdsn=maxcmdsn)
-            if isinstance(data, FileRange):
-                pdus.append(WithFileData(pdu, data.part(off, n)))
-            else:
-                pdus.append(pdu)
-        if not (pdus and collapse):
-            pdus.append(SCSIResponse.with_sense(
-                sense, itt=cmd.itt, status=status, expdatasn=len(pdus),
-                residual_overflow=overflow, residual_underflow=underflow,
-                residual_count=residual if (overflow or underflow) else 0,
-                statsn=statsn, expcmdsn=expcmdsn, maxcmdsn=maxcmdsn))
-        self.statsn = sn_add(statsn, 1)
-        return pdus
-
-    def _one_data_in(self, cmd: SCSICommand, data: Buffer | FileRange) -> Outgoing:
-        """All of a read's data and its GOOD status in one Data-In."""
         statsn = self.statsn
         self.statsn = (statsn + 1) & 0xFFFFFFFF
         window = self.window
-        pdu = DataIn(itt=cmd.itt, lun=cmd.lun, datasn=0, offset=0,
-                     data=b"" if isinstance(data, FileRange) else data, final=True,
-                     has_status=True, status=GOOD, statsn=statsn,
-                     expcmdsn=window.expcmdsn, maxcmdsn=window.maxcmdsn)
-        return WithFileData(pdu, data) if isinstance(data, FileRange) else pdu
-
-    def _good_response(self, cmd: SCSICommand) -> PDU:
-        """GOOD status for a command that moved all of its expected data (or none)."""
-        statsn = self.statsn
-        self.statsn = (statsn + 1) & 0xFFFFFFFF
-        window = self.window
-        return SCSIResponse(itt=cmd.itt, status=GOOD, statsn=statsn,
-                            expcmdsn=window.expcmdsn, maxcmdsn=window.maxcmdsn)
+        return command_answer(task.cmd, status, data, sense, written=written, statsn=statsn,
+                              expcmdsn=window.expcmdsn, maxcmdsn=window.maxcmdsn,
+                              max_segment=self.params.max_xmit_data_segment_length)
 
     def discard(self, itt: int) -> None:
         """A command ends without an answer (aborted): forget it, give its buffer back."""

@@ -12,7 +12,7 @@ import pytest
 
 from blockbridge.iscsi import pdu as P
 from blockbridge.iscsi.framing import PDUReader
-from blockbridge.iscsi.login import InitiatorLogin
+from blockbridge.iscsi.initiator_login import InitiatorLogin
 from tests.interop.daemons import our_target
 from tests.needs import needs
 

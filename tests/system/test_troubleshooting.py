@@ -1208,7 +1208,7 @@ def raw_login(port: int, target: str | None, isid: bytes, **kw: object) -> socke
     """Log in with our login machine over a plain socket; the socket stays open (raises
     LoginFailed when refused)."""
     from blockbridge.iscsi.framing import PDUReader
-    from blockbridge.iscsi.login import InitiatorLogin
+    from blockbridge.iscsi.initiator_login import InitiatorLogin
 
     s = socket.create_connection(("127.0.0.1", port), timeout=10)
     kw.setdefault("random_bytes", os.urandom)
@@ -1349,7 +1349,7 @@ def test_session_takeover_and_reflection(tmp_path: Path) -> None:
         # take a challenge of the target's, then ask the target to answer it
         with socket.create_connection(("127.0.0.1", t.port), timeout=10) as s:
             from blockbridge.iscsi.framing import PDUReader
-            from blockbridge.iscsi.login import InitiatorLogin
+            from blockbridge.iscsi.initiator_login import InitiatorLogin
 
             probe = InitiatorLogin(initiator_name="iqn.2026-11.test:raw", target_name=iqn,
                                    isid=bytes.fromhex("800000000008"), credentials=alice,

@@ -20,7 +20,8 @@ from blockbridge.initiator.session import Session
 from blockbridge.iscsi import pdu as P
 from blockbridge.iscsi.constants import Stage
 from blockbridge.iscsi.errors import LoginFailed
-from blockbridge.iscsi.login import ChapCredentials, InitiatorLogin
+from blockbridge.iscsi.initiator_login import InitiatorLogin
+from blockbridge.iscsi.login import ChapCredentials
 from blockbridge.iscsi.text import decode_text, encode_text
 from blockbridge.transport import ConnectionClosed, PDUStream
 

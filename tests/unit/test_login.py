@@ -11,12 +11,8 @@ import pytest
 from blockbridge.iscsi import chap
 from blockbridge.iscsi.constants import LoginStatus, Stage
 from blockbridge.iscsi.errors import AuthenticationError, LoginFailed, NegotiationError
-from blockbridge.iscsi.login import (
-    ChapCredentials,
-    InitiatorLogin,
-    TargetLogin,
-    TargetLoginConfig,
-)
+from blockbridge.iscsi.initiator_login import InitiatorLogin
+from blockbridge.iscsi.login import ChapCredentials, TargetLogin, TargetLoginConfig
 from blockbridge.iscsi.pdu import LoginRequest
 from blockbridge.iscsi.text import decode_text, encode_text
 

@@ -8,7 +8,8 @@ import pytest
 
 from blockbridge.iscsi.constants import LoginStatus
 from blockbridge.iscsi.errors import LoginFailed
-from blockbridge.iscsi.login import InitiatorLogin, TargetLogin, TargetLoginConfig
+from blockbridge.iscsi.initiator_login import InitiatorLogin
+from blockbridge.iscsi.login import TargetLogin, TargetLoginConfig
 from blockbridge.iscsi.names import is_valid_name, name_problem, printable
 from blockbridge.iscsi.pdu import LoginRequest
 from blockbridge.iscsi.text import encode_text
