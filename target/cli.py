@@ -35,7 +35,7 @@ from .config import MAX_NAME_BYTES, ConfigError, LunConfig, default_config_path,
 from .configured import StartupError, open_backend, reload_config, server_from_config
 from .lun import LogicalUnit
 from .server import Limits, ListenError, TargetServer, format_address
-from .status import status_lines
+from .status import describe_lun, serving, status_lines
 from .targets import TargetDef
 
 log = logging.getLogger("blockbridge_target")
@@ -333,16 +333,12 @@ async def run(server: TargetServer, portals: list[tuple[str, int]],
                 print(f"listening on {format_address(host, port)}{kind}", flush=True)
 
             def status() -> str:
-                luns = sum(len(t.luns) for t in server.targets.values())
-                return (f"STATUS=serving {len(server.targets)} target(s), {luns} LUN(s) on "
-                        + ", ".join(format_address(h, p) for h, p in addresses))
+                return f"STATUS=serving {serving(server)}"
 
             notify("READY=1", status())
             for t in server.targets.values():
                 for lu in t.luns.values():
-                    log.info("target %s LUN %d: %s, %d bytes%s", t.name, lu.number,
-                             lu.backend.description, lu.size_bytes,
-                             " (read-only)" if lu.read_only else "")
+                    log.info("target %s LUN %d: %s", t.name, lu.number, describe_lun(lu))
             async for sig in signals:
                 if sig == signal.SIGUSR1:
                     for line in status_lines(server):

@@ -13,6 +13,7 @@ from .server import format_address
 
 if TYPE_CHECKING:
     from .connection import Connection
+    from .lun import LogicalUnit
     from .server import TargetServer
     from .session import Session
 
@@ -21,26 +22,33 @@ def _mib(n: int) -> str:
     return f"{n / (1 << 20):.1f} MiB"
 
 
-def status_lines(server: TargetServer) -> list[str]:
-    sessions = list(server.sessions.sessions.values())
-    logging_in = sum(1 for c in server.connections if c.session is None)
+def serving(server: TargetServer) -> str:
+    """What is served where, in one line: the systemd status and the report's first."""
     luns = sum(len(t.luns) for t in server.targets.values())
     listening = ", ".join(format_address(h, p) for h, p in server.addresses) or "nothing"
+    return f"{len(server.targets)} target(s), {luns} LUN(s) on {listening}"
+
+
+def describe_lun(lu: LogicalUnit) -> str:
+    return (f"{lu.backend.description}, {lu.size_bytes} bytes"
+            + (", read-only" if lu.read_only else ""))
+
+
+def status_lines(server: TargetServer) -> list[str]:
+    sessions = sorted(server.sessions.sessions.values(), key=lambda s: s.tsih)
+    logging_in = sum(1 for c in server.connections if c.session is None)
     lines = [
-        f"status: {len(server.targets)} target(s), {luns} LUN(s), "
+        f"status: serving {serving(server)}; "
         f"{sum(not s.discovery for s in sessions)} session(s), "
-        f"{len(server.connections)} connection(s) ({logging_in} logging in); "
-        f"listening on {listening}",
+        f"{len(server.connections)} connection(s) ({logging_in} logging in)",
         f"command buffers: {_mib(server.budget.used)} of {_mib(server.budget.limit)} in use",
     ]
     for name in sorted(server.targets):
         target = server.targets[name]
         lines.append(f"target {name}" + (f" ({target.alias})" if target.alias else ""))
         for number in sorted(target.luns):
-            lu = target.luns[number]
-            lines.append(f"  LUN {number}: {lu.backend.description}, {lu.size_bytes} bytes"
-                         + (", read-only" if lu.read_only else ""))
-        for s in sorted(sessions, key=lambda s: s.tsih):
+            lines.append(f"  LUN {number}: {describe_lun(target.luns[number])}")
+        for s in sessions:
             if s.target_name == name and not s.discovery:
                 lines += _session(s)
     discovery = [s for s in sessions if s.discovery]

@@ -52,8 +52,7 @@ def test_sigusr1_logs_targets_luns_and_the_sessions_in_use(tmp_path: Path) -> No
         t.process.send_signal(signal.SIGUSR1)
         assert signalled(t, 1)
         idle = status_report(t.log())
-        assert "1 target(s), 2 LUN(s), 0 session(s)" in idle
-        assert f"listening on {t.portal}" in idle
+        assert f"status: serving 1 target(s), 2 LUN(s) on {t.portal}; 0 session(s)" in idle
         assert f"target {NAME} (shelf)" in idle
         assert f"LUN 0: file {disk}, 4194304 bytes" in idle
         assert "LUN 1" in idle and "read-only" in idle
